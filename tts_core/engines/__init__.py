@@ -1,0 +1,37 @@
+"""TTS engines behind one interface (``Engine``); ``create_engine`` picks one by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tts_core.engines.base import (
+    Engine,
+    EngineError,
+    SpeechRequest,
+    UnsupportedVoiceError,
+)
+
+ENGINE_NAMES = ("piper", "synthetic")
+
+
+def create_engine(name: str, **options: Any) -> Engine:
+    """Build an engine by name. Heavy imports happen here, only for the engine chosen."""
+    if name == "piper":
+        from tts_core.engines.piper import PiperEngine
+
+        return PiperEngine(**options)
+    if name == "synthetic":
+        from tts_core.engines.synthetic import SyntheticEngine
+
+        return SyntheticEngine(**options)
+    raise ValueError(f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}")
+
+
+__all__ = [
+    "ENGINE_NAMES",
+    "Engine",
+    "EngineError",
+    "SpeechRequest",
+    "UnsupportedVoiceError",
+    "create_engine",
+]

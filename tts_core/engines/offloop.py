@@ -1,0 +1,111 @@
+"""Running blocking inference off the event loop, with bounded concurrency and prompt cancellation.
+
+Engines such as Piper (onnxruntime) and in-process PyTorch models block while they compute. Each
+``next()`` of their chunk generator runs in a worker thread; a semaphore bounds how many utterances
+compute at once. When the consumer goes away, the chunk in flight is allowed to finish in its
+thread (a running kernel cannot be interrupted), no further chunk is started, and the slot is
+released the moment that thread returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+_DONE = object()
+
+
+class OffloopRunner:
+    """A thread pool plus a slot count for one engine."""
+
+    def __init__(self, max_concurrency: int, name: str = "engine") -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        self.max_concurrency = max_concurrency
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_concurrency, thread_name_prefix=f"{name}-infer"
+        )
+        # Slots are counted on the event loop side and released from the worker thread through
+        # call_soon_threadsafe, so a waiter never blocks the loop on a thread primitive.
+        self._slots: asyncio.Semaphore | None = None
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> int:
+        """Slots held, including by a chunk still finishing after its consumer was cancelled."""
+        return self._busy
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run one blocking call in the pool (for loading and one-shot work)."""
+        return await asyncio.wrap_future(self._executor.submit(fn))
+
+    async def iterate(
+        self, factory: Callable[[threading.Event], Iterator[T]]
+    ) -> AsyncIterator[T]:
+        """Yield items of ``factory(cancel_event)``, computing each in a worker thread."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        slots = self._slots
+        await slots.acquire()
+        with self._lock:
+            self._busy += 1
+        cancel = threading.Event()
+        gen: Iterator[T] | None = None
+        pending: concurrent.futures.Future | None = None
+
+        def release() -> None:
+            with self._lock:
+                self._busy -= 1
+            try:
+                loop.call_soon_threadsafe(slots.release)
+            except RuntimeError:  # loop already closed at shutdown: nobody is waiting
+                pass
+
+        try:
+            pending = self._executor.submit(factory, cancel)
+            gen = await asyncio.wrap_future(pending)
+            while True:
+                pending = self._executor.submit(next, gen, _DONE)
+                item = await asyncio.wrap_future(pending)
+                if item is _DONE:
+                    break
+                yield item
+        finally:
+            cancel.set()
+            if pending is not None and not pending.done():
+                # A running kernel cannot be interrupted: let the chunk in flight finish in its
+                # thread, start no other, and free the slot the moment the thread returns.
+                def finish(fut: concurrent.futures.Future, gen: object = gen) -> None:
+                    _close_generator(gen if gen is not None else _result_or_none(fut))
+                    release()
+
+                pending.add_done_callback(finish)
+            else:
+                _close_generator(gen)
+                release()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _close_generator(gen: object) -> None:
+    close = getattr(gen, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # closing a failed generator must not mask the original error
+            pass
+
+
+def _result_or_none(fut: concurrent.futures.Future) -> object:
+    try:
+        result = fut.result()
+    except BaseException:
+        return None
+    return result if hasattr(result, "close") else None
