@@ -1,0 +1,40 @@
+"""Engine audio to telephony frames for one piece of text: the shared engine -> encoder step."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from tts_core.audio import MulawFrameEncoder
+from tts_core.engines.base import Engine, SpeechRequest
+from tts_core.presets import Preset
+from tts_core.text.segmenter import segment_text
+from tts_core.voices import Voice
+
+
+async def frames_for_segment(
+    engine: Engine, encoder: MulawFrameEncoder, request: SpeechRequest
+) -> AsyncIterator[list[bytes]]:
+    """Push one segment's engine chunks through ``encoder``; yields frame batches as they complete.
+
+    The encoder is not flushed: consecutive segments of one utterance stay seamless.
+    """
+    async with aclosing(engine.stream(request)) as chunks:
+        async for chunk in chunks:
+            frames = encoder.push(chunk)
+            if frames:
+                yield frames
+
+
+async def render_utterance(
+    engine: Engine, text: str, *, voice_id: str, preset: Preset, voice: Voice | None = None
+) -> list[bytes]:
+    """Render a whole utterance to μ-law frames (phrase cache, warmup, offline tools)."""
+    encoder = MulawFrameEncoder(engine.sample_rate)
+    frames: list[bytes] = []
+    for index, segment in enumerate(segment_text(text, preset.segmentation)):
+        request = SpeechRequest(segment, voice_id, preset, voice, first_in_turn=index == 0)
+        async for batch in frames_for_segment(engine, encoder, request):
+            frames.extend(batch)
+    frames.extend(encoder.flush())
+    return frames
