@@ -23,7 +23,7 @@ class PresetError(ValueError):
 class SegmentationSettings(BaseModel):
     """How streamed agent text is cut into speakable segments."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     min_clause_chars: int = Field(40, ge=1, le=1000)
     """Cut at a clause boundary (, ; : dash) once the segment is at least this long."""
@@ -34,9 +34,12 @@ class SegmentationSettings(BaseModel):
 
 
 class Preset(BaseModel):
-    """Generation parameters of one preset. Engines use what they understand."""
+    """Generation parameters of one preset. Engines use what they understand.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict: ``chunk_size: true`` or ``temperature: "0.9"`` are typos, not values to coerce.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str
     exaggeration: float = Field(0.5, ge=0.0, le=2.0)
@@ -101,6 +104,8 @@ def parse_presets(data: Any, source: str = "presets") -> PresetBook:
     for name, body in data["presets"].items():
         if not isinstance(body, dict):
             raise PresetError(f"{source}: preset {name!r} must be a mapping")
+        if "name" in body:
+            raise PresetError(f"{source}: preset {name!r}: name: the preset's name is its key")
         try:
             presets[str(name)] = Preset(name=str(name), **body)
         except ValidationError as exc:
@@ -109,7 +114,10 @@ def parse_presets(data: Any, source: str = "presets") -> PresetBook:
                 for err in exc.errors()
             )
             raise PresetError(f"{source}: preset {name!r}: {problems}") from None
-    return PresetBook(presets, default=str(data.get("default", DEFAULT_PRESET)))
+    try:
+        return PresetBook(presets, default=str(data.get("default", DEFAULT_PRESET)))
+    except PresetError as exc:
+        raise PresetError(f"{source}: {exc}") from None
 
 
 def load_presets(path: str | Path = DEFAULT_PRESETS_PATH) -> PresetBook:

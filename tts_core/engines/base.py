@@ -103,21 +103,23 @@ class Engine(ABC):
                 f"engine {self.name!r} cannot clone voices; use one of {self.builtin_voices()}"
             )
         self.stats.utterances += 1
-        completed = False
+        ended = False  # completed or failed; otherwise the consumer cancelled or walked away
         try:
             async with aclosing(self._stream(request)) as chunks:
                 async for chunk in chunks:
                     if chunk.size:
                         yield chunk
-            completed = True
+            ended = True
         except EngineError:
+            ended = True
             self.stats.failures += 1
             raise
         except Exception as exc:  # an engine bug must reach the caller as an EngineError
+            ended = True
             self.stats.failures += 1
             raise EngineError(f"{self.name} synthesis failed: {exc}") from exc
         finally:
-            if not completed:
+            if not ended:
                 self.stats.cancelled += 1
 
     @abstractmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,11 @@ class PiperEngine(Engine):
                 if cancel.is_set():
                     return
 
-        async for chunk in self._runner.iterate(chunks):
-            yield chunk
+        # aclosing: when our consumer closes us, the runner's finally (slot release) runs now, not
+        # whenever the garbage collector finalises the abandoned async generator.
+        async with aclosing(self._runner.iterate(chunks)) as items:
+            async for chunk in items:
+                yield chunk
 
     def _synthesis_config(self, request: SpeechRequest) -> Any:
         from piper import SynthesisConfig

@@ -1,0 +1,216 @@
+"""Barge-in: detect the caller starting to talk while the bot speaks.
+
+Caller audio arrives as 8 kHz int16 (decoded from Twilio's μ-law). Each 20 ms frame counts as speech
+when it is loud enough (``energy_floor_dbfs``, which keeps line noise and faint echo of the bot out)
+*and* it stands ``noise_margin_db`` above the line's recent noise floor *and* WebRTC VAD classifies
+it as speech. The noise floor is the quietest frame of the last ``noise_window_ms`` (minimum
+statistics): WebRTC VAD on its own calls any steady noise louder than about -30 dBFS speech, and
+without the floor a caller in a car or a street would be "speaking" for the whole call, so their real
+interruptions would never fire. Speech frames accumulate into a burst; gaps shorter than
+``hangover_ms`` (between words, a plosive) keep the burst going, a longer gap ends it. A burst fires
+one ``BargeInEvent`` once it holds ``min_speech_ms`` of speech, so a click or a cough does not cut
+the bot off, and a caller who keeps talking does not fire again until the burst ends or ``reset``.
+
+Times are in milliseconds of caller audio fed (the stream clock), not wall time: the detector is
+pure and deterministic, and the caller's audio clock is what matters for "when did they start".
+Cost: one VAD call (~2 µs), one dot product and a few comparisons per 20 ms frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import webrtcvad
+
+SAMPLE_RATE = 8000
+FRAME_MS = 20
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 160
+_NOISE_BLOCK_FRAMES = 15  # the noise floor is kept as minima of 300 ms blocks
+_FULL_SCALE_SQUARED = 32768.0 * 32768.0
+
+
+@dataclass(frozen=True)
+class BargeInSettings:
+    aggressiveness: int = 2
+    """WebRTC VAD mode, 0 (least aggressive about filtering non-speech) to 3 (most)."""
+    min_speech_ms: int = 200
+    """Speech needed within one burst before it counts as a barge-in."""
+    hangover_ms: int = 300
+    """A burst ends after this much continuous non-speech."""
+    energy_floor_dbfs: float = -45.0
+    """Frames quieter than this (RMS re full scale) never count as speech."""
+    noise_margin_db: float = 8.0
+    """Frames must be this much louder than the recent noise floor to count (0 disables)."""
+    noise_window_ms: int = 1500
+    """How far back the noise floor looks: steady noise stops counting as speech after this long."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.aggressiveness <= 3:
+            raise ValueError(f"aggressiveness must be 0..3, got {self.aggressiveness}")
+        if self.min_speech_ms < FRAME_MS:
+            raise ValueError(f"min_speech_ms must be >= {FRAME_MS}, got {self.min_speech_ms}")
+        if self.hangover_ms < FRAME_MS:
+            raise ValueError(f"hangover_ms must be >= {FRAME_MS}, got {self.hangover_ms}")
+        if self.energy_floor_dbfs > 0:
+            raise ValueError(f"energy_floor_dbfs must be <= 0, got {self.energy_floor_dbfs}")
+        if self.noise_margin_db < 0:
+            raise ValueError(f"noise_margin_db must be >= 0, got {self.noise_margin_db}")
+        if self.noise_window_ms < FRAME_MS * _NOISE_BLOCK_FRAMES:
+            raise ValueError(f"noise_window_ms must be >= 300, got {self.noise_window_ms}")
+
+
+@dataclass(frozen=True)
+class BargeInEvent:
+    """The caller has been talking long enough to interrupt."""
+
+    at_ms: int
+    """Stream time (ms of caller audio fed) at the end of the frame that completed the detection."""
+    speech_started_at_ms: int
+    """Stream time of the first speech frame of the burst."""
+    speech_ms: int
+    """Speech accumulated in the burst (gaps excluded) when it fired."""
+
+
+def frame_dbfs(frame: np.ndarray) -> float:
+    """RMS level of int16 samples in dB relative to full scale (a full-scale square wave is 0)."""
+    samples = frame.astype(np.float32)
+    mean_square = float(np.dot(samples, samples)) / max(1, samples.size)
+    if mean_square <= 0.0:
+        return -math.inf
+    return 10.0 * math.log10(mean_square / _FULL_SCALE_SQUARED)
+
+
+class BargeInDetector:
+    """Feed every inbound frame; ``feed`` returns an event once per speech burst."""
+
+    def __init__(self, settings: BargeInSettings | None = None) -> None:
+        self.settings = settings or BargeInSettings()
+        self._vad = webrtcvad.Vad(self.settings.aggressiveness)
+        # Levels are compared as mean squares, so no frame needs a log.
+        self._floor_ms = 10.0 ** (self.settings.energy_floor_dbfs / 10.0) * _FULL_SCALE_SQUARED
+        margin_db = self.settings.noise_margin_db
+        self._margin = 10.0 ** (margin_db / 10.0) if margin_db > 0 else 0.0  # 0: no noise gate
+        blocks = self.settings.noise_window_ms // (FRAME_MS * _NOISE_BLOCK_FRAMES)
+        # Until a whole window has been measured, assume a noise floor that gates nothing beyond
+        # energy_floor_dbfs, so a caller talking from the first frame is heard as usual.
+        prior = self._floor_ms / self._margin if self._margin else 0.0
+        self._noise_blocks: deque[float] = deque([prior] * blocks, maxlen=blocks)
+        self._block_min = math.inf
+        self._block_frames = 0
+        self._pending = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._pending_len = 0
+        self._clock_ms = 0
+        self._reset_burst()
+
+    # ---- state ------------------------------------------------------------------------------------
+    @property
+    def clock_ms(self) -> int:
+        """Milliseconds of caller audio analysed so far (whole frames only)."""
+        return self._clock_ms
+
+    @property
+    def speaking(self) -> bool:
+        """True inside a speech burst: from its first speech frame until ``hangover_ms`` of silence."""
+        return self._started_at is not None
+
+    @property
+    def speech_started_at_ms(self) -> int | None:
+        """Stream time of the current burst's first speech frame; ``None`` outside a burst."""
+        return self._started_at
+
+    @property
+    def speech_ms(self) -> int:
+        """Speech accumulated in the current burst (gaps excluded)."""
+        return self._speech_ms
+
+    def reset(self) -> None:
+        """Forget the current burst (e.g. the bot starts a new utterance).
+
+        A caller still talking fires again after another ``min_speech_ms``. The stream clock, any
+        partial frame and the VAD's adapted noise model are kept: they describe the line, not the
+        detection (a fresh VAD briefly takes loud steady noise for speech).
+        """
+        self._reset_burst()
+
+    def _reset_burst(self) -> None:
+        self._started_at: int | None = None
+        self._speech_ms = 0
+        self._gap_ms = 0
+        self._fired = False
+
+    # ---- analysis -----------------------------------------------------------------------------------
+    def feed(self, pcm16_frame: np.ndarray) -> BargeInEvent | None:
+        """Analyse caller audio of any length (8 kHz int16); return an event when barge-in fires.
+
+        Audio is cut into 20 ms frames internally; a remainder waits for the next call. If one call
+        carries several frames and completes more than one burst, the first event is returned.
+        """
+        samples = np.asarray(pcm16_frame)
+        if samples.dtype != np.int16:
+            if not np.issubdtype(samples.dtype, np.integer):
+                raise TypeError(f"expected int16 PCM samples, got {samples.dtype}")
+            samples = np.clip(samples, -32768, 32767).astype(np.int16)
+        samples = samples.reshape(-1)
+        if self._pending_len == 0 and samples.size == FRAME_SAMPLES:  # the usual Twilio frame
+            return self._analyse(samples)
+
+        event: BargeInEvent | None = None
+        start = 0
+        if self._pending_len:
+            take = min(FRAME_SAMPLES - self._pending_len, samples.size)
+            self._pending[self._pending_len : self._pending_len + take] = samples[:take]
+            self._pending_len += take
+            start = take
+            if self._pending_len < FRAME_SAMPLES:
+                return None
+            self._pending_len = 0
+            event = self._analyse(self._pending)
+        while samples.size - start >= FRAME_SAMPLES:
+            found = self._analyse(samples[start : start + FRAME_SAMPLES])
+            event = event or found
+            start += FRAME_SAMPLES
+        rest = samples.size - start
+        if rest:
+            self._pending[:rest] = samples[start:]
+            self._pending_len = rest
+        return event
+
+    def _analyse(self, frame: np.ndarray) -> BargeInEvent | None:
+        frame_start = self._clock_ms
+        self._clock_ms += FRAME_MS
+        floats = frame.astype(np.float32)
+        energy = float(np.dot(floats, floats)) / FRAME_SAMPLES
+        noise = min(self._block_min, *self._noise_blocks)
+        loud = energy >= self._floor_ms and energy >= noise * self._margin
+        self._track_noise(energy)
+        # The VAD sees every frame, quiet ones included, so its noise model keeps adapting.
+        voiced = self._vad.is_speech(frame.tobytes(), SAMPLE_RATE)
+        if not (loud and voiced):
+            if self._started_at is not None:
+                self._gap_ms += FRAME_MS
+                if self._gap_ms >= self.settings.hangover_ms:
+                    self._reset_burst()
+            return None
+
+        if self._started_at is None:
+            self._started_at = frame_start
+        self._speech_ms += FRAME_MS
+        self._gap_ms = 0
+        if not self._fired and self._speech_ms >= self.settings.min_speech_ms:
+            self._fired = True
+            return BargeInEvent(
+                at_ms=self._clock_ms, speech_started_at_ms=self._started_at, speech_ms=self._speech_ms
+            )
+        return None
+
+    def _track_noise(self, energy: float) -> None:
+        """Minimum statistics: the noise floor is the quietest frame of the last few blocks."""
+        self._block_min = min(self._block_min, energy)
+        self._block_frames += 1
+        if self._block_frames == _NOISE_BLOCK_FRAMES:
+            self._noise_blocks.append(self._block_min)
+            self._block_min = math.inf
+            self._block_frames = 0
