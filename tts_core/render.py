@@ -26,15 +26,25 @@ async def frames_for_segment(
                 yield frames
 
 
-async def render_utterance(
+async def utterance_frames(
     engine: Engine, text: str, *, voice_id: str, preset: Preset, voice: Voice | None = None
-) -> list[bytes]:
-    """Render a whole utterance to μ-law frames (phrase cache, warmup, offline tools)."""
+) -> AsyncIterator[list[bytes]]:
+    """A whole utterance as frame batches, flushed at the end (phrase cache, warmup, tools)."""
     encoder = MulawFrameEncoder(engine.sample_rate)
-    frames: list[bytes] = []
     for index, segment in enumerate(segment_text(text, preset.segmentation)):
         request = SpeechRequest(segment, voice_id, preset, voice, first_in_turn=index == 0)
         async for batch in frames_for_segment(engine, encoder, request):
-            frames.extend(batch)
-    frames.extend(encoder.flush())
+            yield batch
+    tail = encoder.flush()
+    if tail:
+        yield tail
+
+
+async def render_utterance(
+    engine: Engine, text: str, *, voice_id: str, preset: Preset, voice: Voice | None = None
+) -> list[bytes]:
+    """Render a whole utterance to μ-law frames."""
+    frames: list[bytes] = []
+    async for batch in utterance_frames(engine, text, voice_id=voice_id, preset=preset, voice=voice):
+        frames.extend(batch)
     return frames

@@ -1,0 +1,59 @@
+"""The FastAPI application: routes plus a lifespan that owns the shared ``Bridge``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from telephony import control_api, media_stream, webhook
+from telephony.config import Settings
+from telephony.errors import json_error
+from telephony.services import Bridge
+from tts_core.engines import Engine
+
+log = logging.getLogger("voice_bridge")
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+    """Build the app. ``engine`` overrides the configured one (tests inject a synthetic engine)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bridge = await Bridge.start(settings, engine=engine)
+        app.state.bridge = bridge
+        if settings.insecure:
+            log.warning("=" * 72)
+            log.warning("INSECURE DEVELOPMENT MODE: no TWILIO_AUTH_TOKEN, webhook and stream "
+                        "signatures are NOT checked. Never expose this server to the internet.")
+            log.warning("=" * 72)
+        log.info("voice-bridge ready: engine=%s voice=%s preset=%s", bridge.engine.name,
+                 bridge.default_voice, settings.default_preset)
+        try:
+            yield
+        finally:
+            await bridge.aclose()
+
+    app = FastAPI(title="voice-bridge", lifespan=lifespan)
+    app.include_router(webhook.router)
+    app.include_router(control_api.router)
+    app.include_router(media_stream.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):  # type: ignore[no-untyped-def]
+        return json_error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
+        return json_error(422, "invalid_request", "request is invalid", details=exc.errors())
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception):  # type: ignore[no-untyped-def]
+        log.exception("unhandled error")
+        return json_error(500, "internal_error", "internal server error")
+
+    return app

@@ -1,0 +1,297 @@
+"""One phone call, from Twilio's ``start`` to its end: the owner of every task the call starts.
+
+Caller audio flows one way (socket -> decoder -> barge-in detector / agent); agent text flows the
+other (agent -> speaker -> socket). The reader never waits on the agent or the engine: slow readers
+make Twilio drop caller audio (warning 31930). Everything the session starts is cancelled when the
+call ends, whatever the reason (stop, disconnect, agent gone, error), and one structured log line
+sums the call up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from telephony.agents.base import Agent, AgentError, CallInfo, SpeechOutcome, SpeechResult
+from telephony.barge_in import BargeInDetector, BargeInSettings
+from telephony.playout import PlayoutClock
+from telephony.services import Bridge
+from telephony.speaker import AudioClip, Speaker, SpeakerHooks, Utterance
+from telephony.twilio_media import (
+    Dtmf,
+    Mark,
+    Media,
+    OutboundEncoder,
+    ProtocolError,
+    Start,
+    Stop,
+    parse_inbound,
+)
+from tts_core.audio import MulawDecoder
+from tts_core.presets import Preset
+from tts_core.voices import Voice
+
+log = logging.getLogger("voice_bridge.call")
+
+AGENT_EVENT_QUEUE = 256
+AGENT_STOP_TIMEOUT_S = 5.0
+
+
+class CallSession:
+    """Lives for one media stream. ``run`` returns when the call is over and everything is freed."""
+
+    def __init__(
+        self,
+        *,
+        bridge: Bridge,
+        start: Start,
+        agent: Agent,
+        voice_id: str,
+        voice: Voice | None,
+        preset: Preset,
+        send_text: Callable[[str], Awaitable[None]],
+        close_socket: Callable[[int, str], Awaitable[None]],
+        greeting: str = "",
+        auth_mode: str = "",
+        recorder: Any = None,
+    ) -> None:
+        self.bridge = bridge
+        self.start = start
+        self.agent = agent
+        self.greeting = greeting
+        self.auth_mode = auth_mode
+        self.recorder = recorder
+        self._close_socket = close_socket
+        self.info = CallInfo(
+            call_sid=start.call_sid, stream_sid=start.stream_sid, account_sid=start.account_sid,
+            custom_parameters=dict(start.custom_parameters),
+            from_number=start.custom_parameters.get("from", ""),
+            to_number=start.custom_parameters.get("to", ""),
+        )
+        metrics = bridge.metrics
+        self.started_at = time.monotonic()
+        self.turns: list[dict[str, Any]] = []
+        self.protocol_errors: dict[str, int] = {}
+        self.barge_ins = 0
+        self.inbound_frames = 0
+        self.dtmf_digits = 0
+        self.end_reason = "unknown"
+        self._ending = False
+        self._events: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue(AGENT_EVENT_QUEUE)
+        self._agent_task: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._decoder = MulawDecoder()
+        settings = bridge.settings
+        self._barge_in = BargeInDetector(BargeInSettings(
+            aggressiveness=settings.barge_in_aggressiveness,
+            min_speech_ms=settings.barge_in_min_speech_ms,
+        ))
+        self.speaker = Speaker(
+            engine=bridge.engine, voice_id=voice_id, voice=voice, preset=preset,
+            send_text=send_text, outbound=OutboundEncoder(start.stream_sid),
+            phrase_cache=bridge.phrases, clock=PlayoutClock(settings.lead_ms),
+            hooks=SpeakerHooks(
+                on_first_frame=self._on_first_frame,
+                on_underrun=lambda gap: (metrics.underruns.inc(), metrics.underrun_seconds.inc(gap)),
+                on_frames_sent=metrics.frames_sent.inc,
+                on_engine_first_chunk=metrics.engine_first_chunk.observe,
+                on_finished=self._on_utterance_finished,
+                on_error=metrics.error,
+            ),
+        )
+
+    # ---- CallControl (what agents may do) ---------------------------------------------------------
+    async def say(self, text: str | AsyncIterator[str], *, interruptible: bool = True,
+                  preemptible: bool = False) -> SpeechResult:
+        return await self.speaker.say(text, interruptible=interruptible, preemptible=preemptible)
+
+    async def play_audio(self, audio: np.ndarray, sample_rate: int, *, label: str = "audio",
+                         interruptible: bool = True) -> SpeechResult:
+        clip = AudioClip(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, label)
+        return await self.speaker.say(clip, interruptible=interruptible)
+
+    async def end(self, reason: str = "agent ended") -> None:
+        """Let queued speech finish, then close the stream (Twilio moves to the next TwiML verb)."""
+        if self._ending:
+            return
+        self._ending = True
+        await self.speaker.drain()
+        self.end_reason = reason
+        await self._close_socket(1000, reason[:120])
+
+    # ---- the call ------------------------------------------------------------------------------------
+    async def run(self, messages: AsyncIterator[str | bytes]) -> None:
+        bridge = self.bridge
+        bridge.metrics.active_calls.inc()
+        bridge.metrics.calls_total.inc()
+        bridge.calls[self.info.call_sid] = self
+        self.speaker.start()
+        self._agent_task = asyncio.create_task(self._agent_loop(), name=f"agent:{self.info.call_sid}")
+        try:
+            if self.greeting:
+                self._spawn(self.speaker.say(self.greeting), "greeting")
+            self._post("start")
+            async for message in messages:
+                if self.recorder is not None:
+                    self.recorder.twilio_message(message)
+                if not self._handle(message):
+                    break
+            else:
+                if self.end_reason == "unknown":
+                    self.end_reason = "socket closed"
+        except Exception as exc:  # a bug in one call must end that call only
+            self.end_reason = f"error: {exc!r}"
+            bridge.metrics.error("call_crash")
+            log.exception("call %s failed", self.info.call_sid)
+        finally:
+            await self._shutdown()
+
+    def _handle(self, raw: str | bytes) -> bool:
+        """Process one Twilio message; False when the call is over. Never blocks."""
+        try:
+            message = parse_inbound(raw)
+        except ProtocolError as exc:
+            self._protocol_error(exc.kind, str(exc))
+            return True
+        if isinstance(message, Media):
+            if message.stream_sid and message.stream_sid != self.info.stream_sid:
+                self._protocol_error("wrong_stream_sid", message.stream_sid)
+                return True
+            self.inbound_frames += 1
+            self._on_caller_audio(message.payload)
+        elif isinstance(message, Mark):
+            self.speaker.on_mark(message.name)
+        elif isinstance(message, Dtmf):
+            self.dtmf_digits += 1
+            self._post("dtmf", message.digit)
+        elif isinstance(message, Stop):
+            self.end_reason = "twilio stop"
+            return False
+        elif isinstance(message, Start):
+            self._protocol_error("duplicate_start", "start received twice; ignored")
+        return True
+
+    def _on_caller_audio(self, payload: bytes) -> None:
+        event = self._barge_in.feed(self._decoder.to_pcm16(payload))
+        if event is not None and self.speaker.speaking_interruptibly:
+            self._spawn(self._interrupt(), "barge-in")
+
+    async def _interrupt(self) -> None:
+        result = await self.speaker.interrupt()
+        if result is None:
+            return
+        self.barge_ins += 1
+        self.bridge.metrics.barge_ins.inc()
+        self._post("interrupt", result.heard_text, result.played_ms)
+
+    def _protocol_error(self, kind: str, detail: str) -> None:
+        self.protocol_errors[kind] = self.protocol_errors.get(kind, 0) + 1
+        self.bridge.metrics.error(f"protocol_{kind}")
+        if self.protocol_errors[kind] <= 3:
+            log.warning("call %s: %s: %s", self.info.call_sid, kind, detail[:200])
+
+    # ---- agent ------------------------------------------------------------------------------------
+    def _post(self, event: str, *args: Any) -> None:
+        try:
+            self._events.put_nowait((event, args))
+        except asyncio.QueueFull:
+            self.bridge.metrics.error("agent_event_overflow")
+            log.warning("call %s: agent is not keeping up; %s dropped", self.info.call_sid, event)
+
+    async def _agent_loop(self) -> None:
+        """Deliver events to the agent one at a time, in order."""
+        while True:
+            event, args = await self._events.get()
+            try:
+                if event == "start":
+                    await self.agent.on_start(self)
+                elif event == "dtmf":
+                    await self.agent.on_dtmf(self, *args)
+                elif event == "interrupt":
+                    await self.agent.on_interrupt(self, *args)
+            except AgentError as exc:
+                log.warning("call %s: agent failed: %s", self.info.call_sid, exc)
+                self.bridge.metrics.error("agent")
+                self.end_reason = f"agent failed: {exc}"
+                self._spawn(self._close_socket(1011, "agent failed"), "close")
+                return
+            except Exception:
+                log.exception("call %s: agent hook %s raised", self.info.call_sid, event)
+                self.bridge.metrics.error("agent_hook")
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{name}:{self.info.call_sid}")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    # ---- bookkeeping ------------------------------------------------------------------------------
+    def _on_first_frame(self, utt: Utterance, ttfa_s: float) -> None:
+        self.bridge.metrics.ttfa.labels(source="cache" if utt.from_cache else "engine").observe(ttfa_s)
+
+    def _on_utterance_finished(self, utt: Utterance) -> None:
+        result = utt.future.result() if utt.future.done() else None
+        self.turns.append({
+            "utterance": utt.id,
+            "outcome": result.outcome.value if result else "unknown",
+            "ttfa_ms": _ms(utt.first_frame_at - utt.created_at) if utt.first_frame_at else None,
+            "engine_first_chunk_ms": _round(utt.engine_first_chunk_ms),
+            "cached": utt.from_cache,
+            "frames": utt.frames_sent,
+            "underruns": utt.underruns,
+            "underrun_ms": _round(utt.underrun_ms),
+            "mark_rtt_ms": _round(utt.mark_rtt_ms),
+            "chars": len(utt.text),
+        })
+
+    async def _shutdown(self) -> None:
+        bridge = self.bridge
+        tasks = [t for t in [self._agent_task, *self._side_tasks] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.speaker.aclose()
+        try:
+            await asyncio.wait_for(self.agent.on_stop(self), AGENT_STOP_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("call %s: agent on_stop failed: %r", self.info.call_sid, exc)
+        if self.recorder is not None:
+            with contextlib.suppress(Exception):
+                await self.recorder.aclose()
+        bridge.calls.pop(self.info.call_sid, None)
+        bridge.metrics.active_calls.dec()
+        log.info("call %s", json.dumps(self.summary(), separators=(",", ":")))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "call_sid": self.info.call_sid,
+            "stream_sid": self.info.stream_sid,
+            "auth": self.auth_mode,
+            "duration_s": round(time.monotonic() - self.started_at, 3),
+            "end_reason": self.end_reason,
+            "turns": self.turns,
+            "frames_sent": sum(t["frames"] for t in self.turns),
+            "underruns": sum(t["underruns"] for t in self.turns),
+            "barge_ins": self.barge_ins,
+            "inbound_frames": self.inbound_frames,
+            "dtmf": self.dtmf_digits,
+            "protocol_errors": self.protocol_errors,
+        }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+__all__ = ["CallSession", "SpeechOutcome"]

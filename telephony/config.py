@@ -1,0 +1,128 @@
+"""Server settings from the environment (``VOICE_BRIDGE_*`` and Twilio's usual names) and CLI flags.
+
+Validated once at start: a bad value stops the server with a message naming the setting, instead of
+failing on the first live call.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tts_core.presets import DEFAULT_PRESETS_PATH
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says which setting and why."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = None
+    """Externally visible base URL (https://...). Builds the stream's wss:// URL and is the URL
+    signatures are checked against (never the Host header, which a proxy rewrites)."""
+    twilio_auth_token: str | None = None
+    insecure_dev: bool = False
+    """Run without a Twilio auth token (local development only): no signature checks."""
+    require_stream_signature: bool = False
+    """Refuse Media Streams handshakes without X-Twilio-Signature (instead of the webhook token)."""
+
+    engine: Literal["piper", "synthetic"] = "piper"
+    engine_concurrency: int = Field(2, ge=1, le=64)
+    default_voice: str | None = None
+    default_preset: str = "balanced"
+    presets_path: Path = DEFAULT_PRESETS_PATH
+    voices_dir: Path | None = None
+    voice_server_url: str | None = None
+    voice_cache_size: int = Field(32, ge=1, le=10_000)
+    phrase_cache_mb: int = Field(64, ge=0, le=8192)
+
+    default_agent: str = "demo"
+    """'demo', a ws(s):// ConversationRelay agent URL, or 'python:module:attr' (an Agent factory)."""
+    default_greeting: str = "Hello! You are talking to voice bridge. Press any key and I will read it back."
+
+    lead_ms: float = Field(240.0, ge=40.0, le=2000.0)
+    """How far ahead of playback we keep Twilio's buffer (see telephony/playout.py)."""
+    barge_in_min_speech_ms: int = Field(200, ge=20, le=5000)
+    barge_in_aggressiveness: int = Field(2, ge=0, le=3)
+    start_timeout_s: float = Field(10.0, gt=0, le=60)
+    token_ttl_s: float = Field(120.0, gt=0, le=3600)
+    max_calls: int = Field(500, ge=1, le=100_000)
+    record_dir: Path | None = None
+    """When set, every call is written there as a recorded-call JSONL file (contains caller audio)."""
+    log_level: str = "info"
+
+    @field_validator("public_url", "voice_server_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        if "?" in value or "#" in value:
+            raise ValueError("must not carry a query string or fragment")
+        return value.rstrip("/")
+
+    @field_validator("default_agent")
+    @classmethod
+    def _agent_spec(cls, value: str) -> str:
+        if value == "demo" or value.startswith(("ws://", "wss://", "python:")):
+            return value
+        raise ValueError("must be 'demo', a ws:// or wss:// URL, or 'python:module:attr'")
+
+    @model_validator(mode="after")
+    def _auth_required(self) -> Settings:
+        if not self.twilio_auth_token and not self.insecure_dev:
+            raise ValueError(
+                "TWILIO_AUTH_TOKEN is not set. Set it (Twilio console -> Account -> API keys & "
+                "tokens), or pass --insecure-dev for local development without signature checks"
+            )
+        if self.voices_dir is not None and not self.voices_dir.is_dir():
+            raise ValueError(f"voices_dir {self.voices_dir} is not a directory")
+        return self
+
+    @property
+    def insecure(self) -> bool:
+        return not self.twilio_auth_token
+
+    def stream_public_base(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+# Environment variable -> setting. Twilio's conventional names are accepted as they are.
+ENV_NAMES = {
+    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "PUBLIC_URL": "public_url",
+}
+ENV_PREFIX = "VOICE_BRIDGE_"
+
+
+def settings_from_env(env: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Build settings from ``env`` (default: os.environ) plus explicit overrides (CLI flags)."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, object] = {}
+    for name, field_name in ENV_NAMES.items():
+        if env.get(name):
+            values[field_name] = env[name]
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX):
+            key = name[len(ENV_PREFIX):].lower()
+            if key not in Settings.model_fields:
+                raise ConfigError(f"{name}: unknown setting (known: "
+                                  f"{', '.join(ENV_PREFIX + k.upper() for k in Settings.model_fields)})")
+            values[key] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,136 @@
+"""Operator endpoints: ``/warmup``, ``/preload``, ``/health``, ``/voices``, ``/metrics``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from telephony.errors import json_error
+from telephony.services import Bridge
+from tts_core.engines import EngineError
+from tts_core.presets import PresetError
+from tts_core.voices import InvalidVoiceId, VoiceFetchError, VoiceNotFound
+
+router = APIRouter()
+MAX_PRELOAD = 64
+
+
+class WarmupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    voice: str | None = None
+    preset: str | None = None
+
+
+class PreloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    voices: list[str] = Field(min_length=1, max_length=MAX_PRELOAD)
+
+
+async def _json_body(request: Request) -> Any:
+    body = await request.body()
+    if not body:
+        return {}
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _BadRequest(json_error(400, "invalid_json", f"request body is not JSON: {exc}")) from None
+
+
+class _BadRequest(Exception):
+    def __init__(self, response: JSONResponse) -> None:
+        self.response = response
+
+
+def _validation_error(exc: ValidationError) -> JSONResponse:
+    problems = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    return json_error(422, "invalid_request", "request body is invalid", details=problems)
+
+
+@router.post("/warmup")
+async def warmup(request: Request) -> Response:
+    bridge: Bridge = request.app.state.bridge
+    try:
+        body = WarmupRequest.model_validate(await _json_body(request))
+        preset = bridge.presets.get(body.preset or bridge.settings.default_preset)
+        voice_id, warmup_ms = await bridge.warmup(body.voice, preset)
+    except _BadRequest as exc:
+        return exc.response
+    except ValidationError as exc:
+        return _validation_error(exc)
+    except PresetError as exc:
+        return json_error(422, "unknown_preset", str(exc))
+    except InvalidVoiceId as exc:
+        return json_error(422, "invalid_voice", str(exc))
+    except VoiceNotFound as exc:
+        return json_error(404, "voice_not_found", str(exc))
+    except VoiceFetchError as exc:
+        return json_error(502, "voice_fetch_failed", str(exc))
+    except EngineError as exc:
+        return json_error(422 if "voice" in str(exc) else 500, "engine_error", str(exc))
+    return JSONResponse({"voice": voice_id, "preset": preset.name, "warmup_ms": round(warmup_ms, 2),
+                         "ready": True})
+
+
+@router.post("/preload")
+async def preload(request: Request) -> Response:
+    bridge: Bridge = request.app.state.bridge
+    try:
+        data = await _json_body(request)
+        body = PreloadRequest.model_validate({"voices": data} if isinstance(data, list) else data)
+    except _BadRequest as exc:
+        return exc.response
+    except ValidationError as exc:
+        return _validation_error(exc)
+    started = time.perf_counter()
+    builtin = set(bridge.engine.builtin_voices())
+    stored = [v for v in body.voices if v not in builtin]
+    results = await bridge.voices.preload(stored) if stored else {}
+    out: dict[str, Any] = {v: {"ok": True, "source": "builtin"} for v in body.voices if v in builtin}
+    for voice_id, result in results.items():
+        out[voice_id] = result.as_dict() if hasattr(result, "as_dict") else vars(result)
+    return JSONResponse({
+        "results": out,
+        "ok": all(r.get("ok") for r in out.values()),
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
+        "cache": bridge.voices.stats(),
+    })
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    bridge: Bridge = request.app.state.bridge
+    settings = bridge.settings
+    body = {
+        "status": "ok",
+        "engine": {"name": bridge.engine.name, "sample_rate": bridge.engine.sample_rate,
+                   "busy_slots": bridge.engine.busy_slots},
+        "active_calls": len(bridge.calls),
+        "uptime_s": round(time.monotonic() - bridge.started_at, 1),
+        "security": "INSECURE: no TWILIO_AUTH_TOKEN, signatures are not checked"
+        if settings.insecure else "signatures checked",
+        "default_voice": bridge.default_voice,
+        "default_preset": settings.default_preset,
+        "presets": bridge.presets.names(),
+        "phrase_cache": bridge.phrases.stats(),
+    }
+    if settings.insecure:
+        body["warning"] = "running with --insecure-dev: anyone can open calls on this bridge"
+    return JSONResponse(body)
+
+
+@router.get("/voices")
+async def voices(request: Request) -> Response:
+    bridge: Bridge = request.app.state.bridge
+    return JSONResponse({"voices": bridge.list_voices(), "default": bridge.default_voice})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    bridge: Bridge = request.app.state.bridge
+    return Response(bridge.metrics.render(), media_type=CONTENT_TYPE_LATEST)

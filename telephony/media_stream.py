@@ -1,0 +1,167 @@
+"""``WS /media-stream``: Twilio's bidirectional Media Streams socket, authenticated, then a call.
+
+Authentication (Twilio's docs disagree on whether the upgrade is signed, so we accept both ways):
+1. a handshake carrying ``X-Twilio-Signature`` is checked against exactly the stream URL (the wss://
+   form of PUBLIC_URL + /media-stream, no params) and refused if invalid;
+2. a handshake without it is accepted only if ``start`` arrives within ``start_timeout_s`` with an
+   unused, unexpired token (a ``<Parameter>`` the signed webhook issued) bound to start.callSid;
+3. anything else is closed with 1008 before any engine work starts. ``require_stream_signature``
+   makes (1) mandatory. Whether the header was present is logged: the first real call settles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from telephony.agents import make_agent
+from telephony.agents.base import AgentError
+from telephony.call_session import CallSession
+from telephony.services import Bridge
+from telephony.stream_auth import stream_url, validate_stream_handshake
+from telephony.twilio_media import Connected, ProtocolError, Start, parse_inbound
+from tts_core.presets import PresetError
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+POLICY_VIOLATION = 1008
+UNSUPPORTED_DATA = 1003
+TRY_AGAIN_LATER = 1013
+
+
+@router.websocket("/media-stream")
+async def media_stream(ws: WebSocket) -> None:
+    bridge: Bridge = ws.app.state.bridge
+    settings = bridge.settings
+    await ws.accept()
+    signature = ws.headers.get("x-twilio-signature")
+    auth_mode = "insecure-dev"
+    if settings.twilio_auth_token:
+        if signature is not None:
+            url = stream_url(settings.stream_public_base())
+            if not validate_stream_handshake(settings.twilio_auth_token, url, signature):
+                bridge.metrics.error("stream_signature")
+                log.warning("media stream refused: invalid X-Twilio-Signature for %s", url)
+                await _close(ws, POLICY_VIOLATION, "invalid signature")
+                return
+            auth_mode = "signature"
+        elif settings.require_stream_signature:
+            bridge.metrics.error("stream_unsigned")
+            await _close(ws, POLICY_VIOLATION, "X-Twilio-Signature required")
+            return
+        else:
+            auth_mode = "token"
+    log.info("media stream handshake: X-Twilio-Signature %s",
+             "present" if signature is not None else "absent")
+
+    try:
+        start = await asyncio.wait_for(_await_start(ws), settings.start_timeout_s)
+    except TimeoutError:
+        bridge.metrics.error("start_timeout")
+        await _close(ws, POLICY_VIOLATION, "no start message in time")
+        return
+    except (WebSocketDisconnect, _StreamGone):
+        return
+    except ProtocolError as exc:
+        bridge.metrics.error(f"protocol_{exc.kind}")
+        await _close(ws, POLICY_VIOLATION, f"protocol error before start: {exc.kind}")
+        return
+
+    token = start.custom_parameters.get("token", "")
+    if settings.twilio_auth_token:
+        redeemed = bool(token) and bridge.tokens.redeem(token, start.call_sid)
+        if auth_mode == "token" and not redeemed:
+            bridge.metrics.error("stream_token")
+            log.warning("media stream %s refused: no valid token for call %s",
+                        start.stream_sid, start.call_sid)
+            await _close(ws, POLICY_VIOLATION, "invalid or expired stream token")
+            return
+    if not start.is_supported_format():
+        bridge.metrics.error("media_format")
+        log.error("media stream %s refused: unsupported media format %s", start.stream_sid,
+                  start.media_format)
+        await _close(ws, UNSUPPORTED_DATA, "only audio/x-mulaw 8000 Hz mono is supported")
+        return
+    if len(bridge.calls) >= settings.max_calls:
+        bridge.metrics.error("capacity")
+        await _close(ws, TRY_AGAIN_LATER, "bridge at capacity")
+        return
+
+    params = start.custom_parameters
+    try:
+        preset = bridge.presets.get(params.get("preset") or settings.default_preset)
+        voice_id, voice = await bridge.resolve_voice(params.get("voice"))
+        agent = make_agent(params.get("agentUrl") or settings.default_agent, bridge)
+    except (PresetError, LookupError, ValueError, RuntimeError, AgentError) as exc:
+        bridge.metrics.error("call_setup")
+        log.warning("media stream %s refused: %s", start.stream_sid, exc)
+        await _close(ws, POLICY_VIOLATION, f"call setup failed: {exc}"[:120])
+        return
+
+    send_lock = asyncio.Lock()
+
+    async def send_text(text: str) -> None:
+        async with send_lock:
+            if ws.application_state == WebSocketState.CONNECTED:
+                await ws.send_text(text)
+
+    async def close_socket(code: int, reason: str) -> None:
+        await _close(ws, code, reason)
+
+    recorder = None
+    if settings.record_dir is not None:
+        from telephony.recording import CallRecorder
+
+        recorder = CallRecorder.open(settings.record_dir, start)
+    session = CallSession(
+        bridge=bridge, start=start, agent=agent, voice_id=voice_id, voice=voice, preset=preset,
+        send_text=send_text, close_socket=close_socket, greeting=params.get("greeting", ""),
+        auth_mode=auth_mode, recorder=recorder,
+    )
+    await session.run(_messages(ws))
+    await _close(ws, 1000, "call ended")
+
+
+class _StreamGone(Exception):
+    pass
+
+
+async def _await_start(ws: WebSocket) -> Start:
+    """Read until ``start``; ``connected`` may come first. Anything else before start is an error."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise _StreamGone
+        raw = message.get("text") if message.get("text") is not None else message.get("bytes")
+        parsed = parse_inbound(raw)
+        if isinstance(parsed, Start):
+            return parsed
+        if not isinstance(parsed, Connected):
+            raise ProtocolError("unexpected_before_start",
+                                f"{type(parsed).__name__} before start")
+
+
+async def _messages(ws: WebSocket) -> AsyncIterator[str | bytes]:
+    """Raw frames until the socket closes; parsing is the session's job."""
+    while True:
+        try:
+            message = await ws.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        yield text if text is not None else (message.get("bytes") or b"")
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    if ws.application_state == WebSocketState.CONNECTED and ws.client_state != WebSocketState.DISCONNECTED:
+        try:
+            await ws.close(code=code, reason=reason)
+        except (RuntimeError, WebSocketDisconnect, OSError):
+            pass

@@ -1,0 +1,176 @@
+"""ConversationRelay, the wire protocol toward agent applications: typed messages both ways.
+
+voice-bridge plays Twilio's role (the agent app is the WebSocket server), so an application written
+for Twilio ConversationRelay can use our voice unchanged. Field names follow Twilio's docs
+(camelCase on the wire, snake_case here).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+
+class RelayProtocolError(ValueError):
+    """An agent message we cannot use; the text is sent back to the agent as an ``error``."""
+
+
+_CONFIG = ConfigDict(
+    alias_generator=AliasGenerator(alias=to_camel),
+    populate_by_name=True,
+    frozen=True,
+)
+
+
+class _ToAgent(BaseModel):
+    model_config = _CONFIG
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(by_alias=True, exclude_none=True), separators=(",", ":"))
+
+
+class Setup(_ToAgent):
+    type: Literal["setup"] = "setup"
+    session_id: str
+    account_sid: str = ""
+    call_sid: str
+    parent_call_sid: str = ""
+    from_: str = Field("", alias="from")
+    to: str = ""
+    forwarded_from: str = ""
+    call_type: str = "PSTN"
+    caller_name: str = ""
+    direction: str = "inbound"
+    call_status: str = "IN-PROGRESS"
+    custom_parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class Prompt(_ToAgent):
+    type: Literal["prompt"] = "prompt"
+    voice_prompt: str
+    lang: str = "en-US"
+    last: bool = True
+
+
+class Dtmf(_ToAgent):
+    type: Literal["dtmf"] = "dtmf"
+    digit: str
+
+
+class Interrupt(_ToAgent):
+    type: Literal["interrupt"] = "interrupt"
+    utterance_until_interrupt: str
+    duration_until_interrupt_ms: int
+
+
+class Error(_ToAgent):
+    type: Literal["error"] = "error"
+    description: str
+
+
+# ---- from the agent ----------------------------------------------------------------------------------
+def _boolish(value: Any) -> Any:
+    """Twilio's docs show both JSON booleans and "true"/"false" strings; accept both."""
+    if isinstance(value, str) and value.lower() in {"true", "false"}:
+        return value.lower() == "true"
+    return value
+
+
+class _FromAgent(BaseModel):
+    model_config = ConfigDict(**_CONFIG, extra="ignore", strict=False)
+
+
+class Text(_FromAgent):
+    type: Literal["text"]
+    token: str
+    last: bool = False
+    lang: str | None = None
+    interruptible: bool = True
+    preemptible: bool = False
+
+    _bools = field_validator("last", "interruptible", "preemptible", mode="before")(
+        lambda cls, v: _boolish(v))
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _token_is_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("token must be a string")
+        return value
+
+
+class Play(_FromAgent):
+    type: Literal["play"]
+    source: str
+    loop: int | None = Field(1, ge=0, le=1000)
+    interruptible: bool = True
+    preemptible: bool = False
+
+    _bools = field_validator("interruptible", "preemptible", mode="before")(
+        lambda cls, v: _boolish(v))
+
+    @field_validator("source")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("source must be an http(s) URL")
+        return value
+
+
+class SendDigits(_FromAgent):
+    type: Literal["sendDigits"]
+    digits: str = Field(pattern=r"^[0-9*#wW]{1,64}$")
+
+
+class Language(_FromAgent):
+    type: Literal["language"]
+    tts_language: str | None = None
+    transcription_language: str | None = None
+
+
+class End(_FromAgent):
+    type: Literal["end"]
+    handoff_data: str | None = None
+
+    @field_validator("handoff_data", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, str) else json.dumps(value)
+
+
+AgentMessage = Text | Play | SendDigits | Language | End
+_BY_TYPE: dict[str, type[_FromAgent]] = {
+    "text": Text, "play": Play, "sendDigits": SendDigits, "language": Language, "end": End,
+}
+
+
+def parse_agent_message(raw: str | bytes) -> AgentMessage:
+    """Parse one message from an agent, or raise RelayProtocolError saying what is wrong."""
+    if isinstance(raw, bytes | bytearray):
+        raise RelayProtocolError("binary messages are not part of the protocol; send JSON text")
+    try:
+        message = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        raise RelayProtocolError(f"message is not JSON: {raw[:60]!r}") from None
+    if not isinstance(message, dict):
+        raise RelayProtocolError("message is not a JSON object")
+    kind = message.get("type")
+    model = _BY_TYPE.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise RelayProtocolError(f"unknown message type {str(kind)[:40]!r}; expected one of "
+                                 f"{', '.join(_BY_TYPE)}")
+    try:
+        return model.model_validate(message)  # type: ignore[return-value]
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise RelayProtocolError(f"invalid {kind} message: {problems}") from None

@@ -1,0 +1,142 @@
+"""Everything shared by all calls of one server: engine, voices, presets, caches, metrics, tokens.
+
+Built once at start by the app's lifespan; calls borrow from it and never own it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from telephony.config import Settings
+from telephony.metrics import Metrics
+from telephony.stream_auth import StreamTokens
+from tts_core.engines import Engine, create_engine
+from tts_core.phrase_cache import PhraseCache, PhraseKey
+from tts_core.presets import Preset, PresetBook, load_presets
+from tts_core.render import render_utterance, utterance_frames
+from tts_core.voices import InvalidVoiceId, Voice, VoiceNotFound, VoiceStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Bridge:
+    settings: Settings
+    engine: Engine
+    presets: PresetBook
+    voices: VoiceStore
+    phrases: PhraseCache
+    metrics: Metrics
+    tokens: StreamTokens
+    http: httpx.AsyncClient
+    started_at: float = field(default_factory=time.monotonic)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    calls: dict[str, Any] = field(default_factory=dict)
+    """Active call sessions by CallSid."""
+    max_background: int = 256
+
+    @classmethod
+    async def start(cls, settings: Settings, engine: Engine | None = None) -> Bridge:
+        presets = load_presets(settings.presets_path)
+        presets.get(settings.default_preset)  # unknown default preset: fail at start
+        if engine is None:
+            options = {"max_concurrency": settings.engine_concurrency} if settings.engine == "piper" else {}
+            engine = create_engine(settings.engine, **options)
+        await engine.load()
+        http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
+        voices = VoiceStore(settings.voices_dir, remote_base_url=settings.voice_server_url,
+                            http_client=http, memory_capacity=settings.voice_cache_size)
+        bridge = cls(
+            settings=settings, engine=engine, presets=presets, voices=voices,
+            phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024),
+            metrics=Metrics(), tokens=StreamTokens(ttl_s=settings.token_ttl_s), http=http,
+        )
+        return bridge
+
+    async def aclose(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.phrases.aclose()
+        await self.voices.aclose()
+        await self.http.aclose()
+        await self.engine.aclose()
+
+    # ---- voices and presets ----------------------------------------------------------------------
+    @property
+    def default_voice(self) -> str:
+        voice = self.settings.default_voice or self.engine.default_voice
+        if voice is None:
+            raise VoiceNotFound("no default voice configured")
+        return voice
+
+    async def resolve_voice(self, voice_id: str | None) -> tuple[str, Voice | None]:
+        """A built-in engine voice (no reference audio) or a stored cloning voice.
+
+        Raises InvalidVoiceId / VoiceNotFound (and VoiceFetchError for remote failures).
+        """
+        voice_id = voice_id or self.default_voice
+        if voice_id in self.engine.builtin_voices():
+            return voice_id, None
+        voice = await self.voices.get(voice_id)  # validates the id before any lookup
+        return voice_id, voice
+
+    def list_voices(self) -> list[dict[str, Any]]:
+        builtin = [{"id": v, "kind": "builtin", "engine": self.engine.name}
+                   for v in self.engine.builtin_voices()]
+        stored = [{"id": v, "kind": "reference", "engine": self.engine.name,
+                   "usable": self.engine.supports_cloning} for v in self.voices.list_local()]
+        return builtin + stored
+
+    # ---- priming -----------------------------------------------------------------------------
+    async def warmup(self, voice_id: str | None, preset: Preset) -> tuple[str, float]:
+        """Load the voice and push a minimal synthesis through engine, resampler and encoder."""
+        started = time.perf_counter()
+        voice_id, voice = await self.resolve_voice(voice_id)
+        frames = await render_utterance(self.engine, "Hello.", voice_id=voice_id, preset=preset,
+                                        voice=voice)
+        if not frames:
+            raise RuntimeError("warmup produced no audio")
+        return voice_id, (time.perf_counter() - started) * 1000
+
+    def prerender(self, voice_id: str, preset: Preset, text: str) -> None:
+        """Start rendering ``text`` into the phrase cache in the background (webhook greeting)."""
+        if not text or not self.phrases.cacheable(text):
+            return
+        key = PhraseKey(self.engine.name, voice_id, preset.name, text)
+
+        async def render() -> AsyncIterator[list[bytes]]:
+            _, voice = await self.resolve_voice(voice_id)
+            async for batch in utterance_frames(self.engine, text, voice_id=voice_id, preset=preset,
+                                                voice=voice):
+                yield batch
+
+        self.phrases.start(key, render)
+
+    def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any] | None:
+        """Run owned background work (cancelled at shutdown); bounded so a flood cannot pile up."""
+        if len(self.background) >= self.max_background:
+            coro.close()
+            self.metrics.error("background_overload")
+            return None
+        task = asyncio.create_task(coro, name=name)
+        self.background.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self.background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("background %s failed: %s", name, t.exception())
+                self.metrics.error(f"{name}_failed")
+
+        task.add_done_callback(done)
+        return task
+
+
+__all__ = ["Bridge", "InvalidVoiceId", "VoiceNotFound"]

@@ -1,0 +1,521 @@
+"""One call's outbound voice: utterances -> segmenter -> engine -> encoder -> paced frames -> socket.
+
+Two tasks per call, owned by the ``Speaker`` and cancelled by ``aclose``:
+- the *renderer* takes utterances in order, cuts streamed text into segments, runs the engine and
+  the μ-law encoder, and puts frame batches on a queue bounded in frames (so the engine never runs
+  more than a few seconds ahead of what the caller will hear);
+- the *sender* drains that queue against a ``PlayoutClock``, keeping Twilio's buffer a bounded lead
+  ahead of playback, and sends a mark after every segment and at the end of every utterance.
+
+Marks are named ``g<generation>-u<utterance>-<point>``. ``interrupt`` bumps the generation, so marks
+Twilio echoes after our ``clear`` (all pending ones come back) are recognised as not played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from telephony.agents.base import SpeechOutcome, SpeechResult
+from telephony.playout import FRAME_S, PlayoutClock
+from telephony.twilio_media import MarkName, OutboundEncoder
+from tts_core.audio import MulawFrameEncoder
+from tts_core.engines.base import Engine, EngineError, SpeechRequest
+from tts_core.phrase_cache import PhraseCache, PhraseKey
+from tts_core.presets import Preset
+from tts_core.render import frames_for_segment
+from tts_core.text.segmenter import TextSegmenter
+from tts_core.voices import Voice
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = int(FRAME_S * 1000)
+
+
+@dataclass(frozen=True)
+class AudioClip:
+    audio: np.ndarray
+    sample_rate: int
+    label: str
+
+
+@dataclass(eq=False)
+class Utterance:
+    """One thing to say, from submission until played, interrupted, failed or cancelled."""
+
+    id: int
+    generation: int
+    source: str | AsyncIterator[str] | AudioClip
+    interruptible: bool
+    preemptible: bool
+    future: asyncio.Future[SpeechResult]
+    created_at: float = field(default_factory=time.monotonic)
+    text: str = ""
+    segments: list[tuple[str, int]] = field(default_factory=list)
+    """(segment text, cumulative frames queued at its end)."""
+    frames_queued: int = 0
+    frames_sent: int = 0
+    frames_confirmed: int = 0
+    first_frame_at: float | None = None
+    engine_first_chunk_ms: float | None = None
+    underruns: int = 0
+    underrun_ms: float = 0.0
+    end_mark_sent_at: float | None = None
+    mark_rtt_ms: float | None = None
+    from_cache: bool = False
+
+    @property
+    def label(self) -> str:
+        if isinstance(self.source, AudioClip):
+            return self.source.label
+        return self.text
+
+    def heard(self, played_frames: int) -> str:
+        """The text up to ``played_frames``: whole segments, then words of the partly played one."""
+        if isinstance(self.source, AudioClip):
+            return ""
+        words: list[str] = []
+        start = 0
+        for text, end in self.segments:
+            if played_frames >= end:
+                words.append(text)
+            elif played_frames > start:
+                part = text.split()
+                keep = int(len(part) * (played_frames - start) / max(1, end - start))
+                words.extend(part[:keep])
+                break
+            else:
+                break
+            start = end
+        return " ".join(words)
+
+    def resolve(self, outcome: SpeechOutcome, *, played_frames: int = 0, error: str | None = None,
+                heard: str | None = None) -> None:
+        if self.future.done():
+            return
+        if heard is None:
+            heard = self.text if outcome is SpeechOutcome.PLAYED else self.heard(played_frames)
+        self.future.set_result(SpeechResult(
+            text=self.label, outcome=outcome, heard_text=heard,
+            played_ms=played_frames * FRAME_MS, error=error,
+        ))
+
+
+@dataclass
+class SpeakerHooks:
+    """Callbacks for metrics and the call log (all optional, all synchronous and cheap)."""
+
+    on_first_frame: Callable[[Utterance, float], None] | None = None
+    on_underrun: Callable[[float], None] | None = None
+    on_frames_sent: Callable[[int], None] | None = None
+    on_engine_first_chunk: Callable[[float], None] | None = None
+    on_finished: Callable[[Utterance], None] | None = None
+    on_error: Callable[[str], None] | None = None
+
+
+class Speaker:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        voice_id: str,
+        preset: Preset,
+        send_text: Callable[[str], Awaitable[None]],
+        outbound: OutboundEncoder,
+        voice: Voice | None = None,
+        phrase_cache: PhraseCache | None = None,
+        clock: PlayoutClock | None = None,
+        max_queued_frames: int = 150,
+        max_pending_utterances: int = 32,
+        tick_s: float = 0.040,
+        mark_grace_s: float = 3.0,
+        hooks: SpeakerHooks | None = None,
+    ) -> None:
+        self.engine = engine
+        self.voice_id = voice_id
+        self.voice = voice
+        self.preset = preset
+        self._send_text = send_text
+        self._out = outbound
+        self._cache = phrase_cache
+        self.clock = clock or PlayoutClock()
+        self._max_queued_frames = max_queued_frames
+        self._max_pending = max_pending_utterances
+        self._tick_s = tick_s
+        self._mark_grace_s = mark_grace_s
+        self.hooks = hooks or SpeakerHooks()
+
+        self.generation = 0
+        self._next_id = 0
+        self._encoder = MulawFrameEncoder(engine.sample_rate)
+        self._pending: deque[Utterance] = deque()
+        """Submitted, not yet being rendered."""
+        self._active: list[Utterance] = []
+        """Being rendered or played, oldest first (the first one is what the caller hears)."""
+        self._by_id: dict[int, Utterance] = {}
+        self._frames: deque[tuple[Utterance, list[bytes], str | None]] = deque()
+        self._queued_frames = 0
+        self._frames_ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._work = asyncio.Event()
+        self._render_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._closed = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._render_loop(), name="speaker-render"),
+            asyncio.create_task(self._send_loop(), name="speaker-send"),
+        ]
+
+    async def aclose(self) -> None:
+        """Stop everything; whatever was not played is resolved as cancelled."""
+        self._closed = True
+        for task in [*self._tasks, self._render_task]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [*self._tasks, self._render_task] if t],
+                             return_exceptions=True)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        played = self._played_frames_estimate()
+        for utt in [*self._active, *self._pending]:
+            utt.resolve(SpeechOutcome.CANCELLED, played_frames=played.get(utt.id, 0))
+        self._active.clear()
+        self._pending.clear()
+
+    @property
+    def busy(self) -> bool:
+        """Something is queued, rendering or playing."""
+        return bool(self._pending or self._active)
+
+    @property
+    def speaking_interruptibly(self) -> bool:
+        """The caller is hearing (or about to hear) audio that barge-in may cut."""
+        return bool(self._active) and self._active[0].interruptible
+
+    # ---- submitting --------------------------------------------------------------------------
+    def submit(
+        self,
+        source: str | AsyncIterator[str] | AudioClip,
+        *,
+        interruptible: bool = True,
+        preemptible: bool = False,
+    ) -> Utterance:
+        loop = asyncio.get_running_loop()
+        self._next_id += 1
+        utt = Utterance(
+            id=self._next_id, generation=self.generation, source=source,
+            interruptible=interruptible, preemptible=preemptible, future=loop.create_future(),
+        )
+        if isinstance(source, str):
+            utt.text = source.strip()
+        if self._closed:
+            utt.resolve(SpeechOutcome.CANCELLED)
+            return utt
+        if len(self._pending) >= self._max_pending:
+            utt.resolve(SpeechOutcome.FAILED, error="too many utterances queued for this call")
+            self._report_error("queue_full")
+            return utt
+        current = self._active or list(self._pending)
+        if current and all(u.preemptible for u in current):
+            self._cut(reason="preempted")
+        self._pending.append(utt)
+        self._by_id[utt.id] = utt
+        self._work.set()
+        return utt
+
+    async def say(self, source: str | AsyncIterator[str] | AudioClip, **kwargs: bool) -> SpeechResult:
+        return await self.submit(source, **kwargs).future
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far is played (or otherwise resolved)."""
+        futures = [u.future for u in [*self._active, *self._pending]]
+        if futures:
+            await asyncio.gather(*futures, return_exceptions=True)
+
+    # ---- barge-in ----------------------------------------------------------------------------
+    async def interrupt(self) -> SpeechResult | None:
+        """Caller barge-in: stop generation, drop unsent audio, ``clear`` Twilio's buffer.
+
+        Returns what became of the utterance the caller was hearing, or None if nothing
+        interruptible was playing.
+        """
+        if not self.speaking_interruptibly:
+            return None
+        first = self._active[0]
+        self._cut(reason="barge-in")
+        await self._send(self._out.clear())
+        return first.future.result() if first.future.done() else None
+
+    def _cut(self, reason: str) -> None:
+        """Synchronously forget all unplayed audio; the caller sends ``clear`` right after."""
+        played = self._played_frames_estimate()
+        self.generation += 1
+        if self._render_task is not None:
+            self._render_task.cancel()
+        for utt in self._active:
+            utt.resolve(SpeechOutcome.INTERRUPTED, played_frames=played.get(utt.id, 0))
+            self._finish(utt)
+        for utt in self._pending:
+            utt.resolve(SpeechOutcome.INTERRUPTED, played_frames=0, heard="")
+            self._finish(utt)
+        self._active.clear()
+        self._pending.clear()
+        self._frames.clear()
+        self._queued_frames = 0
+        self._room.set()
+        self._encoder.reset()
+        self.clock.clear()
+        log.debug("speech cut (%s), generation now %d", reason, self.generation)
+        if reason == "preempted":
+            asyncio.get_running_loop().create_task(self._send(self._out.clear()))
+
+    def _played_frames_estimate(self) -> dict[int, int]:
+        """Frames each active utterance has had played, by the playout model and marks."""
+        unplayed = round(self.clock.buffered_s() / FRAME_S)
+        total_sent = sum(u.frames_sent for u in self._active)
+        budget = max(0, total_sent - unplayed)
+        result: dict[int, int] = {}
+        for utt in self._active:
+            played = min(utt.frames_sent, budget)
+            budget -= played
+            result[utt.id] = max(played, utt.frames_confirmed)
+        return result
+
+    # ---- marks from Twilio ---------------------------------------------------------------------
+    def on_mark(self, name: str) -> None:
+        mark = MarkName.parse(name)
+        if mark is None or mark.generation != self.generation:
+            return  # echoed by a clear, or not ours: proves nothing about playback
+        utt = self._by_id.get(mark.utterance)
+        if utt is None:
+            return
+        if mark.is_end:
+            utt.frames_confirmed = utt.frames_sent
+            if utt.end_mark_sent_at is not None:
+                utt.mark_rtt_ms = (time.monotonic() - utt.end_mark_sent_at) * 1000
+            utt.resolve(SpeechOutcome.PLAYED, played_frames=utt.frames_sent)
+            self._finish(utt)
+        elif mark.segment is not None and mark.segment < len(utt.segments):
+            utt.frames_confirmed = max(utt.frames_confirmed, utt.segments[mark.segment][1])
+
+    def _finish(self, utt: Utterance) -> None:
+        timer = self._timers.pop(utt.id, None)
+        if timer is not None:
+            timer.cancel()
+        if utt in self._active:
+            self._active.remove(utt)
+        self._by_id.pop(utt.id, None)
+        if self.hooks.on_finished:
+            self.hooks.on_finished(utt)
+
+    def _mark_timeout(self, utt: Utterance) -> None:
+        """Twilio never echoed the end mark: assume played rather than hang the agent."""
+        self._timers.pop(utt.id, None)
+        if not utt.future.done():
+            log.warning("end mark of utterance %d not echoed; assuming played", utt.id)
+            self._report_error("mark_timeout")
+            utt.resolve(SpeechOutcome.PLAYED, played_frames=utt.frames_sent)
+            self._finish(utt)
+
+    # ---- rendering ---------------------------------------------------------------------------
+    async def _render_loop(self) -> None:
+        while True:
+            if not self._pending:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            utt = self._pending.popleft()
+            self._active.append(utt)
+            self._render_task = asyncio.create_task(self._render(utt), name=f"render-u{utt.id}")
+            try:
+                await asyncio.wait([self._render_task])
+            finally:
+                if not self._render_task.done():
+                    self._render_task.cancel()
+            task, self._render_task = self._render_task, None
+            if task.cancelled():
+                continue  # interrupted: _cut already resolved it and reset the encoder
+            exc = task.exception()
+            if exc is not None:
+                message = str(exc) if isinstance(exc, EngineError) else f"internal error: {exc!r}"
+                if not isinstance(exc, EngineError):
+                    log.error("rendering utterance %d failed", utt.id, exc_info=exc)
+                self._report_error("engine" if isinstance(exc, EngineError) else "internal")
+                # What was already queued still plays; the rest of the text is reported failed.
+                self._encoder.reset()
+                self._queue_frames(utt, [], end=True)
+                utt.resolve(SpeechOutcome.FAILED, played_frames=utt.frames_sent, error=message)
+
+    async def _render(self, utt: Utterance) -> None:
+        source = utt.source
+        if isinstance(source, AudioClip):
+            encoder = MulawFrameEncoder(source.sample_rate)
+            await self._put(utt, encoder.push(source.audio))
+            await self._put(utt, encoder.flush(), end=True)
+            return
+        if isinstance(source, str) and await self._render_cached(utt, source):
+            return
+        segmenter = TextSegmenter(self.preset.segmentation)
+        collected: list[bytes] | None = [] if isinstance(source, str) else None
+        if isinstance(source, str):
+            segments = segmenter.push(source) + segmenter.flush()
+            for index, segment in enumerate(segments):
+                await self._render_segment(utt, segment, index, collected)
+        else:
+            index = 0
+            try:
+                async for token in source:
+                    if not isinstance(token, str):
+                        raise EngineError(f"agent sent a non-text token: {token!r}")
+                    utt.text += token
+                    for segment in segmenter.push(token):
+                        await self._render_segment(utt, segment, index, collected)
+                        index += 1
+                for segment in segmenter.flush():
+                    await self._render_segment(utt, segment, index, collected)
+                    index += 1
+            finally:
+                aclose = getattr(source, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+            utt.text = utt.text.strip()
+        tail = self._encoder.flush()
+        if collected is not None:
+            collected.extend(tail)
+        await self._put(utt, tail, end=True)
+        if collected is not None and self._cache is not None and self._cache.cacheable(utt.text):
+            # Frames rendered for a whole known text are exactly what the cache would hold.
+            self._cache.put(self._cache_key(utt.text), collected)
+
+    async def _render_segment(
+        self, utt: Utterance, segment: str, index: int, collected: list[bytes] | None
+    ) -> None:
+        request = SpeechRequest(segment, self.voice_id, self.preset, self.voice,
+                                first_in_turn=index == 0)
+        started = time.monotonic()
+        first = True
+        async for batch in frames_for_segment(self.engine, self._encoder, request):
+            if first:
+                first = False
+                elapsed = (time.monotonic() - started) * 1000
+                if utt.engine_first_chunk_ms is None:
+                    utt.engine_first_chunk_ms = elapsed
+                if self.hooks.on_engine_first_chunk:
+                    self.hooks.on_engine_first_chunk(elapsed / 1000)
+            if collected is not None:
+                collected.extend(batch)
+            await self._put(utt, batch)
+        utt.segments.append((segment, utt.frames_queued))
+        await self._put(utt, [], segment=len(utt.segments) - 1)
+
+    def _cache_key(self, text: str) -> PhraseKey:
+        return PhraseKey(self.engine.name, self.voice_id, self.preset.name, text)
+
+    async def _render_cached(self, utt: Utterance, text: str) -> bool:
+        """Serve a whole known text from the phrase cache, if it is there or being rendered
+        (the webhook's greeting pre-render): frames stream out as the rendering produces them."""
+        if self._cache is None or not self._cache.cacheable(text):
+            return False
+        key = self._cache_key(text)
+        if not self._cache.has(key):
+            return False
+        utt.from_cache = True
+        try:
+            async for batch in self._cache.follow(key):
+                await self._put(utt, batch)
+        except Exception:
+            if utt.frames_queued:
+                raise  # part of it was already queued: report the failure
+            utt.from_cache = False
+            return False  # the pre-render failed before any audio: render live instead
+        utt.segments.append((text, utt.frames_queued))
+        await self._put(utt, [], end=True)
+        return True
+
+    async def _put(self, utt: Utterance, frames: list[bytes], *, end: bool = False,
+                   segment: int | None = None) -> None:
+        """Queue frames (and a mark), waiting while the queue holds ``max_queued_frames``."""
+        while self._queued_frames and self._queued_frames + len(frames) > self._max_queued_frames:
+            self._room.clear()
+            await self._room.wait()
+        if utt.generation != self.generation:
+            raise asyncio.CancelledError  # cut while we waited
+        self._queue_frames(utt, frames, end=end, segment=segment)
+
+    def _queue_frames(self, utt: Utterance, frames: list[bytes], *, end: bool = False,
+                      segment: int | None = None) -> None:
+        mark = None
+        if end:
+            mark = MarkName(self.generation, utt.id).encode()
+        elif segment is not None:
+            mark = MarkName(self.generation, utt.id, segment=segment).encode()
+        utt.frames_queued += len(frames)
+        self._frames.append((utt, frames, mark))
+        self._queued_frames += len(frames)
+        self._frames_ready.set()
+
+    # ---- sending -----------------------------------------------------------------------------
+    async def _send_loop(self) -> None:
+        while True:
+            if not self._frames:
+                self._frames_ready.clear()
+                await self._frames_ready.wait()
+                continue
+            utt, frames, mark = self._frames.popleft()
+            sent = 0
+            while sent < len(frames) and utt.generation == self.generation:
+                room = self.clock.room_frames()
+                if room == 0:
+                    await asyncio.sleep(self.clock.wait_s(self._tick_s))
+                    continue
+                batch = frames[sent : sent + room]
+                gap = self.clock.on_sent(len(batch), continuing=utt.frames_sent > 0)
+                if gap > 0:
+                    utt.underruns += 1
+                    utt.underrun_ms += gap * 1000
+                    if self.hooks.on_underrun:
+                        self.hooks.on_underrun(gap)
+                if utt.first_frame_at is None:
+                    utt.first_frame_at = time.monotonic()
+                    if self.hooks.on_first_frame:
+                        self.hooks.on_first_frame(utt, utt.first_frame_at - utt.created_at)
+                for frame in batch:
+                    await self._send(self._out.media(frame))
+                sent += len(batch)
+                utt.frames_sent += len(batch)
+                self._queued_frames -= len(batch)
+                self._room.set()
+                if self.hooks.on_frames_sent:
+                    self.hooks.on_frames_sent(len(batch))
+            if utt.generation != self.generation:
+                continue
+            if mark is not None:
+                await self._send(self._out.mark(mark))
+                if MarkName.parse(mark).is_end:
+                    self._arm_end_mark(utt)
+
+    def _arm_end_mark(self, utt: Utterance) -> None:
+        utt.end_mark_sent_at = time.monotonic()
+        delay = self.clock.buffered_s() + self._mark_grace_s
+        self._timers[utt.id] = asyncio.get_running_loop().call_later(
+            delay, self._mark_timeout, utt)
+
+    async def _send(self, text: str) -> None:
+        await self._send_text(text)
+
+    def _report_error(self, kind: str) -> None:
+        if self.hooks.on_error:
+            self.hooks.on_error(kind)

@@ -1,0 +1,87 @@
+"""``POST /twiml``: Twilio's voice webhook. Answers ``<Connect><Stream>`` at once and primes the voice.
+
+The answer never waits for the engine (Twilio gives a webhook 15 s, but every ms here is ms of
+ringing): warmup, voice preload and the greeting's rendering start in the background, so the
+greeting is ready, or nearly, when the media stream opens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from telephony.errors import json_error
+from telephony.services import Bridge
+from telephony.stream_auth import stream_url, validate_webhook
+from tts_core.presets import PresetError
+from tts_core.voices import VOICE_ID_PATTERN
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+MAX_GREETING_CHARS = 500
+STREAM_PARAMETERS = ("voice", "preset", "greeting", "agentUrl")
+
+
+def public_request_url(bridge: Bridge, request: Request) -> str:
+    """The URL Twilio signed: the configured public base plus our path and query, never the Host
+    header we received (a proxy may have rewritten it)."""
+    if bridge.settings.public_url is None:
+        return str(request.url)
+    query = f"?{request.url.query}" if request.url.query else ""
+    return f"{bridge.settings.public_url}{request.url.path}{query}"
+
+
+@router.post("/twiml")
+async def twiml(request: Request) -> Response:
+    bridge: Bridge = request.app.state.bridge
+    started = time.perf_counter()
+    form = await request.form()
+    params = {k: str(v) for k, v in form.multi_items()}
+    token = bridge.settings.twilio_auth_token
+    if token:
+        signature = request.headers.get("x-twilio-signature", "")
+        if not validate_webhook(token, public_request_url(bridge, request), params, signature):
+            bridge.metrics.error("webhook_signature")
+            return json_error(403, "invalid_signature",
+                              "X-Twilio-Signature does not match this request (check PUBLIC_URL)")
+    query = request.query_params
+    call_sid = params.get("CallSid") or query.get("CallSid")
+    if not call_sid:
+        return json_error(400, "missing_call_sid", "CallSid form field is required")
+    voice = query.get("voice") or bridge.default_voice
+    greeting = query.get("greeting", bridge.settings.default_greeting)
+    agent = query.get("agentUrl") or bridge.settings.default_agent
+    if not VOICE_ID_PATTERN.match(voice):
+        return json_error(422, "invalid_voice", "voice must match ^[A-Za-z0-9_-]{1,64}$")
+    try:
+        preset = bridge.presets.get(query.get("preset") or bridge.settings.default_preset)
+    except PresetError as exc:
+        return json_error(422, "unknown_preset", str(exc))
+    if len(greeting) > MAX_GREETING_CHARS:
+        return json_error(422, "greeting_too_long", f"greeting exceeds {MAX_GREETING_CHARS} characters")
+    if not (agent == "demo" or agent.startswith(("ws://", "wss://", "python:"))):
+        return json_error(422, "invalid_agent", "agentUrl must be a ws:// or wss:// URL")
+
+    # Prime in the background: voice load + engine warm path + greeting render, all shared.
+    if greeting:
+        bridge.prerender(voice, preset, greeting)  # loads the voice and runs the whole audio path
+    else:
+        bridge.spawn(bridge.warmup(voice, preset), name="warmup")
+
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=stream_url(bridge.settings.stream_public_base()))
+    for name, value in (("voice", voice), ("preset", preset.name), ("greeting", greeting),
+                        ("agentUrl", agent), ("token", bridge.tokens.issue(call_sid))):
+        stream.parameter(name=name, value=value)
+    response.append(connect)
+    bridge.metrics.webhook_seconds.observe(time.perf_counter() - started)
+    return Response(content=str(response), media_type="application/xml")
+
+
+__all__ = ["STREAM_PARAMETERS", "router"]

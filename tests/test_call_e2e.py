@@ -1,0 +1,235 @@
+"""End-to-end: the real server on loopback, this test acting as Twilio (and, for the demo agent,
+as the caller) over a real WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+
+import httpx
+import pytest
+
+from telephony.twilio_emulator import TwilioEmulator
+from tests.bridge_harness import RunningBridge, running_bridge
+from tts_core.audio import pcm16_to_mulaw
+from tts_core.audio.mulaw import float_to_pcm16
+from tts_core.engines.synthetic import SyntheticEngine, speechlike
+
+LONG_GREETING = ("Welcome to the long greeting. " * 6).strip()
+
+
+def twiml_parameters(xml: str) -> tuple[str, dict[str, str]]:
+    root = ET.fromstring(xml)
+    stream = root.find("./Connect/Stream")
+    assert stream is not None, xml
+    return stream.attrib["url"], {p.attrib["name"]: p.attrib["value"] for p in stream.findall("Parameter")}
+
+
+async def open_call(rb: RunningBridge, client: httpx.AsyncClient, call_sid: str, query: str = "",
+                    *, signed_handshake: bool = False, token: str | None = None) -> TwilioEmulator:
+    response = await rb.webhook(client, call_sid, query)
+    assert response.status_code == 200, response.text
+    url, params = twiml_parameters(response.text)
+    if token is not None:
+        params["token"] = token
+    headers = {"X-Twilio-Signature": rb.sign(url)} if signed_handshake else {}
+    emulator = TwilioEmulator(url, call_sid=call_sid, stream_sid="MZ" + call_sid[2:],
+                              custom_parameters=params, headers=headers)
+    await emulator.connect()
+    return emulator
+
+
+def caller_speech(seconds: float) -> bytes:
+    audio = speechlike(seconds, 8000, seed=7) * 0.8
+    return pcm16_to_mulaw(float_to_pcm16(audio))
+
+
+async def test_webhook_answers_connect_stream_with_parameters_and_token() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA1", "?voice=synthetic&preset=fast&greeting=Hi%20there")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/xml")
+        url, params = twiml_parameters(response.text)
+        assert url == rb.ws_url + "/media-stream"  # no query string: Twilio strips it
+        assert params["voice"] == "synthetic"
+        assert params["preset"] == "fast"
+        assert params["greeting"] == "Hi there"
+        assert params["agentUrl"] == "demo"
+        assert len(params["token"]) >= 20
+
+
+async def test_webhook_refuses_a_bad_signature_with_403_json() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA1", signed=False)
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "invalid_signature"
+
+
+async def test_webhook_rejects_unknown_preset_with_422() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA1", "?preset=nope")
+        assert response.status_code == 422
+        assert "nope" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["token", "signature"])
+async def test_greeting_is_played_with_valid_frames_and_marks(signed: bool) -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA2", "?greeting=Hello%20caller.", signed_handshake=signed)
+        assert await call.wait_for(lambda: call.played_utterances(), timeout=10)
+        await call.hang_up()
+        assert call.stats.invalid == []
+        utterance = call.played_utterances()[0]
+        assert utterance.frames >= 10
+        assert utterance.underruns == 0
+        assert any(name.endswith("-end") for name in call.stats.mark_names)
+        assert call.stats.marks_echoed >= 1
+
+
+async def test_invalid_handshake_signature_is_closed_with_1008() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA3")
+        url, params = twiml_parameters(response.text)
+        call = TwilioEmulator(url, call_sid="CA3", custom_parameters=params,
+                              headers={"X-Twilio-Signature": "forged"})
+        await call.connect(send_start=False)
+        assert await call.wait_closed(5)
+        assert call.stats.close_code == 1008
+        assert call.stats.media_received == 0
+
+
+@pytest.mark.parametrize("token", ["", "not-a-real-token"])
+async def test_unsigned_stream_without_a_valid_token_is_closed(token: str) -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA4", token=token)
+        assert await call.wait_closed(5)
+        assert call.stats.close_code == 1008
+        assert call.stats.media_received == 0
+        assert rb.bridge.calls == {}, "no call session may start before the token is checked"
+
+
+async def test_stream_token_is_single_use_and_bound_to_the_call() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        first = await open_call(rb, client, "CA5", "?greeting=Hi.")
+        assert await first.wait_for(lambda: first.stats.media_received > 0)
+        replay = TwilioEmulator(rb.stream_url, call_sid="CA5", stream_sid="MZ5b",
+                                custom_parameters=first.custom_parameters)
+        await replay.connect()
+        assert await replay.wait_closed(5)
+        assert replay.stats.close_code == 1008
+        response = await rb.webhook(client, "CA6")
+        _, params = twiml_parameters(response.text)
+        other_call = TwilioEmulator(rb.stream_url, call_sid="CA7", custom_parameters=params)
+        await other_call.connect()
+        assert await other_call.wait_closed(5)
+        assert other_call.stats.close_code == 1008
+        await first.hang_up()
+
+
+async def test_start_that_never_comes_is_closed() -> None:
+    async with running_bridge(start_timeout_s=0.3) as rb:
+        call = TwilioEmulator(rb.stream_url)
+        await call.connect(send_start=False)
+        assert await call.wait_closed(5)
+        assert call.stats.close_code == 1008
+
+
+async def test_unsupported_media_format_is_refused() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA8")
+        _, params = twiml_parameters(response.text)
+        call = TwilioEmulator(rb.stream_url, call_sid="CA8", custom_parameters=params,
+                              media_format={"encoding": "audio/l16", "sampleRate": 16000, "channels": 1})
+        await call.connect()
+        assert await call.wait_closed(5)
+        assert call.stats.close_code == 1003
+
+
+async def test_demo_agent_reads_back_dtmf_and_pound_ends_the_stream() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA9", "?greeting=Hi.")
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1)
+        await call.send_dtmf("5")
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 2)
+        await call.send_dtmf("#")
+        assert await call.wait_closed(10), "pound should end the stream after the goodbye"
+        assert len(call.played_utterances()) >= 3, "goodbye must be heard before the stream closes"
+        assert call.stats.close_code == 1000
+        assert call.stats.invalid == []
+
+
+async def test_malformed_messages_are_counted_and_the_call_goes_on() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA10", "?greeting=")
+        await call.send_raw("{not json")
+        await call.send_raw(b"\x00\x01binary")
+        await call.send_json({"event": "bogus"})
+        await call.send_json({"event": "media", "streamSid": call.stream_sid,
+                              "media": {"payload": "%%%not-base64%%%"}})
+        await call.send_json({"event": "media", "streamSid": call.stream_sid,
+                              "media": {"payload": "A" * 100_000}})
+        await call.send_json({"event": "media", "streamSid": "MZother",
+                              "media": {"payload": "/w=="}})
+        await call.send_dtmf("1")
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1), "call must go on"
+        session = rb.bridge.calls["CA10"]
+        assert sum(session.protocol_errors.values()) >= 6
+        await call.hang_up()
+
+
+async def test_barge_in_clears_twilio_and_stops_generation() -> None:
+    engine = SyntheticEngine(realtime_factor=0.3)
+    async with running_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as rb:
+        call = TwilioEmulator(rb.stream_url, call_sid="CA11",
+                              custom_parameters={"greeting": LONG_GREETING})
+        await call.connect()
+        assert await call.wait_for(lambda: call.stats.media_received > 30)
+        speech_started = asyncio.get_running_loop().time()
+        await call.stream_audio(caller_speech(0.6))
+        assert await call.wait_for(lambda: call.stats.clears >= 1, timeout=5)
+        reaction = call.stats.clear_times[0] - speech_started
+        assert reaction < 0.6, f"clear after {reaction:.3f}s of caller speech"
+        received = call.stats.media_received
+        await asyncio.sleep(0.5)
+        assert call.stats.media_received == received, "no audio of the interrupted reply leaks out"
+        assert rb.bridge.calls["CA11"].barge_ins == 1
+        assert rb.bridge.engine.busy_slots == 0
+        await call.hang_up()
+
+
+async def test_disconnect_mid_utterance_leaves_no_task_and_no_busy_engine_slot() -> None:
+    engine = SyntheticEngine(realtime_factor=0.5)
+    # Insecure mode and no webhook: the greeting is rendered live by the call, not pre-rendered.
+    async with running_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as rb:
+        before = {t.get_name() for t in asyncio.all_tasks()}
+        call = TwilioEmulator(rb.stream_url, call_sid="CA12",
+                              custom_parameters={"greeting": LONG_GREETING})
+        await call.connect()
+        assert await call.wait_for(lambda: call.stats.media_received > 10)
+        assert engine.busy_slots == 1
+        await call.close()  # the socket drops without a stop message
+        for _ in range(200):
+            if not rb.bridge.calls and engine.busy_slots == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert rb.bridge.calls == {}
+        assert engine.busy_slots == 0
+        await asyncio.sleep(0.05)
+        leftover = [t.get_name() for t in asyncio.all_tasks()
+                    if t.get_name() not in before and ("CA12" in t.get_name() or
+                                                      t.get_name().startswith(("speaker", "render")))]
+        assert leftover == []
+
+
+async def test_pre_rendered_greeting_starts_within_milliseconds_of_start() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA13", "?greeting=Thanks%20for%20calling.")
+        _, params = twiml_parameters(response.text)
+        await asyncio.sleep(0.3)  # the webhook's background render finishes while Twilio dials
+        call = TwilioEmulator(rb.stream_url, call_sid="CA13", custom_parameters=params)
+        await call.connect()
+        assert await call.wait_for(lambda: call.stats.utterances)
+        ttfa = call.stats.utterances[0].first_frame_received - call.start_sent_at
+        assert ttfa < 0.5  # loose bound for CI; the benchmark script measures the real p95
+        assert rb.bridge.phrases.stats()["hits"] >= 1
+        await call.hang_up()
