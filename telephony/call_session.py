@@ -41,6 +41,7 @@ from tts_core.voices import Voice
 log = logging.getLogger("voice_bridge.call")
 
 AGENT_EVENT_QUEUE = 256
+PRIVATE_PARAMETERS = frozenset({"token", "agentUrl"})
 AGENT_STOP_TIMEOUT_S = 5.0
 
 
@@ -69,11 +70,14 @@ class CallSession:
         self.auth_mode = auth_mode
         self.recorder = recorder
         self._close_socket = close_socket
+        params = start.custom_parameters
         self.info = CallInfo(
             call_sid=start.call_sid, stream_sid=start.stream_sid, account_sid=start.account_sid,
-            custom_parameters=dict(start.custom_parameters),
-            from_number=start.custom_parameters.get("from", ""),
-            to_number=start.custom_parameters.get("to", ""),
+            # The stream token is a credential: it never leaves the bridge.
+            custom_parameters={k: v for k, v in params.items() if k not in PRIVATE_PARAMETERS},
+            from_number=params.get("from", ""),
+            to_number=params.get("to", ""),
+            direction=params.get("direction", "inbound") or "inbound",
         )
         metrics = bridge.metrics
         self.started_at = time.monotonic()
@@ -113,9 +117,9 @@ class CallSession:
         return await self.speaker.say(text, interruptible=interruptible, preemptible=preemptible)
 
     async def play_audio(self, audio: np.ndarray, sample_rate: int, *, label: str = "audio",
-                         interruptible: bool = True) -> SpeechResult:
+                         interruptible: bool = True, preemptible: bool = False) -> SpeechResult:
         clip = AudioClip(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, label)
-        return await self.speaker.say(clip, interruptible=interruptible)
+        return await self.speaker.say(clip, interruptible=interruptible, preemptible=preemptible)
 
     async def end(self, reason: str = "agent ended") -> None:
         """Let queued speech finish, then close the stream (Twilio moves to the next TwiML verb)."""
@@ -237,11 +241,13 @@ class CallSession:
         self.bridge.metrics.ttfa.labels(source="cache" if utt.from_cache else "engine").observe(ttfa_s)
 
     def _on_utterance_finished(self, utt: Utterance) -> None:
-        result = utt.future.result() if utt.future.done() else None
+        done = utt.future.done() and not utt.future.cancelled()
+        result = utt.future.result() if done else None
         self.turns.append({
             "utterance": utt.id,
             "outcome": result.outcome.value if result else "unknown",
             "ttfa_ms": _ms(utt.first_frame_at - utt.created_at) if utt.first_frame_at else None,
+            "text_wait_ms": _ms(utt.first_segment_at - utt.created_at) if utt.first_segment_at else None,
             "engine_first_chunk_ms": _round(utt.engine_first_chunk_ms),
             "cached": utt.from_cache,
             "frames": utt.frames_sent,

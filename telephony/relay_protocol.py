@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasGenerator,
@@ -79,11 +80,14 @@ class Error(_ToAgent):
 
 
 # ---- from the agent ----------------------------------------------------------------------------------
-def _boolish(value: Any) -> Any:
-    """Twilio's docs show both JSON booleans and "true"/"false" strings; accept both."""
-    if isinstance(value, str) and value.lower() in {"true", "false"}:
-        return value.lower() == "true"
-    return value
+def _boolish(value: Any) -> bool:
+    """Twilio's docs show both JSON booleans and "true"/"false" strings; accept those, nothing else
+    (pydantic's lax bool would also take 1, "yes", "on"...)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower() == "true"
+    raise ValueError("must be a boolean (true/false or \"true\"/\"false\")")
 
 
 class _FromAgent(BaseModel):
@@ -119,10 +123,21 @@ class Play(_FromAgent):
     _bools = field_validator("interruptible", "preemptible", mode="before")(
         lambda cls, v: _boolish(v))
 
+    @field_validator("loop", mode="before")
+    @classmethod
+    def _loop_is_count(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("loop must be a number")
+        return value
+
     @field_validator("source")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            raise ValueError("source must be an http(s) URL") from None
+        if parts.scheme.lower() not in {"http", "https"} or not parts.hostname:
             raise ValueError("source must be an http(s) URL")
         return value
 

@@ -37,6 +37,7 @@ from tts_core.voices import Voice
 log = logging.getLogger(__name__)
 
 FRAME_MS = int(FRAME_S * 1000)
+CHARS_PER_S = 14.0
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,16 @@ class Utterance:
     future: asyncio.Future[SpeechResult]
     created_at: float = field(default_factory=time.monotonic)
     text: str = ""
-    segments: list[tuple[str, int]] = field(default_factory=list)
-    """(segment text, cumulative frames queued at its end)."""
+    segments: list[list[object]] = field(default_factory=list)
+    """[segment text, first frame, end frame (None while it is still being rendered)]."""
     frames_queued: int = 0
     frames_sent: int = 0
     frames_confirmed: int = 0
     first_frame_at: float | None = None
     engine_first_chunk_ms: float | None = None
+    first_segment_at: float | None = None
+    """When the first segment's text was complete and went to the engine (streamed text waits for
+    a speakable phrase; that wait belongs to the agent's token pace, not to the bridge)."""
     underruns: int = 0
     underrun_ms: float = 0.0
     end_mark_sent_at: float | None = None
@@ -78,22 +82,26 @@ class Utterance:
         return self.text
 
     def heard(self, played_frames: int) -> str:
-        """The text up to ``played_frames``: whole segments, then words of the partly played one."""
+        """The text up to ``played_frames``: whole segments, then words of the partly played one.
+
+        A segment still being rendered has no known end yet; its length is estimated from its text
+        (about 14 characters per second of speech) or from what was rendered so far, if longer.
+        """
         if isinstance(self.source, AudioClip):
             return ""
         words: list[str] = []
-        start = 0
-        for text, end in self.segments:
+        for text, start, end in self.segments:
+            assert isinstance(text, str) and isinstance(start, int)
+            if end is None:
+                end = max(self.frames_queued, start + round(len(text) / CHARS_PER_S * 1000 / FRAME_MS))
+            assert isinstance(end, int)
             if played_frames >= end:
                 words.append(text)
-            elif played_frames > start:
+                continue
+            if played_frames > start:
                 part = text.split()
-                keep = int(len(part) * (played_frames - start) / max(1, end - start))
-                words.extend(part[:keep])
-                break
-            else:
-                break
-            start = end
+                words.extend(part[: int(len(part) * (played_frames - start) / max(1, end - start))])
+            break
         return " ".join(words)
 
     def resolve(self, outcome: SpeechOutcome, *, played_frames: int = 0, error: str | None = None,
@@ -191,6 +199,7 @@ class Speaker:
         played = self._played_frames_estimate()
         for utt in [*self._active, *self._pending]:
             utt.resolve(SpeechOutcome.CANCELLED, played_frames=played.get(utt.id, 0))
+            self._finish(utt)  # every utterance reaches the call log, cancelled ones too
         self._active.clear()
         self._pending.clear()
 
@@ -236,7 +245,8 @@ class Speaker:
         return utt
 
     async def say(self, source: str | AsyncIterator[str] | AudioClip, **kwargs: bool) -> SpeechResult:
-        return await self.submit(source, **kwargs).future
+        # shield: an agent task being cancelled must not cancel the utterance's bookkeeping.
+        return await asyncio.shield(self.submit(source, **kwargs).future)
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is played (or otherwise resolved)."""
@@ -308,7 +318,9 @@ class Speaker:
             utt.resolve(SpeechOutcome.PLAYED, played_frames=utt.frames_sent)
             self._finish(utt)
         elif mark.segment is not None and mark.segment < len(utt.segments):
-            utt.frames_confirmed = max(utt.frames_confirmed, utt.segments[mark.segment][1])
+            end = utt.segments[mark.segment][2]
+            if isinstance(end, int):
+                utt.frames_confirmed = max(utt.frames_confirmed, end)
 
     def _finish(self, utt: Utterance) -> None:
         timer = self._timers.pop(utt.id, None)
@@ -406,6 +418,10 @@ class Speaker:
         request = SpeechRequest(segment, self.voice_id, self.preset, self.voice,
                                 first_in_turn=index == 0)
         started = time.monotonic()
+        if utt.first_segment_at is None:
+            utt.first_segment_at = started
+        entry: list[object] = [segment, utt.frames_queued, None]
+        utt.segments.append(entry)
         first = True
         async for batch in frames_for_segment(self.engine, self._encoder, request):
             if first:
@@ -418,7 +434,7 @@ class Speaker:
             if collected is not None:
                 collected.extend(batch)
             await self._put(utt, batch)
-        utt.segments.append((segment, utt.frames_queued))
+        entry[2] = utt.frames_queued
         await self._put(utt, [], segment=len(utt.segments) - 1)
 
     def _cache_key(self, text: str) -> PhraseKey:
@@ -433,6 +449,8 @@ class Speaker:
         if not self._cache.has(key):
             return False
         utt.from_cache = True
+        entry: list[object] = [text, 0, None]
+        utt.segments.append(entry)
         try:
             async for batch in self._cache.follow(key):
                 await self._put(utt, batch)
@@ -440,8 +458,9 @@ class Speaker:
             if utt.frames_queued:
                 raise  # part of it was already queued: report the failure
             utt.from_cache = False
+            utt.segments.clear()
             return False  # the pre-render failed before any audio: render live instead
-        utt.segments.append((text, utt.frames_queued))
+        entry[2] = utt.frames_queued
         await self._put(utt, [], end=True)
         return True
 

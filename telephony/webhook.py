@@ -77,7 +77,9 @@ async def twiml(request: Request) -> Response:
     connect = Connect()
     stream = connect.stream(url=stream_url(bridge.settings.stream_public_base()))
     for name, value in (("voice", voice), ("preset", preset.name), ("greeting", greeting),
-                        ("agentUrl", agent), ("token", bridge.tokens.issue(call_sid))):
+                        ("agentUrl", agent), ("from", params.get("From", "")),
+                        ("to", params.get("To", "")), ("direction", params.get("Direction", "inbound")),
+                        ("token", bridge.tokens.issue(call_sid))):
         stream.parameter(name=name, value=value)
     response.append(connect)
     bridge.metrics.webhook_seconds.observe(time.perf_counter() - started)

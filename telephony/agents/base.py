@@ -67,9 +67,13 @@ class CallControl(Protocol):
         ...
 
     async def play_audio(
-        self, audio: np.ndarray, sample_rate: int, *, label: str = "audio", interruptible: bool = True
+        self, audio: np.ndarray, sample_rate: int, *, label: str = "audio", interruptible: bool = True,
+        preemptible: bool = False,
     ) -> SpeechResult:
-        """Play float32 mono audio through the same encoder and pacer as speech."""
+        """Play float32 mono audio through the same encoder and pacer as speech.
+
+        Like ``say``, it is queued the moment it is called (before its first await), so calls made
+        in order play in order."""
         ...
 
     async def end(self, reason: str = "agent ended") -> None:

@@ -1,0 +1,166 @@
+"""Fetch an audio file an agent asked us to play (ConversationRelay's ``play``) and decode it.
+
+Only WAV is accepted: linear PCM (8, 16, 24 or 32 bit) through the stdlib ``wave`` module, and G.711
+μ-law WAV (format tag 7), which ``wave`` refuses, through our own chunk walk. The header decides, not
+the URL's extension or the Content-Type. Anything else (MP3, Ogg, ...) is refused with a message that
+says so: decoding compressed formats needs a native decoder we do not ship.
+
+The body is streamed and the size cap is enforced while reading, so a huge or endless response
+costs at most ``max_bytes`` of memory. Decoding runs in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import wave
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from tts_core.audio import mulaw_to_pcm16
+
+WAVE_FORMAT_PCM = 0x0001
+WAVE_FORMAT_MULAW = 0x0007
+WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+MAX_SAMPLE_RATE = 384_000
+
+
+class AudioFetchError(Exception):
+    """The audio could not be fetched or decoded; the message is fit to show the agent."""
+
+
+async def fetch_audio(
+    client: httpx.AsyncClient, url: str, *, max_bytes: int, timeout_s: float = 10.0
+) -> tuple[np.ndarray, int]:
+    """GET ``url`` (http/https only) and return ``(float32 mono samples in [-1, 1], sample rate)``."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise AudioFetchError(f"cannot fetch {url!r}: only http:// and https:// URLs are supported")
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = await _download(client, url, max_bytes=max_bytes, timeout_s=timeout_s)
+    except TimeoutError:
+        raise AudioFetchError(f"fetching {url} timed out after {timeout_s:g} s") from None
+    except httpx.HTTPError as exc:
+        raise AudioFetchError(f"fetching {url} failed: {type(exc).__name__}: {exc}") from None
+    return await asyncio.to_thread(decode_wav, body, source=url)
+
+
+async def _download(client: httpx.AsyncClient, url: str, *, max_bytes: int, timeout_s: float) -> bytes:
+    async with client.stream("GET", url, timeout=timeout_s, follow_redirects=True) as response:
+        if response.status_code != 200:
+            raise AudioFetchError(f"fetching {url} failed: HTTP {response.status_code}")
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise AudioFetchError(
+                f"audio at {url} is too large: {int(declared)} bytes (the limit is {max_bytes})"
+            )
+        buffer = bytearray()
+        async for chunk in response.aiter_bytes():
+            buffer += chunk
+            if len(buffer) > max_bytes:
+                raise AudioFetchError(f"audio at {url} is too large: over the {max_bytes}-byte limit")
+        return bytes(buffer)
+
+
+def decode_wav(data: bytes, *, source: str = "audio") -> tuple[np.ndarray, int]:
+    """Decode a WAV file (PCM or μ-law) to float32 mono; raise ``AudioFetchError`` otherwise."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        kind = _sniff(data)
+        raise AudioFetchError(
+            f"unsupported audio format from {source} ({kind}): only WAV is supported "
+            "(linear PCM or μ-law)"
+        )
+    fmt, chunks = _walk_chunks(data, source)
+    format_tag, channels, rate, bits = fmt
+    if channels < 1 or not 0 < rate <= MAX_SAMPLE_RATE:
+        raise AudioFetchError(f"invalid WAV from {source}: {channels} channels at {rate} Hz")
+    if format_tag == WAVE_FORMAT_MULAW:
+        if bits != 8:
+            raise AudioFetchError(f"invalid μ-law WAV from {source}: {bits} bits per sample")
+        payload = chunks.get(b"data")
+        if payload is None:
+            raise AudioFetchError(f"invalid WAV from {source}: no data chunk")
+        payload = payload[: len(payload) - len(payload) % channels]
+        samples = mulaw_to_pcm16(payload).astype(np.float32) / 32768.0
+    elif format_tag == WAVE_FORMAT_PCM:
+        samples = _decode_pcm(data, source)
+        channels = samples.shape[1]
+        samples = samples.reshape(-1)
+    else:
+        raise AudioFetchError(
+            f"unsupported WAV encoding from {source} (format tag {format_tag:#06x}): "
+            "only linear PCM and μ-law WAV are supported"
+        )
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    if samples.size == 0:
+        raise AudioFetchError(f"WAV from {source} contains no audio")
+    return np.ascontiguousarray(samples, dtype=np.float32), rate
+
+
+def _walk_chunks(data: bytes, source: str) -> tuple[tuple[int, int, int, int], dict[bytes, bytes]]:
+    """Return ``((format tag, channels, rate, bits), {chunk id: body})``; unwraps EXTENSIBLE."""
+    chunks: dict[bytes, bytes] = {}
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id, size = struct.unpack_from("<4sI", data, pos)
+        body = data[pos + 8 : pos + 8 + size]  # a truncated last chunk keeps what arrived
+        chunks.setdefault(chunk_id, body)
+        pos += 8 + size + (size & 1)
+    fmt = chunks.get(b"fmt ")
+    if fmt is None or len(fmt) < 16:
+        raise AudioFetchError(f"invalid WAV from {source}: missing or short fmt chunk")
+    format_tag, channels, rate, _byte_rate, _align, bits = struct.unpack_from("<HHIIHH", fmt)
+    if format_tag == WAVE_FORMAT_EXTENSIBLE:
+        if len(fmt) < 40:
+            raise AudioFetchError(f"invalid WAV from {source}: short WAVE_FORMAT_EXTENSIBLE header")
+        format_tag = struct.unpack_from("<H", fmt, 24)[0]  # first two bytes of the SubFormat GUID
+    return (format_tag, channels, rate, bits), chunks
+
+
+def _decode_pcm(data: bytes, source: str) -> np.ndarray:
+    """Linear PCM through ``wave``; returns float32 of shape (frames, channels)."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as reader:
+            channels = reader.getnchannels()
+            width = reader.getsampwidth()
+            raw = reader.readframes(reader.getnframes())
+    except (wave.Error, EOFError, struct.error) as exc:
+        raise AudioFetchError(f"invalid WAV from {source}: {exc}") from None
+    raw = raw[: len(raw) - len(raw) % (width * channels)]
+    if width == 1:  # 8-bit WAV is unsigned
+        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    elif width == 3:
+        bytes3 = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        ints = bytes3[:, 0] | (bytes3[:, 1] << 8) | (bytes3[:, 2] << 16)
+        ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)
+        samples = ints.astype(np.float32) / float(1 << 23)
+    elif width == 4:
+        samples = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / 2147483648.0).astype(np.float32)
+    else:
+        raise AudioFetchError(f"unsupported WAV from {source}: {8 * width}-bit PCM")
+    return samples.reshape(-1, channels)
+
+
+def _sniff(data: bytes) -> str:
+    """Name a non-WAV payload for the error message."""
+    head = data[:16]
+    if head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "looks like MP3"
+    if head.startswith(b"OggS"):
+        return "looks like Ogg"
+    if head.startswith(b"fLaC"):
+        return "looks like FLAC"
+    if head[4:8] == b"ftyp":
+        return "looks like MP4/AAC"
+    if head.lstrip().startswith((b"<", b"{")):
+        return "looks like text, not audio"
+    if not data:
+        return "empty response"
+    return "not a RIFF/WAVE file"
