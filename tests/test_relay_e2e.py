@@ -1,0 +1,145 @@
+"""End-to-end with a remote agent: the real bridge on loopback, this test playing both Twilio (over
+the Media Stream) and a ConversationRelay agent application (a WebSocket server the bridge dials)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx
+import websockets
+from twilio.request_validator import RequestValidator
+
+from tests.bridge_harness import AUTH_TOKEN, running_bridge
+from tests.test_call_e2e import caller_speech, open_call
+from tts_core.engines.synthetic import SyntheticEngine
+
+
+@dataclass
+class AgentApp:
+    """A ConversationRelay application: records what the bridge sends, replies on cue."""
+
+    url: str = ""
+    received: list[dict] = field(default_factory=list)
+    handshake_signature: str | None = None
+    socket: websockets.ServerConnection | None = None
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [m for m in self.received if m.get("type") == kind]
+
+    async def send(self, **message: object) -> None:
+        assert self.socket is not None
+        await self.socket.send(json.dumps(message))
+
+    async def stream_tokens(self, text: str, pace_s: float = 0.02) -> None:
+        words = text.split(" ")
+        for index, word in enumerate(words):
+            await self.send(type="text", token=(" " if index else "") + word,
+                            last=index == len(words) - 1)
+            await asyncio.sleep(pace_s)
+
+    async def handler(self, ws: websockets.ServerConnection) -> None:
+        self.socket = ws
+        self.handshake_signature = ws.request.headers.get("X-Twilio-Signature")
+        self.connected.set()
+        async for raw in ws:
+            self.received.append(json.loads(raw))
+
+
+@asynccontextmanager
+async def agent_app() -> AsyncIterator[AgentApp]:
+    app = AgentApp()
+    async with websockets.serve(app.handler, "127.0.0.1", 0) as server:
+        app.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/relay"
+        yield app
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(predicate())
+
+
+async def test_agent_gets_a_signed_setup_and_its_streamed_tokens_are_spoken() -> None:
+    async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA21", f"?greeting=Hello.&agentUrl={agent.url}")
+        assert await wait_until(lambda: agent.of_type("setup"))
+        setup = agent.of_type("setup")[0]
+        assert setup["callSid"] == "CA21"
+        assert setup["from"] == "+15550001111" and setup["to"] == "+15550002222"
+        assert "token" not in setup["customParameters"], "the stream token must not leak to agents"
+        assert RequestValidator(AUTH_TOKEN).validate(agent.url, {}, agent.handshake_signature)
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1)  # the greeting
+        await agent.stream_tokens("Your order shipped this morning, and it should arrive by Friday.")
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 2)
+        reply = call.played_utterances()[1]
+        assert reply.frames > 50 and reply.underruns == 0
+        assert call.stats.invalid == []
+        await call.hang_up()
+
+
+async def test_dtmf_reaches_the_agent() -> None:
+    async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA22", f"?greeting=&agentUrl={agent.url}")
+        assert await wait_until(lambda: agent.of_type("setup"))
+        await call.send_dtmf("7")
+        assert await wait_until(lambda: agent.of_type("dtmf"))
+        assert agent.of_type("dtmf")[0] == {"type": "dtmf", "digit": "7"}
+        await call.hang_up()
+
+
+async def test_barge_in_sends_clear_to_twilio_and_interrupt_to_the_agent() -> None:
+    engine = SyntheticEngine(realtime_factor=0.3)
+    async with agent_app() as agent, running_bridge(engine=engine) as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA23", f"?greeting=&agentUrl={agent.url}")
+        assert await wait_until(lambda: agent.of_type("setup"))
+        long_reply = ("Let me read you the full terms and conditions of the account, which are long. "
+                      "Section one covers fees. Section two covers interest. Section three covers "
+                      "disputes and how to raise them.")
+        await agent.send(type="text", token=long_reply, last=True)
+        assert await call.wait_for(lambda: call.stats.media_received > 60)
+        await call.stream_audio(caller_speech(0.5))
+        assert await call.wait_for(lambda: call.stats.clears == 1, timeout=5)
+        assert await wait_until(lambda: agent.of_type("interrupt"))
+        interrupt = agent.of_type("interrupt")[0]
+        assert set(interrupt) == {"type", "utteranceUntilInterrupt", "durationUntilInterruptMs"}
+        assert interrupt["durationUntilInterruptMs"] > 500
+        heard = interrupt["utteranceUntilInterrupt"]
+        assert heard and long_reply.startswith(heard), heard
+        assert len(heard) < len(long_reply)
+        assert engine.busy_slots == 0
+        await call.hang_up()
+
+
+async def test_agent_end_lets_speech_finish_then_closes_the_stream() -> None:
+    async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA24", f"?greeting=&agentUrl={agent.url}")
+        assert await wait_until(lambda: agent.of_type("setup"))
+        await agent.send(type="text", token="Goodbye and thanks for calling.", last=True)
+        await agent.send(type="end", handoffData='{"reason": "done"}')
+        assert await call.wait_closed(10)
+        assert len(call.played_utterances()) == 1, "the goodbye must be heard before the stream closes"
+        assert call.stats.close_code == 1000
+
+
+async def test_agent_that_cannot_be_reached_ends_the_call_cleanly() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA25", "?greeting=&agentUrl=ws://127.0.0.1:9/none")
+        assert await call.wait_closed(10)
+        assert rb.bridge.calls == {}
+        assert rb.bridge.engine.busy_slots == 0
+
+
+async def test_in_process_python_agent_is_selected_by_name() -> None:
+    async with running_bridge(default_agent="python:tests.sample_agents:EchoDigitsAgent") as rb:
+        async with httpx.AsyncClient() as client:
+            call = await open_call(rb, client, "CA26", "?greeting=")
+        await call.send_dtmf("4")
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1)
+        await call.hang_up()
