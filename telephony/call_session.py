@@ -114,11 +114,32 @@ class CallSession:
     # ---- CallControl (what agents may do) ---------------------------------------------------------
     async def say(self, text: str | AsyncIterator[str], *, interruptible: bool = True,
                   preemptible: bool = False) -> SpeechResult:
+        if self.recorder is not None:
+            text = self._recorded(text)
         return await self.speaker.say(text, interruptible=interruptible, preemptible=preemptible)
+
+    def _recorded(self, text: str | AsyncIterator[str]) -> str | AsyncIterator[str]:
+        """Record what the agent says as ConversationRelay ``text`` messages, as it flows."""
+        recorder = self.recorder
+        if isinstance(text, str):
+            recorder.agent_message({"type": "text", "token": text, "last": True})
+            return text
+
+        async def tokens() -> AsyncIterator[str]:
+            try:
+                async for token in text:
+                    recorder.agent_message({"type": "text", "token": token, "last": False})
+                    yield token
+            finally:
+                recorder.agent_message({"type": "text", "token": "", "last": True})
+
+        return tokens()
 
     async def play_audio(self, audio: np.ndarray, sample_rate: int, *, label: str = "audio",
                          interruptible: bool = True, preemptible: bool = False) -> SpeechResult:
         clip = AudioClip(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, label)
+        if self.recorder is not None:
+            self.recorder.agent_message({"type": "play", "source": label})
         return await self.speaker.say(clip, interruptible=interruptible, preemptible=preemptible)
 
     async def end(self, reason: str = "agent ended") -> None:
@@ -126,6 +147,8 @@ class CallSession:
         if self._ending:
             return
         self._ending = True
+        if self.recorder is not None:
+            self.recorder.agent_message({"type": "end", "handoffData": reason})
         await self.speaker.drain()
         self.end_reason = reason
         await self._close_socket(1000, reason[:120])

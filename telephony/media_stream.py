@@ -60,7 +60,7 @@ async def media_stream(ws: WebSocket) -> None:
              "present" if signature is not None else "absent")
 
     try:
-        start = await asyncio.wait_for(_await_start(ws), settings.start_timeout_s)
+        start, opening = await asyncio.wait_for(_await_start(ws), settings.start_timeout_s)
     except TimeoutError:
         bridge.metrics.error("start_timeout")
         await _close(ws, POLICY_VIOLATION, "no start message in time")
@@ -118,6 +118,8 @@ async def media_stream(ws: WebSocket) -> None:
         from telephony.recording import CallRecorder
 
         recorder = CallRecorder.open(settings.record_dir, start)
+        for raw in opening:
+            recorder.twilio_message(raw)
     session = CallSession(
         bridge=bridge, start=start, agent=agent, voice_id=voice_id, voice=voice, preset=preset,
         send_text=send_text, close_socket=close_socket, greeting=params.get("greeting", ""),
@@ -131,16 +133,20 @@ class _StreamGone(Exception):
     pass
 
 
-async def _await_start(ws: WebSocket) -> Start:
-    """Read until ``start``; ``connected`` may come first. Anything else before start is an error."""
+async def _await_start(ws: WebSocket) -> tuple[Start, list[str]]:
+    """Read until ``start``; ``connected`` may come first. Anything else before start is an error.
+
+    Returns the start and the raw messages read (for the call recording)."""
+    opening: list[str] = []
     while True:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             raise _StreamGone
         raw = message.get("text") if message.get("text") is not None else message.get("bytes")
         parsed = parse_inbound(raw)
+        opening.append(raw)
         if isinstance(parsed, Start):
-            return parsed
+            return parsed, opening
         if not isinstance(parsed, Connected):
             raise ProtocolError("unexpected_before_start",
                                 f"{type(parsed).__name__} before start")

@@ -233,3 +233,35 @@ async def test_pre_rendered_greeting_starts_within_milliseconds_of_start() -> No
         assert ttfa < 0.5  # loose bound for CI; the benchmark script measures the real p95
         assert rb.bridge.phrases.stats()["hits"] >= 1
         await call.hang_up()
+
+
+async def test_recording_writes_the_call_as_recorded_call_jsonl(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    async with running_bridge(record_dir=tmp_path) as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA14", "?greeting=Hi.")
+        assert await call.wait_for(lambda: call.played_utterances())
+        await call.send_dtmf("3")
+        await call.stream_audio(caller_speech(0.1))
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 2)
+        await call.hang_up()
+        assert await rb_wait(lambda: rb.bridge.calls == {})
+    (path,) = tmp_path.glob("*.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["type"] == "header" and lines[0]["sample_rate"] == 8000
+    events = [(e["from"], e["msg"].get("event") or e["msg"].get("type")) for e in lines[1:-1]]
+    assert ("twilio", "start") in events and ("twilio", "dtmf") in events
+    assert ("twilio", "media") in events and ("twilio", "stop") in events
+    spoken = [e["msg"]["token"] for e in lines[1:-1] if e["from"] == "agent"]
+    # The greeting travels in start.customParameters (as ConversationRelay's welcomeGreeting), so a
+    # replay must not hear it twice: only what the agent said is an agent event.
+    assert spoken == ["You pressed 3."]
+    assert lines[-1] == {"type": "trailer", "dropped_lines": 0}
+
+
+async def rb_wait(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(predicate())
