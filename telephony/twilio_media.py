@@ -59,6 +59,8 @@ class Start(_Inbound):
     @field_validator("custom_parameters", mode="before")
     @classmethod
     def _stringify(cls, value: Any) -> Any:
+        if value is None:
+            return {}
         if isinstance(value, dict):
             return {str(k): "" if v is None else str(v) for k, v in value.items()}
         return value
@@ -116,7 +118,9 @@ def base64_limit(max_payload_bytes: int) -> int:
     return 4 * -(-max_payload_bytes // 3)
 
 
-def parse_inbound(raw: str | bytes | None, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> InboundMessage:
+def parse_inbound(
+    raw: str | bytes | None, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+) -> InboundMessage:
     """Parse one message from Twilio, or raise ProtocolError with a countable ``kind``."""
     if raw is None or isinstance(raw, bytes | bytearray):
         raise ProtocolError("binary_frame", "binary WebSocket frames are not part of the protocol")
@@ -176,6 +180,8 @@ def _parse_media(message: dict[str, Any], stream_sid: str, max_payload_bytes: in
         audio = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("invalid_base64", "media.payload is not valid base64") from None
+    if payload.endswith("==="):  # Python 3.11's strict mode still lets surplus padding through
+        raise ProtocolError("invalid_base64", "media.payload has surplus '=' padding")
     if len(audio) > max_payload_bytes:  # unpadded text can decode to a little more than the limit
         raise ProtocolError("oversize_payload", f"media payload of {len(audio)} bytes")
     track = body.get("track", "inbound")
@@ -183,9 +189,8 @@ def _parse_media(message: dict[str, Any], stream_sid: str, max_payload_bytes: in
         raise ProtocolError("invalid_field", "media.track must be a string")
     # Hot path (50/s per call): every field is checked above, so skip pydantic validation.
     return Media.model_construct(
-        event="media", stream_sid=stream_sid, track=str(body.get("track", "inbound")),
-        chunk=_int_or_none(body.get("chunk")), timestamp=_int_or_none(body.get("timestamp")),
-        payload=audio,
+        event="media", stream_sid=stream_sid, track=track,
+        chunk=_int_field(body, "chunk"), timestamp=_int_field(body, "timestamp"), payload=audio,
     )
 
 
