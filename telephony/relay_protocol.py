@@ -90,6 +90,14 @@ def _boolish(value: Any) -> bool:
     raise ValueError("must be a boolean (true/false or \"true\"/\"false\")")
 
 
+def _interruptible(value: Any) -> bool:
+    """Like ``_boolish``, plus ConversationRelay's newer "none" | "dtmf" | "speech" | "any": the
+    bridge barges in on caller speech, so "speech" and "any" mean interruptible."""
+    if isinstance(value, str) and value.strip().lower() in {"none", "dtmf", "speech", "any"}:
+        return value.strip().lower() in {"speech", "any"}
+    return _boolish(value)
+
+
 class _FromAgent(BaseModel):
     model_config = ConfigDict(**_CONFIG, extra="ignore", strict=False)
 
@@ -102,8 +110,8 @@ class Text(_FromAgent):
     interruptible: bool = True
     preemptible: bool = False
 
-    _bools = field_validator("last", "interruptible", "preemptible", mode="before")(
-        lambda cls, v: _boolish(v))
+    _bools = field_validator("last", "preemptible", mode="before")(lambda cls, v: _boolish(v))
+    _interrupt = field_validator("interruptible", mode="before")(lambda cls, v: _interruptible(v))
 
     @field_validator("token", mode="before")
     @classmethod
@@ -120,8 +128,8 @@ class Play(_FromAgent):
     interruptible: bool = True
     preemptible: bool = False
 
-    _bools = field_validator("interruptible", "preemptible", mode="before")(
-        lambda cls, v: _boolish(v))
+    _bools = field_validator("preemptible", mode="before")(lambda cls, v: _boolish(v))
+    _interrupt = field_validator("interruptible", mode="before")(lambda cls, v: _interruptible(v))
 
     @field_validator("loop", mode="before")
     @classmethod

@@ -189,3 +189,10 @@ def test_refusal_names_the_offending_field():
 
 def test_error_text_does_not_echo_huge_input():
     assert len(refused("x" * 100_000)) < 200
+
+
+@pytest.mark.parametrize(("value", "expected"), [("speech", True), ("any", True), ("none", False),
+                                                 ("dtmf", False), ("ANY", True)])
+def test_interruptible_accepts_conversation_relays_newer_values(value: str, expected: bool) -> None:
+    message = parse_agent_message(json.dumps({"type": "text", "token": "hi", "interruptible": value}))
+    assert message.interruptible is expected
