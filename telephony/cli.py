@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voice-bridge: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(create_app(settings), log_level=settings.log_level,
-                            ws="websockets-sansio", ws_max_size=1 << 20)
+                            ws="websockets-sansio", ws_per_message_deflate=False, ws_max_size=1 << 20)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

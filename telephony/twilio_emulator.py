@@ -98,12 +98,16 @@ class TwilioEmulator:
         self._current: HeardUtterance | None = None
         self._closed = asyncio.Event()
         self._echo_lock = asyncio.Lock()
+        self._pending_starts: deque[float] = deque()
+        """Receive times of utterances queued behind an end mark that has not played yet."""
         self.mark_echoes: list[tuple[float, str]] = []
 
     # ---- connection ---------------------------------------------------------------------------------
     async def connect(self, *, send_start: bool = True) -> None:
+        # No permessage-deflate: Twilio does not compress, and compression would charge the bridge
+        # CPU that production never costs it.
         self._ws = await websockets.connect(self.url, additional_headers=self.headers,
-                                            open_timeout=10, max_size=1 << 20)
+                                            open_timeout=10, max_size=1 << 20, compression=None)
         self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._playback())]
         await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         if send_start:
@@ -231,6 +235,8 @@ class TwilioEmulator:
             if self._current is None:
                 self._current = HeardUtterance(first_frame_received=now)
                 self.stats.utterances.append(self._current)
+            elif self._buffer and isinstance(self._buffer[-1], str) and self._buffer[-1].endswith("-end"):
+                self._pending_starts.append(now)  # a new utterance queued behind the last one
             self._buffer.append(frame)
         elif event == "mark":
             self.stats.marks_received += 1
@@ -241,6 +247,7 @@ class TwilioEmulator:
             self.stats.clear_times.append(now)
             pending = [item for item in self._buffer if isinstance(item, str)]
             self._buffer.clear()
+            self._pending_starts.clear()
             if self._current is not None:
                 self._current.outcome = "cleared"
                 self._current.ended = now
@@ -303,6 +310,11 @@ class TwilioEmulator:
                 self._current.outcome = "played"
                 self._current.ended = now
                 self._current = None
+                if any(isinstance(item, bytes) for item in self._buffer):
+                    # The next utterance's frames were already buffered behind this end mark.
+                    received = self._pending_starts.popleft() if self._pending_starts else now
+                    self._current = HeardUtterance(first_frame_received=received)
+                    self.stats.utterances.append(self._current)
         self._spawn_echo(name)
 
 

@@ -55,7 +55,8 @@ async def running_bridge(engine: Engine | None = None, **overrides: object) -> A
     values.setdefault("public_url", f"http://127.0.0.1:{port}")
     settings = Settings(**{**values, "port": port})
     app = create_app(settings, engine=engine)
-    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on")
+    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio",
+                            ws_per_message_deflate=False, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Simulate one phone call against a running bridge and keep what the caller heard.
+
+Three kinds of call:
+* default: the greeting only (``--greeting TEXT``, or the bridge's default greeting);
+* ``--text "..."``: a loopback ConversationRelay agent streams that text as LLM-like tokens
+  (``--token-ms`` apart, starting ``--after`` seconds into the call; no greeting unless
+  ``--greeting`` is given);
+* ``--recorded FILE.jsonl``: replays a recorded call (docs/recorded-calls.md), caller audio,
+  DTMF and agent turns included.
+
+Writes what the caller heard (8 kHz 16-bit mono WAV, silence included) to ``--wav`` and a timeline
+(start, turns sent, first frames, playback, marks, clears, utterance ends, close) to
+``--timeline`` (``.json``, or text for any other suffix; ``-`` prints it).
+
+Usage:
+  voice-bridge serve --insecure-dev --engine synthetic &
+  .venv/bin/python scripts/simulate_call.py --text "Hello there. How can I help?" --wav out/call.wav \\
+      --timeline -
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (str(ROOT), str(ROOT / "scripts")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from _replay import (  # noqa: E402
+    AgentServer,
+    CallReplay,
+    CallResult,
+    RecordedCall,
+    agent_turn_messages,
+    check_loopback,
+    heard_wav,
+    load_recording,
+    silent_call,
+)
+
+
+async def simulate(
+    url: str,
+    recording: RecordedCall,
+    *,
+    greeting: str | None,
+    auth_token: str | None = None,
+    public_url: str | None = None,
+    voice: str | None = None,
+    preset: str | None = None,
+    wav: Path | None = None,
+    tail_timeout_s: float = 15.0,
+    max_seconds: float = 120.0,
+    allow_remote: bool = False,
+) -> tuple[CallResult, float | None]:
+    """Run one call; returns its result (with timeline) and the WAV length written, if any."""
+    check_loopback(url, allow_remote)
+    async with AgentServer() as agents:
+        replay = CallReplay(recording, call_id="sim", base_url=url, agent_server=agents,
+                            auth_token=auth_token, public_url=public_url, voice=voice, preset=preset,
+                            greeting=greeting, tail_timeout_s=tail_timeout_s, keep_audio=True,
+                            keep_timeline=True)
+        agents.register(replay)
+        task = asyncio.create_task(replay.run())
+        done, _ = await asyncio.wait([task], timeout=max_seconds)
+        if not done:
+            task.cancel()
+        result = await task
+    seconds = None
+    if wav is not None and replay.emulator is not None:
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        seconds = heard_wav(replay.emulator, wav)
+    return result, seconds
+
+
+def timeline_text(result: CallResult) -> str:
+    lines = [f"call {result.call_sid} ({result.recording}): {result.status}, {result.duration_s:.2f} s"]
+    for entry in result.timeline or []:
+        detail = f"  {entry['detail']}" if entry.get("detail") else ""
+        lines.append(f"{entry['t']:8.3f}s  {entry['event']:<22}{detail}")
+    lines.append("")
+    for turn in result.turns:
+        lines.append(f"turn {turn['index']} ({turn['kind']}): ttfa {turn['ttfa_ms']} ms, "
+                     f"{turn['outcome']}{', overlapped' if turn['overlapped'] else ''}: "
+                     f"{turn['text'][:60]!r}")
+    lines.append(f"heard {result.utterances_heard} utterances ({result.utterances_played} played, "
+                 f"{result.utterances_cleared} cleared), {result.audio_s:.2f} s of audio, "
+                 f"{result.underruns} underruns ({result.underrun_ms:.0f} ms), "
+                 f"{result.marks_received} marks, {result.clears} clears, close {result.close_code}")
+    if result.barge_in_ms:
+        lines.append(f"barge-in reaction: {', '.join(f'{v:.0f} ms' for v in result.barge_in_ms)}")
+    for error in result.errors:
+        lines.append(f"! {error}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="simulate_call.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the bridge's base URL")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--text", help="agent text, streamed by the loopback agent")
+    what.add_argument("--recorded", type=Path, help="a recorded call to replay")
+    parser.add_argument("--greeting", default=None,
+                        help="greeting parameter (default: the bridge's greeting for a greeting-only "
+                             "call, none with --text, the recorded one with --recorded)")
+    parser.add_argument("--token-ms", type=float, default=30.0, help="ms between tokens (--text)")
+    parser.add_argument("--after", type=float, default=0.3,
+                        help="seconds after start before the first token (--text)")
+    parser.add_argument("--voice", default=None)
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
+                        help="sign the webhook (default $TWILIO_AUTH_TOKEN)")
+    parser.add_argument("--public-url", default=None, help="the bridge's PUBLIC_URL, if it has one")
+    parser.add_argument("--wav", type=Path, help="write what the caller heard here")
+    parser.add_argument("--timeline", default="-",
+                        help="timeline file: .json, else text; '-' prints it (default)")
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="hang up after this long")
+    parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    args = parser.parse_args(argv)
+
+    greeting: str | None = args.greeting
+    if args.recorded:
+        recording = load_recording(args.recorded)
+        if greeting is None:
+            greeting = recording.greeting
+    elif args.text:
+        recording = silent_call(0.0, name="text", stop=False,
+                                agent=agent_turn_messages(args.text, args.after, args.token_ms))
+        greeting = greeting or ""
+    else:
+        recording = silent_call(0.0, name="greeting", stop=False)
+    try:
+        result, seconds = asyncio.run(simulate(
+            args.url, recording, greeting=greeting, auth_token=args.auth_token or None,
+            public_url=args.public_url, voice=args.voice, preset=args.preset, wav=args.wav,
+            max_seconds=args.max_seconds, allow_remote=args.allow_remote))
+    except SystemExit as exc:
+        print(f"simulate_call: {exc}", file=sys.stderr)
+        return 2
+    text = timeline_text(result)
+    if args.timeline == "-":
+        print(text)
+    else:
+        out = Path(args.timeline)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".json":
+            data: dict[str, Any] = result.as_dict(raw=True)
+            out.write_text(json.dumps(data, indent=2) + "\n")
+        else:
+            out.write_text(text + "\n")
+        print(text.splitlines()[0])
+        print(f"timeline: {out}")
+    if seconds is not None:
+        print(f"heard: {args.wav} ({seconds:.2f} s)")
+    return 0 if not result.errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

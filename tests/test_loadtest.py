@@ -1,0 +1,229 @@
+"""The recorded-call format, and the load test / call simulator replaying fixtures against the real
+bridge (in-process, synthetic engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
+import _replay  # noqa: E402
+import loadtest  # noqa: E402
+import simulate_call  # noqa: E402
+
+CALLS = Path(__file__).resolve().parent / "data" / "calls"
+FIXTURES = ("greeting_only", "dialogue_dtmf", "barge_in", "monologue")
+
+
+def fixture(name: str) -> _replay.RecordedCall:
+    return _replay.load_recording(CALLS / f"{name}.jsonl")
+
+
+# ---------------------------------------------------------------------------------- the format
+
+
+def test_writer_compacts_silence_and_the_reader_expands_it_exactly() -> None:
+    buffer = io.StringIO()
+    speech = bytes(range(160))
+    with _replay.RecordingWriter(buffer, source="test") as writer:
+        writer.twilio(0.0, {"event": "start", "start": {"customParameters": {"greeting": "Hi"}}})
+        for k in range(50):  # 1 s of silence, an agent token in the middle of it
+            writer.twilio(k * 0.02, _media(b"\xff" * 160))
+            if k == 10:
+                writer.agent(0.205, {"type": "text", "token": "Hi", "last": True})
+        writer.twilio(1.0, _media(speech))
+        writer.twilio(1.02, {"event": "dtmf", "dtmf": {"digit": "5"}})
+        writer.twilio(1.04, _media(b"\xff" * 160))
+        writer.twilio(1.06, {"event": "stop"})
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert lines[0]["format"] == "voice-bridge-recorded-call" and lines[0]["version"] == 1
+    assert {"t": 0.0, "from": "twilio", "silence_ms": 1000} in lines
+    times = [line["t"] for line in lines if "t" in line]
+    assert times == sorted(times), "lines stay in time order"
+    call = _replay.parse_recording(buffer.getvalue().splitlines())
+    actions = list(call.twilio_actions())
+    media = [a for a in actions if a[1] == "media"]
+    assert len(media) == 52
+    assert all(payload == b"\xff" * 160 for _, _, payload in media[:50])
+    assert [round(t, 3) for t, _, _ in media[:3]] == [0.0, 0.02, 0.04]
+    assert media[50] == (1.0, "media", speech)
+    assert ("dtmf" in [a[1] for a in actions]) and actions[-1][1] == "stop"
+    assert call.greeting == "Hi"
+    assert [turn.text for turn in call.agent_turns] == ["Hi"]
+    assert call.speech_onsets() == [1.0]
+
+
+def _media(payload: bytes) -> dict[str, object]:
+    return {"event": "media", "media": {"payload": base64.b64encode(payload).decode()}}
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"type":"header","format":"other","version":1}', "first line must be the header"),
+    ('{"type":"header","format":"voice-bridge-recorded-call","version":2}', "version 2"),
+    ('HEADER\n{"t":0,"from":"twilio","silence_ms":30}', "multiple of 20"),
+    ('HEADER\n{"t":-1,"from":"twilio","msg":{}}', "negative"),
+    ('HEADER\n{"t":0,"from":"twilio","msg":{"event":"media","media":{"payload":"%%"}}}', "base64"),
+    ('HEADER\nnot json', ":2: not JSON"),
+])
+def test_malformed_recordings_are_refused_with_the_line(line: str, message: str) -> None:
+    header = '{"type":"header","format":"voice-bridge-recorded-call","version":1,"sample_rate":8000}'
+    with pytest.raises(_replay.RecordingError, match=message):
+        _replay.parse_recording(line.replace("HEADER", header).splitlines(), "x.jsonl")
+
+
+def test_fixtures_are_small_and_hold_what_their_names_say() -> None:
+    for name in FIXTURES:
+        assert (CALLS / f"{name}.jsonl").stat().st_size < 200_000
+    assert fixture("greeting_only").greeting and not fixture("greeting_only").agent_turns
+    dialogue = fixture("dialogue_dtmf")
+    assert [a[2] for a in dialogue.twilio_actions() if a[1] == "dtmf"] == ["4", "2", "#"]
+    assert len(dialogue.agent_turns) == 2 and dialogue.speech_onsets()
+    assert dialogue.agent_actions[-1][1] == {"type": "end"}
+    barge = fixture("barge_in")
+    first = barge.agent_turns[0]
+    speech_ends = barge.agent_actions[first.first_event][0] + 0.065 * len(first.text)
+    assert barge.speech_onsets()[0] < speech_ends - 5, "the caller talks over the long turn"
+    assert len(fixture("monologue").agent_turns[0].text) > 120
+
+
+def test_loadtest_refuses_non_loopback_hosts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert loadtest.main(["--url", "http://203.0.113.5:8080", "--calls", "1"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    _replay.check_loopback("http://127.0.0.1:8080", False)
+    _replay.check_loopback("http://localhost:1", False)
+    _replay.check_loopback("https://bridge.example.com", True)
+
+
+# ---------------------------------------------------------------------------------- against the bridge
+
+
+async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
+    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from tts_core.engines.synthetic import SyntheticEngine
+
+    recordings = [fixture(n) for n in ("greeting_only", "dialogue_dtmf", "barge_in")]
+    async with running_bridge(engine=SyntheticEngine(realtime_factor=0.2)) as rb:
+        config = loadtest.LoadConfig(url=rb.base_url, recordings=recordings, calls=3,
+                                     duration_s=40, auth_token=AUTH_TOKEN, server_pid="auto")
+        report = await loadtest.run_load(config)
+    data = report.data
+    text = loadtest.format_report(report)
+    assert report.ok, text
+    for key in ("ttfa_ms", "ttfa_greeting_ms", "ttfa_agent_ms", "underruns", "barge_in_ms",
+                "mark_rtt_ms", "delivery_rtf", "errors", "cpu", "per_call", "timeseries"):
+        assert key in data, key
+    assert data["errors"]["invalid_messages"] == 0
+    assert data["calls"] == {**data["calls"], "run": 3, "completed": 3, "failed": 0, "cut": 0}
+    by_name = {c["recording"]: c for c in data["per_call"]}
+    for call in data["per_call"]:
+        assert call["turns"], call["recording"]
+        assert all(t["ttfa_ms"] is not None and t["ttfa_ms"] >= 0 for t in call["turns"]
+                   if t["outcome"] != "cleared_before_audio"), call["turns"]
+        assert call["close_code"] in (None, 1000)
+        assert call["underruns"] == 0, text
+    dialogue = by_name["dialogue_dtmf"]
+    assert [t["kind"] for t in dialogue["turns"]] == ["greeting", "agent", "agent"]
+    assert dialogue["agent_messages"].get("dtmf") == 3
+    assert dialogue["closed_by"] == "bridge", "the agent's end closes the stream"
+    barge = by_name["barge_in"]
+    assert barge["clears"] >= 1 and barge["barge_in_ms"], text
+    assert 0 < barge["barge_in_ms"][0] < 1500
+    assert barge["agent_messages"].get("interrupt") == 1
+    assert data["ttfa_ms"]["n"] == 6 and data["ttfa_ms"]["p95"] is not None
+    assert data["mark_rtt_ms"]["n"] > 0
+    assert data["cpu"]["server_cpu_s"] is not None and data["cpu"]["same_process"]
+    assert "TTFA" in text and "underruns: 0" in text
+
+
+async def test_a_slow_engine_shows_up_as_underruns() -> None:
+    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from tts_core.engines.synthetic import SyntheticEngine
+
+    engine = SyntheticEngine(realtime_factor=1.5)  # audio comes slower than real time
+    async with running_bridge(engine=engine) as rb:
+        config = loadtest.LoadConfig(url=rb.base_url, recordings=[fixture("monologue")], calls=1,
+                                     duration_s=6, auth_token=AUTH_TOKEN, server_pid=None)
+        report = await loadtest.run_load(config)
+    data = report.data
+    assert data["underruns"]["count"] > 0, loadtest.format_report(report)
+    assert data["underruns"]["total_ms"] > 0
+    assert data["calls"]["cut"] == 1, "the 6 s cap ends the 11 s call"
+    assert data["errors"]["invalid_messages"] == 0
+    assert sum(data["timeseries"]["underrun_ms"]) == pytest.approx(data["underruns"]["total_ms"])
+
+
+async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> None:
+    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+
+    recording = _replay.silent_call(0.0, stop=False, agent=_replay.agent_turn_messages(
+        "Hello there. This is a simulated call.", 0.2))
+    wav = tmp_path / "heard.wav"
+    async with running_bridge() as rb:
+        result, seconds = await simulate_call.simulate(rb.base_url, recording, greeting="Hi.",
+                                                       auth_token=AUTH_TOKEN, wav=wav)
+    assert result.errors == [] and result.status == "completed", simulate_call.timeline_text(result)
+    assert [t["kind"] for t in result.turns] == ["greeting", "agent"]
+    events = [e["event"] for e in result.timeline or []]
+    for expected in ("start_sent", "agent_setup", "turn_sent", "first_frame", "playing",
+                     "mark_received", "mark_echoed", "utterance_end", "stop_sent"):
+        assert expected in events, events
+    with wave.open(str(wav)) as heard:
+        assert (heard.getframerate(), heard.getsampwidth(), heard.getnchannels()) == (8000, 2, 1)
+        assert heard.getnframes() / 8000 == pytest.approx(seconds)
+        assert seconds > 2.0
+
+
+async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path: Path) -> None:
+    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+
+    original = fixture("barge_in")
+    async with running_bridge(record_dir=tmp_path) as rb:
+        config = loadtest.LoadConfig(url=rb.base_url, recordings=[original], calls=1,
+                                     duration_s=30, auth_token=AUTH_TOKEN, server_pid=None)
+        first = await loadtest.run_load(config)
+        for _ in range(200):
+            if not rb.bridge.calls:
+                break
+            await asyncio.sleep(0.01)
+        (path,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*.jsonl")))
+        recorded = _replay.load_recording(path)
+        config.recordings = [recorded]
+        again = await loadtest.run_load(config)
+    lines = path.read_text().splitlines()
+    assert any('"silence_ms"' in line for line in lines), "silent caller audio is stored compactly"
+    assert len(lines) < 400 and path.stat().st_size < 100_000
+    assert recorded.header["source"] == "bridge" and recorded.trailer == {"type": "trailer",
+                                                                        "dropped_lines": 0}
+    assert recorded.greeting == ""
+    assert recorded.agent_turns[-1].text == original.agent_turns[-1].text
+    assert recorded.agent_turns[0].text.startswith("Let me walk you")
+    assert abs(recorded.speech_onsets()[0] - original.speech_onsets()[0]) < 0.1
+    assert recorded.agent_actions[-1][1]["type"] == "end"
+    for report in (first, again):
+        assert report.ok, loadtest.format_report(report)
+        (call,) = report.data["per_call"]
+        assert call["clears"] == 1 and call["barge_in_ms"], loadtest.format_report(report)
+        assert [t["outcome"] for t in call["turns"]] == ["audio", "audio"]
+
+
+async def test_refused_calls_are_reported_as_errors() -> None:
+    from tests.bridge_harness import running_bridge
+
+    async with running_bridge() as rb:
+        config = loadtest.LoadConfig(url=rb.base_url, recordings=[fixture("greeting_only")], calls=2,
+                                     duration_s=10, auth_token="not-the-token", server_pid=None)
+        report = await loadtest.run_load(config)
+    assert not report.ok
+    assert report.data["errors"]["webhook_failures"] == 2
+    assert report.data["calls"]["failed"] == 2
+    assert "403" in report.data["errors"]["examples"][0]
