@@ -136,6 +136,13 @@ class CallBuilder:
         self.texts.append(f"agent@{at:.2f}: {text}")
         return at + estimate_speech_s(text)
 
+    def agent_prompt(self, text: str, at: float) -> float:
+        """A whole prompt in one ``text`` message (IVR-style: repeated verbatim across calls, so the
+        bridge serves it from its phrase cache); returns the estimated end of its audio."""
+        self.agent.append((round(at, 4), {"type": "text", "token": text, "last": True}))
+        self.texts.append(f"agent@{at:.2f}: {text}")
+        return at + estimate_speech_s(text)
+
     def press(self, digit: str, at: float) -> float:
         self.dtmf.append((round(at, 4), digit))
         self.texts.append(f"dtmf@{at:.2f}: {digit}")
@@ -279,7 +286,22 @@ async def monologue(voice: CallerVoice, long: bool) -> tuple[CallBuilder, float]
     return call, end + 1.0
 
 
-SCENARIOS = {"greeting_only": greeting_only, "dialogue_dtmf": dialogue_dtmf, "barge_in": barge_in,
+async def ivr_prompts(voice: CallerVoice, long: bool) -> tuple[CallBuilder, float]:
+    call = CallBuilder("ivr_prompts", "Greeting and fixed prompts answered by keypad digits: every "
+                       "prompt is said verbatim on every call (the phrase cache's workload).", voice,
+                       greeting="Thanks for calling Acme. Press one for orders, or two for billing.",
+                       seed=5)
+    t = call.greeting_end() + PAUSE_S
+    prompts = [("1", "You chose orders. Please enter your order number, then press pound."),
+               ("#", "Thank you. Your order has shipped and will arrive on Thursday."),
+               ("2", "For billing, please stay on the line while we connect you.")]
+    for digit, prompt in prompts * (3 if long else 1):
+        t = call.press(digit, t) + 0.3
+        t = call.agent_prompt(prompt, t) + PAUSE_S
+    return call, t
+
+
+SCENARIOS = {"greeting_only": greeting_only, "ivr_prompts": ivr_prompts, "dialogue_dtmf": dialogue_dtmf, "barge_in": barge_in,
              "monologue": monologue}
 
 

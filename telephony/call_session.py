@@ -92,6 +92,7 @@ class CallSession:
         self._agent_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._decoder = MulawDecoder()
+        self._vad_active = False
         settings = bridge.settings
         self._barge_in = BargeInDetector(BargeInSettings(
             aggressiveness=settings.barge_in_aggressiveness,
@@ -206,8 +207,15 @@ class CallSession:
         return True
 
     def _on_caller_audio(self, payload: bytes) -> None:
-        event = self._barge_in.feed(self._decoder.to_pcm16(payload))
-        if event is not None and self.speaker.speaking_interruptibly:
+        # VAD runs only while there is something to interrupt: most of a call's inbound audio
+        # arrives while the bot is silent, and detection restarts fresh with each utterance.
+        if not self.speaker.speaking_interruptibly:
+            if self._vad_active:
+                self._barge_in.reset()
+                self._vad_active = False
+            return
+        self._vad_active = True
+        if self._barge_in.feed(self._decoder.to_pcm16(payload)) is not None:
             self._spawn(self._interrupt(), "barge-in")
 
     async def _interrupt(self) -> None:

@@ -9,7 +9,7 @@ The lead (how far ahead of playback we keep the buffer) is the trade-off the iss
 - small enough that audio the caller will never hear (after a barge-in) is not rendered, and that
   ``clear`` has little to discard. Barge-in itself does not wait on the lead: ``clear`` empties
   Twilio's buffer at once.
-Default 240 ms (jitter 100 ms + one 40 ms pacing tick + 100 ms margin for a slow engine chunk); the
+Default 240 ms (jitter 100 ms + one 60 ms pacing tick + 80 ms margin for a slow engine chunk); the
 whole reply is never dumped at once (peers that bound their buffer at 2 s would drop the excess).
 """
 
@@ -36,7 +36,7 @@ class PlayoutClock:
         """Frames we may send now without exceeding the lead."""
         return max(0, int((self.lead_s - self.buffered_s()) / FRAME_S + 1e-9))
 
-    def wait_s(self, tick_s: float = 0.040) -> float:
+    def wait_s(self, tick_s: float = 0.060) -> float:
         """How long to sleep before there is room for about one tick of frames."""
         return max(0.0, self.buffered_s() - (self.lead_s - tick_s))
 

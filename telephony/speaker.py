@@ -142,7 +142,7 @@ class Speaker:
         clock: PlayoutClock | None = None,
         max_queued_frames: int = 150,
         max_pending_utterances: int = 32,
-        tick_s: float = 0.040,
+        tick_s: float = 0.060,
         mark_grace_s: float = 3.0,
         hooks: SpeakerHooks | None = None,
     ) -> None:
