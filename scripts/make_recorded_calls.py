@@ -301,8 +301,8 @@ async def ivr_prompts(voice: CallerVoice, long: bool) -> tuple[CallBuilder, floa
     return call, t
 
 
-SCENARIOS = {"greeting_only": greeting_only, "ivr_prompts": ivr_prompts, "dialogue_dtmf": dialogue_dtmf, "barge_in": barge_in,
-             "monologue": monologue}
+SCENARIOS = {"greeting_only": greeting_only, "ivr_prompts": ivr_prompts,
+             "dialogue_dtmf": dialogue_dtmf, "barge_in": barge_in, "monologue": monologue}
 
 
 async def build(out_dir: Path, names: list[str], long: bool) -> list[tuple[str, float, int]]:
