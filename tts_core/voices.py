@@ -36,6 +36,8 @@ from typing import Any, BinaryIO
 import httpx
 import numpy as np
 
+from tts_core.audio.pcm import pcm_to_float32
+
 log = logging.getLogger(__name__)
 
 VOICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -147,20 +149,8 @@ def decode_wav(
             f"reference audio is {duration:.2f} s long; at least {min_seconds:g} s is needed")
     raw = raw[: frames * frame_bytes]
 
-    if width == 1:  # 8-bit WAV is unsigned
-        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 2:
-        samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    elif width == 3:
-        packed = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3)
-        padded = np.zeros((packed.shape[0], 4), dtype=np.uint8)
-        padded[:, 1:] = packed  # little-endian: the 24 bits become the high bytes of an int32
-        samples = (padded.view("<i4").reshape(-1) >> 8).astype(np.float32) / 8388608.0
-    else:
-        samples = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / 2147483648.0).astype(np.float32)
-
-    if channels > 1:
-        samples = samples.reshape(frames, channels).mean(axis=1, dtype=np.float32)
+    samples = pcm_to_float32(raw, width, channels)
+    samples = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples.reshape(-1)
     audio = np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
     if float(np.max(np.abs(audio))) < _SILENCE_PEAK:
         raise InvalidVoiceAudio("reference audio is silent")

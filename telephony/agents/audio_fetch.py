@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 
 from tts_core.audio import mulaw_to_pcm16
+from tts_core.audio.pcm import pcm_to_float32
 
 WAVE_FORMAT_PCM = 0x0001
 WAVE_FORMAT_MULAW = 0x0007
@@ -131,21 +132,10 @@ def _decode_pcm(data: bytes, source: str) -> np.ndarray:
             raw = reader.readframes(reader.getnframes())
     except (wave.Error, EOFError, struct.error) as exc:
         raise AudioFetchError(f"invalid WAV from {source}: {exc}") from None
-    raw = raw[: len(raw) - len(raw) % (width * channels)]
-    if width == 1:  # 8-bit WAV is unsigned
-        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 2:
-        samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    elif width == 3:
-        bytes3 = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-        ints = bytes3[:, 0] | (bytes3[:, 1] << 8) | (bytes3[:, 2] << 16)
-        ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)
-        samples = ints.astype(np.float32) / float(1 << 23)
-    elif width == 4:
-        samples = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / 2147483648.0).astype(np.float32)
-    else:
-        raise AudioFetchError(f"unsupported WAV from {source}: {8 * width}-bit PCM")
-    return samples.reshape(-1, channels)
+    try:
+        return pcm_to_float32(raw, width, channels)
+    except ValueError:
+        raise AudioFetchError(f"unsupported WAV from {source}: {8 * width}-bit PCM") from None
 
 
 def _sniff(data: bytes) -> str:
