@@ -72,6 +72,10 @@ class Agent:
         self.sentence_first: set[str] = set()
 
     async def handler(self, ws: websockets.ServerConnection) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):  # the call may hang up mid-turn
+            await self._speak(ws)
+
+    async def _speak(self, ws: websockets.ServerConnection) -> None:
         setup = json.loads(await ws.recv())
         call_sid = setup["callSid"]
         text = AGENT_TURNS[hash(call_sid) % len(AGENT_TURNS)] + f" Reference {call_sid[-4:]}."
@@ -87,9 +91,8 @@ class Agent:
                 self.first_token_sent[call_sid] = time.monotonic()
             await ws.send(json.dumps({"type": "text", "token": token, "last": index == len(words) - 1}))
             await asyncio.sleep(0.03)  # LLM-like token pace
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for _ in ws:
-                pass
+        async for _ in ws:
+            pass
 
 
 async def open_call(client: httpx.AsyncClient, base: str, call_sid: str, query: str,
