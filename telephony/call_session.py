@@ -62,6 +62,7 @@ class CallSession:
         greeting: str = "",
         auth_mode: str = "",
         recorder: Any = None,
+        voice_load_ms: float | None = None,
     ) -> None:
         self.bridge = bridge
         self.start = start
@@ -69,6 +70,7 @@ class CallSession:
         self.greeting = greeting
         self.auth_mode = auth_mode
         self.recorder = recorder
+        self.voice_load_ms = voice_load_ms
         self._close_socket = close_socket
         params = start.custom_parameters
         self.info = CallInfo(
@@ -311,6 +313,7 @@ class CallSession:
             "call_sid": self.info.call_sid,
             "stream_sid": self.info.stream_sid,
             "auth": self.auth_mode,
+            "voice_load_ms": _round(self.voice_load_ms),
             "duration_s": round(time.monotonic() - self.started_at, 3),
             "end_reason": self.end_reason,
             "turns": self.turns,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, WebSocket
@@ -93,9 +94,11 @@ async def media_stream(ws: WebSocket) -> None:
         return
 
     params = start.custom_parameters
+    voice_started = time.perf_counter()
     try:
         preset = bridge.presets.get(params.get("preset") or settings.default_preset)
         voice_id, voice = await bridge.resolve_voice(params.get("voice"))
+        voice_load_ms = (time.perf_counter() - voice_started) * 1000
         agent = make_agent(params.get("agentUrl") or settings.default_agent, bridge)
     except (PresetError, LookupError, ValueError, RuntimeError, AgentError) as exc:
         bridge.metrics.error("call_setup")
@@ -123,7 +126,7 @@ async def media_stream(ws: WebSocket) -> None:
     session = CallSession(
         bridge=bridge, start=start, agent=agent, voice_id=voice_id, voice=voice, preset=preset,
         send_text=send_text, close_socket=close_socket, greeting=params.get("greeting", ""),
-        auth_mode=auth_mode, recorder=recorder,
+        auth_mode=auth_mode, recorder=recorder, voice_load_ms=voice_load_ms,
     )
     await session.run(_messages(ws))
     await _close(ws, 1000, "call ended")
