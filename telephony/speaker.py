@@ -175,6 +175,7 @@ class Speaker:
         self._work = asyncio.Event()
         self._render_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._closed = False
 
@@ -188,11 +189,10 @@ class Speaker:
     async def aclose(self) -> None:
         """Stop everything; whatever was not played is resolved as cancelled."""
         self._closed = True
-        for task in [*self._tasks, self._render_task]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*[t for t in [*self._tasks, self._render_task] if t],
-                             return_exceptions=True)
+        owned = [t for t in [*self._tasks, self._render_task, *self._side_tasks] if t is not None]
+        for task in owned:
+            task.cancel()
+        await asyncio.gather(*owned, return_exceptions=True)
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -289,7 +289,9 @@ class Speaker:
         self.clock.clear()
         log.debug("speech cut (%s), generation now %d", reason, self.generation)
         if reason == "preempted":
-            asyncio.get_running_loop().create_task(self._send(self._out.clear()))
+            task = asyncio.get_running_loop().create_task(self._send(self._out.clear()))
+            self._side_tasks.add(task)  # owned: cancelled by aclose like every other task
+            task.add_done_callback(self._side_tasks.discard)
 
     def _played_frames_estimate(self) -> dict[int, int]:
         """Frames each active utterance has had played, by the playout model and marks."""
