@@ -35,6 +35,14 @@ class Wire:
         return [m["event"] for m in self.messages]
 
 
+async def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(predicate())
+
+
 def make_speaker(engine: Engine, wire: Wire) -> Speaker:
     speaker = Speaker(engine=engine, voice_id="synthetic", preset=PRESET, send_text=wire.send,
                       outbound=OutboundEncoder("MZ1"), clock=PlayoutClock(lead_ms=10_000))
@@ -63,8 +71,7 @@ async def test_a_preemptible_utterance_is_cut_by_the_next_one_and_twilio_is_clea
     speaker = make_speaker(SyntheticEngine(realtime_factor=0.2), wire)
     first = speaker.submit("A long hold message that the agent may replace at any moment.",
                            preemptible=True)
-    while not any(e == "media" for e in wire.events()):
-        await asyncio.sleep(0.01)
+    assert await wait_until(lambda: "media" in wire.events())
     second = speaker.submit("Your agent is ready.")
     result = await asyncio.wait_for(first.future, 2)
     assert result.outcome is SpeechOutcome.INTERRUPTED
@@ -100,8 +107,7 @@ async def test_marks_echoed_after_a_clear_do_not_count_as_played() -> None:
     wire.echo = False
     speaker = make_speaker(SyntheticEngine(realtime_factor=0.2), wire)
     utt = speaker.submit("Something long enough to be interrupted while it plays out loud.")
-    while sum(e == "media" for e in wire.events()) < 20:
-        await asyncio.sleep(0.01)
+    assert await wait_until(lambda: wire.events().count("media") >= 20)
     old_marks = [m["mark"]["name"] for m in wire.messages if m["event"] == "mark"]
     result = await speaker.interrupt()
     assert result is not None and result.outcome is SpeechOutcome.INTERRUPTED
