@@ -104,6 +104,7 @@ class CallSession:
             engine=bridge.engine, voice_id=voice_id, voice=voice, preset=preset,
             send_text=send_text, outbound=OutboundEncoder(start.stream_sid),
             phrase_cache=bridge.phrases, clock=PlayoutClock(settings.lead_ms),
+            deadline_scheduling=settings.engine_scheduling == "deadline",
             hooks=SpeakerHooks(
                 on_first_frame=self._on_first_frame,
                 on_underrun=lambda gap: (metrics.underruns.inc(), metrics.underrun_seconds.inc(gap)),

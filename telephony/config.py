@@ -35,6 +35,8 @@ class Settings(BaseModel):
 
     engine: Literal["piper", "synthetic"] = "piper"
     engine_concurrency: int = Field(2, ge=1, le=64)
+    engine_scheduling: Literal["deadline", "fifo"] = "deadline"
+    """Who gets a contended engine slot: the call whose audio runs out first, or first come."""
     default_voice: str | None = None
     default_preset: str = "balanced"
     presets_path: Path = DEFAULT_PRESETS_PATH

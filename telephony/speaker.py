@@ -145,6 +145,7 @@ class Speaker:
         tick_s: float = 0.060,
         mark_grace_s: float = 3.0,
         hooks: SpeakerHooks | None = None,
+        deadline_scheduling: bool = True,
     ) -> None:
         self.engine = engine
         self.voice_id = voice_id
@@ -159,6 +160,7 @@ class Speaker:
         self._tick_s = tick_s
         self._mark_grace_s = mark_grace_s
         self.hooks = hooks or SpeakerHooks()
+        self._deadline_scheduling = deadline_scheduling
 
         self.generation = 0
         self._next_id = 0
@@ -417,8 +419,11 @@ class Speaker:
     async def _render_segment(
         self, utt: Utterance, segment: str, index: int, collected: list[bytes] | None
     ) -> None:
+        # Audio already queued or buffered at Twilio plays before this segment is needed.
+        deadline = (time.monotonic() + self.clock.buffered_s() + self._queued_frames * FRAME_S
+                    if self._deadline_scheduling else None)
         request = SpeechRequest(segment, self.voice_id, self.preset, self.voice,
-                                first_in_turn=index == 0)
+                                first_in_turn=index == 0, deadline=deadline)
         started = time.monotonic()
         if utt.first_segment_at is None:
             utt.first_segment_at = started

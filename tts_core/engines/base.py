@@ -41,6 +41,9 @@ class SpeechRequest:
     """Reference audio for cloning engines; ``None`` for an engine's built-in voices."""
     first_in_turn: bool = False
     """True for the first segment of an agent turn (engines may use a smaller first chunk)."""
+    deadline: float | None = None
+    """``time.monotonic()`` by which the caller runs out of audio without this one; engines with
+    contended slots serve the earliest deadline first. None = needed now."""
 
 
 @dataclass

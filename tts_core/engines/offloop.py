@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
+import itertools
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
 
@@ -31,7 +34,7 @@ class OffloopRunner:
         )
         # Slots are counted on the event loop side and released from the worker thread through
         # call_soon_threadsafe, so a waiter never blocks the loop on a thread primitive.
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: PrioritySlots | None = None
         self._busy = 0
         self._lock = threading.Lock()
 
@@ -45,14 +48,18 @@ class OffloopRunner:
         return await asyncio.wrap_future(self._executor.submit(fn))
 
     async def iterate(
-        self, factory: Callable[[threading.Event], Iterator[T]]
+        self, factory: Callable[[threading.Event], Iterator[T]], *, deadline: float | None = None
     ) -> AsyncIterator[T]:
-        """Yield items of ``factory(cancel_event)``, computing each in a worker thread."""
+        """Yield items of ``factory(cancel_event)``, computing each in a worker thread.
+
+        When slots are contended, the waiter with the earliest ``deadline`` (monotonic time by which
+        its audio is needed; default now) gets the next free slot.
+        """
         loop = asyncio.get_running_loop()
         if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_concurrency)
+            self._slots = PrioritySlots(self.max_concurrency)
         slots = self._slots
-        await slots.acquire()
+        await slots.acquire(time.monotonic() if deadline is None else deadline)
         with self._lock:
             self._busy += 1
         cancel = threading.Event()
@@ -92,6 +99,41 @@ class OffloopRunner:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class PrioritySlots:
+    """A counting semaphore that serves waiters by priority (smallest first, then arrival order).
+
+    Why not asyncio.Semaphore: its FIFO order hands an engine slot to a call that still has seconds
+    of audio queued while another call's caller is about to hear silence. Ordering by the time each
+    call's buffered audio runs out turns the same engine capacity into fewer underruns.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: float) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # the slot arrived just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, granted = heapq.heappop(self._waiters)
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self._free += 1
 
 
 def _close_generator(gen: object) -> None:
