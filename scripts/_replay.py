@@ -411,16 +411,6 @@ class ReplayEmulator(TwilioEmulator):
         self._mark_received: dict[str, float] = {}
         self._queued_starts: deque[float] = deque()
 
-    async def connect(self, *, send_start: bool = True) -> None:
-        """As TwilioEmulator.connect, without permessage-deflate: Twilio does not compress, and a
-        compressed stream would charge the bridge CPU that production never costs it."""
-        self._ws = await websockets.connect(self.url, additional_headers=self.headers,
-                                            open_timeout=10, max_size=1 << 20, compression=None)
-        self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._playback())]
-        await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        if send_start:
-            await self.send_start()
-
     # ---- turns -----------------------------------------------------------------------------------
     def add_turn(self, kind: str, text: str, sent_at: float) -> Turn:
         turn = Turn(len(self.turns), kind, text, sent_at,

@@ -37,6 +37,7 @@ import httpx
 import numpy as np
 
 from tts_core.audio.pcm import pcm_to_float32
+from tts_core.http_body import BodyTooLarge, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -438,15 +439,12 @@ class VoiceStore:
     @staticmethod
     async def _read_limited(resp: httpx.Response, limit: int, what: str) -> bytes:
         """The body, refusing it as soon as it (or its declared length) exceeds ``limit`` bytes."""
-        declared = resp.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise VoiceFetchError(f"{what} is {int(declared)} bytes; the limit is {limit}")
-        body = bytearray()
-        async for chunk in resp.aiter_bytes():
-            body += chunk
-            if len(body) > limit:
-                raise VoiceFetchError(f"{what} is larger than the limit of {limit} bytes")
-        return bytes(body)
+        try:
+            return await read_limited(resp, limit)
+        except BodyTooLarge as exc:
+            if exc.declared is not None:
+                raise VoiceFetchError(f"{what} is {exc.declared} bytes; the limit is {limit}") from None
+            raise VoiceFetchError(f"{what} is larger than the limit of {limit} bytes") from None
 
     # ---- disk cache ---------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from tts_core.audio import mulaw_to_pcm16
 from tts_core.audio.pcm import pcm_to_float32
+from tts_core.http_body import BodyTooLarge, read_limited
 
 WAVE_FORMAT_PCM = 0x0001
 WAVE_FORMAT_MULAW = 0x0007
@@ -54,17 +55,11 @@ async def _download(client: httpx.AsyncClient, url: str, *, max_bytes: int, time
     async with client.stream("GET", url, timeout=timeout_s, follow_redirects=True) as response:
         if response.status_code != 200:
             raise AudioFetchError(f"fetching {url} failed: HTTP {response.status_code}")
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise AudioFetchError(
-                f"audio at {url} is too large: {int(declared)} bytes (the limit is {max_bytes})"
-            )
-        buffer = bytearray()
-        async for chunk in response.aiter_bytes():
-            buffer += chunk
-            if len(buffer) > max_bytes:
-                raise AudioFetchError(f"audio at {url} is too large: over the {max_bytes}-byte limit")
-        return bytes(buffer)
+        try:
+            return await read_limited(response, max_bytes)
+        except BodyTooLarge as exc:
+            size = f"{exc.declared} bytes" if exc.declared is not None else f"over the {max_bytes}-byte limit"
+            raise AudioFetchError(f"audio at {url} is too large: {size} (the limit is {max_bytes})") from None
 
 
 def decode_wav(data: bytes, *, source: str = "audio") -> tuple[np.ndarray, int]:
