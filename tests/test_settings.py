@@ -9,7 +9,7 @@ from telephony.config import ConfigError, settings_from_env
 
 
 def test_no_auth_token_refuses_to_start_unless_insecure_dev_is_explicit() -> None:
-    with pytest.raises(ConfigError, match="TWILIO_AUTH_TOKEN.*--insecure-dev"):
+    with pytest.raises(ConfigError, match=r"TWILIO_AUTH_TOKEN.*--insecure-dev"):
         settings_from_env({})
     assert settings_from_env({}, insecure_dev=True).insecure
 
