@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -69,6 +70,12 @@ class Settings(BaseModel):
             raise ValueError("must start with http:// or https://")
         if "?" in value or "#" in value:
             raise ValueError("must not carry a query string or fragment")
+        try:
+            host = urlsplit(value).hostname
+        except ValueError:
+            host = None
+        if not host:  # "https://" would pass here and fail on the first call, building the stream URL
+            raise ValueError("must name a host, e.g. https://bridge.example.com")
         return value.rstrip("/")
 
     @field_validator("default_agent")
@@ -118,6 +125,8 @@ def settings_from_env(env: dict[str, str] | None = None, **overrides: object) ->
             if key not in Settings.model_fields:
                 raise ConfigError(f"{name}: unknown setting (known: "
                                   f"{', '.join(ENV_PREFIX + k.upper() for k in Settings.model_fields)})")
+            if value == "":  # set but empty means unset (VOICE_BRIDGE_RECORD_DIR= must not record to ".")
+                continue
             values[key] = value
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:

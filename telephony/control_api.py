@@ -40,6 +40,8 @@ async def _json_body(request: Request) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _BadRequest(json_error(400, "invalid_json", f"request body is not JSON: {exc}")) from None
+    except RecursionError:  # "[[[[..." deeper than the decoder's stack: not a 500
+        raise _BadRequest(json_error(400, "invalid_json", "request body is nested too deeply")) from None
 
 
 class _BadRequest(Exception):

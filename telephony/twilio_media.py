@@ -184,7 +184,8 @@ def _parse_media(message: dict[str, Any], stream_sid: str, max_payload_bytes: in
         audio = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("invalid_base64", "media.payload is not valid base64") from None
-    if payload.endswith("==="):  # Python 3.11's strict mode still lets surplus padding through
+    if len(payload) % 4 or payload.endswith("==="):  # Python 3.11's strict mode still lets surplus
+        # padding through ("AAAA=", "AAAA==", "AAAA====")
         raise ProtocolError("invalid_base64", "media.payload has surplus '=' padding")
     if len(audio) > max_payload_bytes:  # unpadded text can decode to a little more than the limit
         raise ProtocolError("oversize_payload", f"media payload of {len(audio)} bytes")
@@ -231,7 +232,8 @@ def clear_message(stream_sid: str) -> str:
     return OutboundEncoder(stream_sid).clear()
 
 
-_MARK_RE = re.compile(r"^g(\d+)-u(\d+)-(?:s(\d+)|(end))$")
+_MARK_RE = re.compile(r"g([0-9]{1,18})-u([0-9]{1,18})-(?:s([0-9]{1,18})|(end))")
+"""ASCII digits only and bounded: a foreign name must give None, never a huge int()'s ValueError."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,7 @@ class MarkName:
 
     @classmethod
     def parse(cls, name: str) -> MarkName | None:
-        match = _MARK_RE.match(name)
+        match = _MARK_RE.fullmatch(name)
         if match is None:
             return None
         generation, utterance, segment, _ = match.groups()
