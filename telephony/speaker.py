@@ -30,8 +30,8 @@ from tts_core.audio import MulawFrameEncoder
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.presets import Preset
-from tts_core.render import frames_for_segment
-from tts_core.text.segmenter import TextSegmenter
+from tts_core.render import frames_for_segment, utterance_frames
+from tts_core.text.segmenter import TextSegmenter, segment_text
 from tts_core.voices import Voice
 
 log = logging.getLogger(__name__)
@@ -381,14 +381,12 @@ class Speaker:
             await self._put(utt, encoder.push(source.audio))
             await self._put(utt, encoder.flush(), end=True)
             return
-        if isinstance(source, str) and await self._render_cached(utt, source):
+        if isinstance(source, str) and await self._render_phrase(utt, source):
             return
         segmenter = TextSegmenter(self.preset.segmentation)
-        collected: list[bytes] | None = [] if isinstance(source, str) else None
-        if isinstance(source, str):
-            segments = segmenter.push(source) + segmenter.flush()
-            for index, segment in enumerate(segments):
-                await self._render_segment(utt, segment, index, collected)
+        if isinstance(source, str):  # too long for the phrase cache, or its rendering failed
+            for index, segment in enumerate(segment_text(source, self.preset.segmentation)):
+                await self._render_segment(utt, segment, index)
         else:
             index = 0
             try:
@@ -397,10 +395,10 @@ class Speaker:
                         raise EngineError(f"agent sent a non-text token: {token!r}")
                     utt.text += token
                     for segment in segmenter.push(token):
-                        await self._render_segment(utt, segment, index, collected)
+                        await self._render_segment(utt, segment, index)
                         index += 1
                 for segment in segmenter.flush():
-                    await self._render_segment(utt, segment, index, collected)
+                    await self._render_segment(utt, segment, index)
                     index += 1
             finally:
                 aclose = getattr(source, "aclose", None)
@@ -408,22 +406,24 @@ class Speaker:
                     with contextlib.suppress(Exception):
                         await aclose()
             utt.text = utt.text.strip()
-        tail = self._encoder.flush()
-        if collected is not None:
-            collected.extend(tail)
-        await self._put(utt, tail, end=True)
-        if collected is not None and self._cache is not None and self._cache.cacheable(utt.text):
-            # Frames rendered for a whole known text are exactly what the cache would hold.
-            self._cache.put(self._cache_key(utt.text), collected)
+        await self._put(utt, self._encoder.flush(), end=True)
 
-    async def _render_segment(
-        self, utt: Utterance, segment: str, index: int, collected: list[bytes] | None
-    ) -> None:
-        # Audio already queued or buffered at Twilio plays before this segment is needed.
-        deadline = (time.monotonic() + self.clock.buffered_s() + self._queued_frames * FRAME_S
-                    if self._deadline_scheduling else None)
+    def _deadline(self) -> float | None:
+        """When the audio rendered next is needed: what is queued or buffered at Twilio plays first."""
+        if not self._deadline_scheduling:
+            return None
+        return time.monotonic() + self.clock.buffered_s() + self._queued_frames * FRAME_S
+
+    def _engine_started(self, utt: Utterance, started: float) -> None:
+        elapsed = (time.monotonic() - started) * 1000
+        if utt.engine_first_chunk_ms is None:
+            utt.engine_first_chunk_ms = elapsed
+        if self.hooks.on_engine_first_chunk:
+            self.hooks.on_engine_first_chunk(elapsed / 1000)
+
+    async def _render_segment(self, utt: Utterance, segment: str, index: int) -> None:
         request = SpeechRequest(segment, self.voice_id, self.preset, self.voice,
-                                first_in_turn=index == 0, deadline=deadline)
+                                first_in_turn=index == 0, deadline=self._deadline())
         started = time.monotonic()
         if utt.first_segment_at is None:
             utt.first_segment_at = started
@@ -433,13 +433,7 @@ class Speaker:
         async for batch in frames_for_segment(self.engine, self._encoder, request):
             if first:
                 first = False
-                elapsed = (time.monotonic() - started) * 1000
-                if utt.engine_first_chunk_ms is None:
-                    utt.engine_first_chunk_ms = elapsed
-                if self.hooks.on_engine_first_chunk:
-                    self.hooks.on_engine_first_chunk(elapsed / 1000)
-            if collected is not None:
-                collected.extend(batch)
+                self._engine_started(utt, started)
             await self._put(utt, batch)
         entry[2] = utt.frames_queued
         await self._put(utt, [], segment=len(utt.segments) - 1)
@@ -447,27 +441,49 @@ class Speaker:
     def _cache_key(self, text: str) -> PhraseKey:
         return PhraseKey(self.engine.name, self.voice_id, self.preset.name, text)
 
-    async def _render_cached(self, utt: Utterance, text: str) -> bool:
-        """Serve a whole known text from the phrase cache, if it is there or being rendered
-        (the webhook's greeting pre-render): frames stream out as the rendering produces them."""
+    async def _render_phrase(self, utt: Utterance, text: str) -> bool:
+        """Speak a whole known text through the phrase cache: from the cache, from a rendering in
+        progress (the webhook's greeting pre-render, or another call saying the same prompt), or
+        from a rendering started here and shared with calls that ask for it meanwhile. Segment
+        marks are placed exactly as the live path places them. False if it cannot be served (too
+        long, or the rendering failed before any audio), to render live instead."""
         if self._cache is None or not self._cache.cacheable(text):
             return False
         key = self._cache_key(text)
-        if not self._cache.has(key):
-            return False
-        utt.from_cache = True
-        entry: list[object] = [text, 0, None]
+        utt.from_cache = self._cache.has(key)
+        segments = segment_text(text, self.preset.segmentation)
+
+        def render() -> AsyncIterator[list[bytes]]:
+            return utterance_frames(self.engine, text, voice_id=self.voice_id, preset=self.preset,
+                                    voice=self.voice, deadline=self._deadline)
+
+        started = time.monotonic()
+        utt.first_segment_at = started
+        entry: list[object] = [segments[0] if segments else text, 0, None]
         utt.segments.append(entry)
         try:
-            async for batch in self._cache.follow(key):
-                await self._put(utt, batch)
+            async with contextlib.aclosing(self._cache.follow(key, render)) as pieces:
+                async for piece in pieces:
+                    if piece.frames:
+                        if not utt.from_cache and utt.engine_first_chunk_ms is None:
+                            self._engine_started(utt, started)
+                        await self._put(utt, piece.frames)
+                    if piece.ends_segment:
+                        entry[2] = utt.frames_queued
+                        await self._put(utt, [], segment=len(utt.segments) - 1)
+                        following = len(utt.segments)
+                        if following < len(segments):
+                            entry = [segments[following], utt.frames_queued, None]
+                            utt.segments.append(entry)
         except Exception:
             if utt.frames_queued:
                 raise  # part of it was already queued: report the failure
             utt.from_cache = False
             utt.segments.clear()
-            return False  # the pre-render failed before any audio: render live instead
-        entry[2] = utt.frames_queued
+            utt.engine_first_chunk_ms = None
+            return False  # the rendering failed before any audio: render live instead
+        if entry[2] is None:
+            entry[2] = utt.frames_queued
         await self._put(utt, [], end=True)
         return True
 

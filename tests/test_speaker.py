@@ -12,6 +12,7 @@ from telephony.speaker import Speaker
 from telephony.twilio_media import MarkName, OutboundEncoder
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
 from tts_core.engines.synthetic import SyntheticEngine
+from tts_core.phrase_cache import PhraseCache
 from tts_core.presets import load_presets
 
 PRESET = load_presets().get("balanced")
@@ -43,9 +44,10 @@ async def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[n
     return bool(predicate())
 
 
-def make_speaker(engine: Engine, wire: Wire) -> Speaker:
+def make_speaker(engine: Engine, wire: Wire, cache: PhraseCache | None = None) -> Speaker:
     speaker = Speaker(engine=engine, voice_id="synthetic", preset=PRESET, send_text=wire.send,
-                      outbound=OutboundEncoder("MZ1"), clock=PlayoutClock(lead_ms=10_000))
+                      outbound=OutboundEncoder("MZ1"), clock=PlayoutClock(lead_ms=10_000),
+                      phrase_cache=cache)
     wire.speaker = speaker
     speaker.start()
     return speaker
@@ -127,3 +129,87 @@ async def test_aclose_cancels_everything_and_leaves_no_task() -> None:
     await speaker.aclose()
     assert utt.future.result().outcome is SpeechOutcome.CANCELLED
     assert [t for t in asyncio.all_tasks() if t.get_name().startswith(("speaker", "render"))] == []
+
+
+class CountingEngine(SyntheticEngine):
+    def __init__(self, **kwargs: float) -> None:
+        super().__init__(**kwargs)
+        self.requests: list[str] = []
+
+    async def _stream(self, request: SpeechRequest) -> AsyncIterator:  # type: ignore[override]
+        self.requests.append(request.text)
+        async for chunk in super()._stream(request):
+            yield chunk
+
+
+def media_and_segment_marks(wire: Wire) -> list[str]:
+    out = []
+    for m in wire.messages:
+        if m["event"] == "mark":
+            mark = MarkName.parse(m["mark"]["name"])
+            out.append("end" if mark.is_end else f"s{mark.segment}")
+        elif m["event"] == "media" and (not out or out[-1] != "media"):
+            out.append("media")
+    return out
+
+
+PROMPT = "For billing, press one. For appointments, press two. To hear this again, press nine."
+
+
+async def test_calls_saying_the_same_prompt_at_once_share_one_synthesis() -> None:
+    engine, cache = CountingEngine(realtime_factor=0.05), PhraseCache()
+    wires = [Wire() for _ in range(5)]
+    speakers = [make_speaker(engine, wire, cache) for wire in wires]
+    utts = [speaker.submit(PROMPT) for speaker in speakers]
+    results = await asyncio.wait_for(asyncio.gather(*(u.future for u in utts)), 10)
+    assert [r.outcome for r in results] == [SpeechOutcome.PLAYED] * 5
+    assert len(engine.requests) == 3  # three segments, rendered once for all five calls
+    payloads = [[m["media"]["payload"] for m in w.messages if m["event"] == "media"] for w in wires]
+    assert all(p == payloads[0] for p in payloads) and len(payloads[0]) > 50
+    for speaker in speakers:
+        await speaker.aclose()
+
+
+async def test_a_phrase_from_the_cache_carries_the_same_segment_marks_as_a_live_rendering() -> None:
+    live_wire, cached_wire, cache = Wire(), Wire(), PhraseCache()
+    live = make_speaker(SyntheticEngine(), live_wire)
+    await asyncio.wait_for(live.submit(PROMPT).future, 5)
+    first = make_speaker(SyntheticEngine(), Wire(), cache)
+    await asyncio.wait_for(first.submit(PROMPT).future, 5)  # renders it into the cache
+    cached = make_speaker(SyntheticEngine(), cached_wire, cache)
+    result = await asyncio.wait_for(cached.submit(PROMPT).future, 5)
+    assert result.heard_text == PROMPT
+    assert media_and_segment_marks(cached_wire) == media_and_segment_marks(live_wire) == [
+        "media", "s0", "media", "s1", "media", "s2", "media", "end"]
+    assert [m["media"]["payload"] for m in cached_wire.messages if m["event"] == "media"] == [
+        m["media"]["payload"] for m in live_wire.messages if m["event"] == "media"]
+    for speaker in (live, first, cached):
+        await speaker.aclose()
+
+
+async def test_barge_in_on_the_only_call_rendering_a_phrase_stops_the_engine() -> None:
+    engine, cache, wire = CountingEngine(realtime_factor=0.5), PhraseCache(), Wire()
+    wire.echo = False
+    speaker = make_speaker(engine, wire, cache)
+    utt = speaker.submit(PROMPT)
+    assert await wait_until(lambda: wire.events().count("media") >= 5)
+    result = await speaker.interrupt()
+    assert result is not None and result.outcome is SpeechOutcome.INTERRUPTED
+    assert await wait_until(lambda: engine.busy_slots == 0, timeout=1.0)
+    assert not cache.has(speaker._cache_key(PROMPT))  # nothing half-rendered is kept
+    assert utt.future.result().outcome is SpeechOutcome.INTERRUPTED
+    await speaker.aclose()
+
+
+async def test_a_call_that_leaves_does_not_stop_the_phrase_for_the_others() -> None:
+    engine, cache = CountingEngine(realtime_factor=0.1), PhraseCache()
+    leaving, staying = Wire(), Wire()
+    leaving.echo = False
+    first, second = make_speaker(engine, leaving, cache), make_speaker(engine, staying, cache)
+    first.submit(PROMPT)
+    kept = second.submit(PROMPT)
+    assert await wait_until(lambda: leaving.events().count("media") >= 3)
+    await first.aclose()  # hang-up
+    assert (await asyncio.wait_for(kept.future, 10)).outcome is SpeechOutcome.PLAYED
+    assert len(engine.requests) == 3
+    await second.aclose()

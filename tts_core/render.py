@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
 from tts_core.audio import MulawFrameEncoder
@@ -27,14 +27,26 @@ async def frames_for_segment(
 
 
 async def utterance_frames(
-    engine: Engine, text: str, *, voice_id: str, preset: Preset, voice: Voice | None = None
+    engine: Engine,
+    text: str,
+    *,
+    voice_id: str,
+    preset: Preset,
+    voice: Voice | None = None,
+    deadline: Callable[[], float | None] | None = None,
 ) -> AsyncIterator[list[bytes]]:
-    """A whole utterance as frame batches, flushed at the end (phrase cache, warmup, tools)."""
+    """A whole utterance as frame batches, flushed at the end (phrase cache, warmup, tools).
+
+    An empty batch follows each text segment of ``segment_text``, so a listener can mark where it
+    ends. ``deadline`` is asked before each segment for the engine's scheduling deadline.
+    """
     encoder = MulawFrameEncoder(engine.sample_rate)
     for index, segment in enumerate(segment_text(text, preset.segmentation)):
-        request = SpeechRequest(segment, voice_id, preset, voice, first_in_turn=index == 0)
+        request = SpeechRequest(segment, voice_id, preset, voice, first_in_turn=index == 0,
+                                deadline=deadline() if deadline is not None else None)
         async for batch in frames_for_segment(engine, encoder, request):
             yield batch
+        yield []
     tail = encoder.flush()
     if tail:
         yield tail
