@@ -120,10 +120,15 @@ BAD_WARMUPS = [{"voice": "synthetic", "speed": 2}, {"voices": ["synthetic"]}, {"
                ["synthetic"], "synthetic", None]
 
 
-async def test_warmup_refuses_unknown_fields_and_wrong_types_with_422() -> None:
+BAD_PRELOADS = [{"voices": []}, [], {}, {"voices": "alice"}, {"voices": [1]},
+                {"voices": ["a"], "extra": 1}, {"voices": ["v"] * 65}]
+
+
+@pytest.mark.parametrize(("path", "bodies"), [("/warmup", BAD_WARMUPS), ("/preload", BAD_PRELOADS)])
+async def test_unknown_fields_wrong_types_and_bad_sizes_are_422(path: str, bodies: list[object]) -> None:
     async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
-        for body in BAD_WARMUPS:
-            response = await client.post("/warmup", content=json.dumps(body))
+        for body in bodies:
+            response = await client.post(path, content=json.dumps(body))
             assert error_of(response, 422)["code"] == "invalid_request", body
 
 
@@ -168,17 +173,6 @@ async def test_preload_reports_an_invalid_id_as_a_failed_result() -> None:
         body = (await client.post("/preload", json={"voices": ["../x"]})).json()
         assert body["results"]["../x"]["ok"] is False
         assert body["results"]["../x"]["error_type"] == "InvalidVoiceId"
-
-
-BAD_PRELOADS = [{"voices": []}, [], {}, {"voices": "alice"}, {"voices": [1]},
-                {"voices": ["a"], "extra": 1}, {"voices": ["v"] * 65}]
-
-
-async def test_preload_refuses_bad_requests_with_422() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
-        for body in BAD_PRELOADS:
-            response = await client.post("/preload", content=json.dumps(body))
-            assert error_of(response, 422)["code"] == "invalid_request", body
 
 
 # ---- /health and /voices -----------------------------------------------------------------------------
