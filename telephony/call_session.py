@@ -162,7 +162,7 @@ class CallSession:
         bridge = self.bridge
         bridge.metrics.active_calls.inc()
         bridge.metrics.calls_total.inc()
-        bridge.calls[self.info.call_sid] = self
+        bridge.calls[self.info.stream_sid] = self  # by stream: a call may open a second stream
         self.speaker.start()
         self._agent_task = asyncio.create_task(self._agent_loop(), name=f"agent:{self.info.call_sid}")
         try:
@@ -305,7 +305,8 @@ class CallSession:
         if self.recorder is not None:
             with contextlib.suppress(Exception):
                 await self.recorder.aclose()
-        bridge.calls.pop(self.info.call_sid, None)
+        if bridge.calls.get(self.info.stream_sid) is self:
+            del bridge.calls[self.info.stream_sid]
         bridge.metrics.active_calls.dec()
         log.info("call %s", json.dumps(self.summary(), separators=(",", ":")))
 

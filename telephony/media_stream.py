@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -33,6 +33,10 @@ router = APIRouter()
 POLICY_VIOLATION = 1008
 UNSUPPORTED_DATA = 1003
 TRY_AGAIN_LATER = 1013
+SEND_STALL_S = 5.0
+"""A send to Twilio waiting this long (the socket's buffer full: Twilio stopped reading) ends the
+call: sends from then on are dropped, and the call closes at the next inbound message or, if Twilio
+sends nothing either, at the server's WebSocket ping timeout."""
 
 
 @router.websocket("/media-stream")
@@ -88,6 +92,11 @@ async def media_stream(ws: WebSocket) -> None:
                   start.media_format)
         await _close(ws, UNSUPPORTED_DATA, "only audio/x-mulaw 8000 Hz mono is supported")
         return
+    if start.stream_sid in bridge.calls:
+        bridge.metrics.error("duplicate_stream")
+        log.warning("media stream %s refused: that streamSid is already live", start.stream_sid)
+        await _close(ws, POLICY_VIOLATION, "streamSid already in use")
+        return
     if len(bridge.calls) >= settings.max_calls:
         bridge.metrics.error("capacity")
         await _close(ws, TRY_AGAIN_LATER, "bridge at capacity")
@@ -107,11 +116,22 @@ async def media_stream(ws: WebSocket) -> None:
         return
 
     send_lock = asyncio.Lock()
+    stalled = False
 
     async def send_text(text: str) -> None:
+        nonlocal stalled
         async with send_lock:
-            if ws.application_state == WebSocketState.CONNECTED:
-                await ws.send_text(text)
+            if stalled or ws.application_state != WebSocketState.CONNECTED:
+                return
+            try:
+                async with asyncio.timeout(SEND_STALL_S):
+                    await ws.send_text(text)
+            except TimeoutError:
+                stalled = True
+                session.end_reason = "twilio stopped reading"
+                bridge.metrics.error("twilio_send_stalled")
+                log.warning("media stream %s: Twilio stopped reading for %.0f s; ending the call",
+                            start.stream_sid, SEND_STALL_S)
 
     async def close_socket(code: int, reason: str) -> None:
         await _close(ws, code, reason)
@@ -128,7 +148,7 @@ async def media_stream(ws: WebSocket) -> None:
         send_text=send_text, close_socket=close_socket, greeting=params.get("greeting", ""),
         auth_mode=auth_mode, recorder=recorder, voice_load_ms=voice_load_ms,
     )
-    await session.run(_messages(ws))
+    await session.run(_messages(ws, lambda: stalled))
     await _close(ws, 1000, "call ended")
 
 
@@ -155,9 +175,9 @@ async def _await_start(ws: WebSocket) -> tuple[Start, list[str]]:
                                 f"{type(parsed).__name__} before start")
 
 
-async def _messages(ws: WebSocket) -> AsyncIterator[str | bytes]:
-    """Raw frames until the socket closes; parsing is the session's job."""
-    while True:
+async def _messages(ws: WebSocket, stalled: Callable[[], bool]) -> AsyncIterator[str | bytes]:
+    """Raw frames until the socket closes or sending stalls; parsing is the session's job."""
+    while not stalled():
         try:
             message = await ws.receive()
         except (WebSocketDisconnect, RuntimeError):

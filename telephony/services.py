@@ -39,6 +39,7 @@ class Bridge:
     started_at: float = field(default_factory=time.monotonic)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     calls: dict[str, Any] = field(default_factory=dict)
+    """Live call sessions by streamSid."""
     """Active call sessions by CallSid."""
     max_background: int = 256
 

@@ -238,9 +238,11 @@ class Speaker:
             utt.resolve(SpeechOutcome.FAILED, error="too many utterances queued for this call")
             self._report_error("queue_full")
             return utt
+        # Preemptible speech still to come gives way to the new utterance; non-preemptible speech
+        # queued behind it keeps its place.
         current = self._active or list(self._pending)
         if current and all(u.preemptible for u in current):
-            self._cut(reason="preempted")
+            self._cut(reason="preempted", keep=lambda u: not u.preemptible)
         self._pending.append(utt)
         self._by_id[utt.id] = utt
         self._work.set()
@@ -266,12 +268,15 @@ class Speaker:
         if not self.speaking_interruptibly:
             return None
         first = self._active[0]
-        self._cut(reason="barge-in")
+        self._cut(reason="barge-in", keep=lambda u: not u.interruptible)
         await self._send(self._out.clear())
         return first.future.result() if first.future.done() else None
 
-    def _cut(self, reason: str) -> None:
-        """Synchronously forget all unplayed audio; the caller sends ``clear`` right after."""
+    def _cut(self, reason: str, keep: Callable[[Utterance], bool] = lambda u: False) -> None:
+        """Synchronously forget all unplayed audio; the caller sends ``clear`` right after.
+
+        Utterances not yet started for which ``keep`` is true survive the cut and play after it.
+        """
         played = self._played_frames_estimate()
         self.generation += 1
         if self._render_task is not None:
@@ -279,11 +284,18 @@ class Speaker:
         for utt in self._active:
             utt.resolve(SpeechOutcome.INTERRUPTED, played_frames=played.get(utt.id, 0))
             self._finish(utt)
+        kept: deque[Utterance] = deque()
         for utt in self._pending:
+            if keep(utt):
+                utt.generation = self.generation  # not started yet: it plays after the cut
+                kept.append(utt)
+                continue
             utt.resolve(SpeechOutcome.INTERRUPTED, played_frames=0, heard="")
             self._finish(utt)
         self._active.clear()
-        self._pending.clear()
+        self._pending = kept
+        if kept:
+            self._work.set()
         self._frames.clear()
         self._queued_frames = 0
         self._room.set()
@@ -377,8 +389,12 @@ class Speaker:
     async def _render(self, utt: Utterance) -> None:
         source = utt.source
         if isinstance(source, AudioClip):
+            # A second at a time: resampling a long clip in one go would hold the event loop, and
+            # its frames would bypass the queue's bound.
             encoder = MulawFrameEncoder(source.sample_rate)
-            await self._put(utt, encoder.push(source.audio))
+            for start in range(0, source.audio.size, source.sample_rate):
+                await self._put(utt, encoder.push(source.audio[start : start + source.sample_rate]))
+                await asyncio.sleep(0)
             await self._put(utt, encoder.flush(), end=True)
             return
         if isinstance(source, str) and await self._render_phrase(utt, source):
@@ -535,7 +551,11 @@ class Speaker:
                     if self.hooks.on_first_frame:
                         self.hooks.on_first_frame(utt, utt.first_frame_at - utt.created_at)
                 for frame in batch:
+                    if utt.generation != self.generation:
+                        break  # cut while a send waited: nothing more of it may follow the clear
                     await self._send(self._out.media(frame))
+                if utt.generation != self.generation:
+                    break  # _cut already forgot the rest and reset the queue count
                 sent += len(batch)
                 utt.frames_sent += len(batch)
                 self._queued_frames -= len(batch)

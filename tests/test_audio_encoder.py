@@ -326,3 +326,17 @@ def test_decoder_recovers_the_encoded_utterance(speech):
     reference = one_shot(x, rate)
     body = reference.size - FADE_SAMPLES
     assert snr_db(reference[:body], decoded[:body]) >= 33  # only μ-law quantisation noise is left
+
+
+def test_a_nan_costs_one_sample_and_an_inf_no_more_than_a_click() -> None:
+    rate = 22050
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+    clean_encoder = MulawFrameEncoder(rate)
+    clean = b"".join(clean_encoder.push(tone) + clean_encoder.flush())
+    for bad, most_bytes in ((np.nan, 8), (np.inf, 48)):  # 48 bytes = 6 ms: the filter's ring
+        dirty = tone.copy()
+        dirty[1000] = bad
+        encoder = MulawFrameEncoder(rate)
+        out = b"".join(encoder.push(dirty) + encoder.flush())
+        differing = sum(a != b for a, b in zip(clean, out, strict=True))
+        assert differing <= most_bytes, (bad, differing)

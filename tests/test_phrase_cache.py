@@ -178,3 +178,12 @@ async def test_aclose_cancels_renderings_in_progress() -> None:
     await asyncio.sleep(0)
     await cache.aclose()
     assert render.cancelled == 1 and not cache.has(key())
+
+
+async def test_a_follower_is_released_when_the_cache_closes_before_the_rendering_starts() -> None:
+    cache, render = PhraseCache(), Renderer()
+    follower = asyncio.ensure_future(collect(cache.follow(key(), render)))
+    await asyncio.sleep(0)  # the follower started the rendering; the rendering has not run yet
+    await cache.aclose()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        await asyncio.wait_for(follower, 2)

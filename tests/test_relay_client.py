@@ -294,7 +294,9 @@ async def test_tokens_of_an_interrupted_turn_are_dropped_until_it_ends(app: Agen
     await until(lambda: ("played", "Sure.") in call.events)
     says = [e[:2] for e in call.events if e[0].startswith("say")]
     assert says == [("say-stream", ["Let me", " explain"]), ("say", "Sure.")]
-    assert not [m for m in _pending(app) if m["type"] == "error"]  # interruptions are not errors
+    # what was dropped is reported once, never lost silently
+    errors = [m["description"] for m in _pending(app) if m["type"] == "error"]
+    assert errors == ["not spoken, the reply was interrupted: 'the whole story.'"]
     await agent.on_stop(call)
 
 
@@ -526,6 +528,27 @@ def test_decode_wav_formats() -> None:
         decode_wav(b"OggS" + b"\x00" * 100)
 
 
+@pytest.mark.parametrize("rate", [1, 100, 7999])
+def test_clips_below_telephone_rate_are_refused(rate: int) -> None:
+    # a few KB at 1 Hz would become gigabytes of 8 kHz audio
+    with pytest.raises(AudioFetchError, match=f"at {rate} Hz"):
+        decode_wav(wav_bytes(np.zeros(4000, dtype=np.float32), rate))
+
+
+async def test_a_compressed_audio_body_is_refused_not_decoded() -> None:
+    import gzip
+
+    bomb = gzip.compress(bytes(50_000_000))  # 50 MB of zeros in ~50 KB
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        assert request.headers["accept-encoding"] == "identity"
+        return httpx.Response(200, content=bomb, headers={"content-encoding": "gzip"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        with pytest.raises(AudioFetchError, match="Content-Encoding 'gzip'"):
+            await fetch_audio(client, "https://media.example/a.wav", max_bytes=1_000_000)
+
+
 async def test_fetch_audio_limits_and_schemes() -> None:
     body = wav_bytes(np.zeros(4000), 8000)
 
@@ -544,3 +567,55 @@ async def test_fetch_audio_limits_and_schemes() -> None:
             await fetch_audio(client, "http://x/a.wav", max_bytes=len(body) - 1)
         with pytest.raises(AudioFetchError, match="only http"):
             await fetch_audio(client, "file:///etc/passwd", max_bytes=1000)
+
+
+async def test_text_sent_after_an_interrupted_stream_is_spoken_or_reported(app: AgentApp) -> None:
+    call = FakeCall()
+    call.cut_after_tokens = 2  # the caller barges in after two tokens
+    agent = await started(app, call)
+    await app.send({"type": "text", "token": "Let me", "last": False})
+    await app.send({"type": "text", "token": " explain", "last": False})
+    await until(lambda: "interrupted" in call.kinds())
+    call.cut_after_tokens = None
+    # the agent abandons that reply (as CR apps do on `interrupt`) and says something new
+    await app.send({"type": "text", "token": "Sorry, go ahead.", "last": True})
+    await asyncio.sleep(0.3)
+    spoken = [e for e in call.events if e[0] in ("say", "say-stream", "played")]
+    errors = []
+    while not app.received.empty():
+        m = app.received.get_nowait()
+        if m["type"] == "error":
+            errors.append(m)
+    await agent.on_stop(call)
+    assert not any("Sorry" in str(e) for e in spoken)
+    assert any("interrupted" in e["description"] and "Sorry, go ahead." in e["description"]
+               for e in errors), f"'Sorry, go ahead.' neither spoken nor reported: errors={errors}"
+
+
+BODY = wav_bytes(np.zeros(8000, dtype=np.float32), 8000)
+
+
+async def test_play_downloads_of_one_call_are_bounded(app: AgentApp) -> None:
+    in_flight = 0
+    peak = 0
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.5)  # a slow media server
+            return httpx.Response(200, content=BODY)
+        finally:
+            in_flight -= 1
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    call = FakeCall()
+    agent = await started(app, call, http)
+    for n in range(200):
+        await app.send({"type": "play", "source": f"https://media.example/{n}.wav"})
+    await asyncio.sleep(0.3)
+    seen = peak
+    await agent.on_stop(call)
+    await http.aclose()
+    assert seen <= 2, f"{seen} downloads of one call ran at once (each up to 5 MB, x10 loops)"

@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
+import numpy as np
 import websockets
 from twilio.request_validator import RequestValidator
 
 from tests.bridge_harness import AUTH_TOKEN, running_bridge
 from tests.test_call_e2e import caller_speech, open_call
+from tests.test_relay_client import wav_bytes
 from tts_core.engines.synthetic import SyntheticEngine
 
 
@@ -143,3 +145,49 @@ async def test_in_process_python_agent_is_selected_by_name() -> None:
         await call.send_dtmf("4")
         assert await call.wait_for(lambda: len(call.played_utterances()) >= 1)
         await call.hang_up()
+
+
+# ---- the agent disconnects: what it sent is still spoken, then the call ends ----------------------
+async def test_agent_disconnect_with_an_open_streamed_turn_still_ends_the_call() -> None:
+    async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA91", f"?greeting=&agentUrl={agent.url}")
+        assert await wait_until(lambda: agent.of_type("setup"))
+        # a streamed reply whose last token never comes: the agent crashes mid-reply
+        await agent.send(type="text", token="Your balance is forty two dollars", last=False)
+        await asyncio.sleep(0.2)
+        await agent.socket.close()
+        closed = await call.wait_closed(10)
+        sessions = list(rb.bridge.calls)
+        await call.hang_up()
+        assert closed, f"call still open 10 s after the agent left; sessions={sessions}, " \
+                       f"utterances heard={len(call.played_utterances())}"
+
+
+async def test_text_sent_just_before_the_agent_disconnects_is_spoken() -> None:
+    async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA92", f"?greeting=&agentUrl={agent.url}")
+        assert await wait_until(lambda: agent.of_type("setup"))
+        await agent.send(type="text", token="Goodbye and thanks for calling.", last=True)
+        await agent.socket.close()
+        assert await call.wait_closed(10)
+        assert len(call.played_utterances()) == 1, (
+            f"the goodbye was lost: media frames received={call.stats.media_received}")
+
+
+async def test_play_and_text_sent_before_the_agent_disconnects_are_spoken() -> None:
+    body = wav_bytes(np.full(8000, 0.3, dtype=np.float32), 8000)
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.5)  # the media server takes a moment
+        return httpx.Response(200, content=body)
+
+    async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
+        rb.bridge.http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+        call = await open_call(rb, client, "CA93", f"?greeting=&agentUrl={agent.url}")
+        assert await wait_until(lambda: agent.of_type("setup"))
+        await agent.send(type="play", source="https://media.example/hold.wav")
+        await agent.send(type="text", token="Goodbye and thanks for calling.", last=True)
+        await agent.socket.close()
+        assert await call.wait_closed(10)
+        assert len(call.played_utterances()) == 2, (
+            f"lost: heard {len(call.played_utterances())} of 2; media frames={call.stats.media_received}")

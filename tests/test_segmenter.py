@@ -576,3 +576,28 @@ def test_push_per_token_stays_cheap_on_long_turns():
     emitted += segmenter.flush()
     assert time.perf_counter() - started < 2.0
     assert " ".join(emitted).split() == "".join(tokens).split()
+
+
+@pytest.mark.parametrize("text", [
+    "Your appointment is on Jan. 5 at 3 p.m. with Dr. Lee.",
+    "The office is at 12 Main Ave. between 3rd and 4th.",
+    "Please go to Apt. 4B on the second floor.",
+    "She is a Ph.D. student at the clinic.",
+    "Smith et al. found the same thing last year.",
+    "It weighs about 5 lbs. in total.",
+    "Call ext. 204 for billing.",
+])
+def test_dates_addresses_units_and_dotted_degrees_do_not_end_a_sentence(text: str) -> None:
+    assert segment_text(text) == [text]
+
+
+def test_those_abbreviations_still_end_a_sentence_before_a_capital() -> None:
+    assert segment_text("We close at the end of Jan. See you then.") == [
+        "We close at the end of Jan.", "See you then."]
+
+
+def test_a_long_run_without_spaces_streamed_a_character_at_a_time_equals_the_whole() -> None:
+    text = "x" * 5000 + " tail."
+    streamed = TextSegmenter()
+    segments = [s for ch in text for s in streamed.push(ch)] + streamed.flush()
+    assert segments == segment_text(text)

@@ -213,3 +213,67 @@ async def test_a_call_that_leaves_does_not_stop_the_phrase_for_the_others() -> N
     assert (await asyncio.wait_for(kept.future, 10)).outcome is SpeechOutcome.PLAYED
     assert len(engine.requests) == 3
     await second.aclose()
+
+
+class SlowWire:
+    """Like media_stream.send_text: one lock, and a send that yields (socket back-pressure)."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self.lock = asyncio.Lock()
+
+    async def send(self, text: str) -> None:
+        async with self.lock:
+            await asyncio.sleep(0.005)  # the transport's drain() under back-pressure
+            self.messages.append(json.loads(text))
+
+
+async def test_no_media_is_sent_after_clear() -> None:
+    wire = SlowWire()
+    speaker = Speaker(engine=SyntheticEngine(chunk_ms=1000), voice_id="synthetic", preset=PRESET,
+                      send_text=wire.send, outbound=OutboundEncoder("MZ1"),
+                      clock=PlayoutClock(lead_ms=240))
+    speaker.start()
+    utt = speaker.submit("A long answer that keeps going and going so the caller can talk over it "
+                         "for quite a while before it would ever end on its own.")
+    assert await wait_until(lambda: sum(m["event"] == "media" for m in wire.messages) >= 3)
+    result = await speaker.interrupt()
+    assert result is not None and result.outcome is SpeechOutcome.INTERRUPTED
+    await asyncio.sleep(0.3)
+    events = [m["event"] for m in wire.messages]
+    after = events[events.index("clear") + 1:]
+    queued = speaker._queued_frames
+    await speaker.aclose()
+    assert utt.future.result().outcome is SpeechOutcome.INTERRUPTED
+    assert after.count("media") == 0, f"{after.count('media')} stale frames sent after clear; " \
+                                      f"_queued_frames={queued}"
+
+
+async def test_barge_in_does_not_cut_a_queued_non_interruptible_utterance() -> None:
+    wire = Wire()
+    wire.echo = False
+    speaker = make_speaker(SyntheticEngine(realtime_factor=0.2), wire)
+    first = speaker.submit("Here is some chatter the caller may talk over whenever they like.")
+    legal = speaker.submit("This call may be recorded.", interruptible=False)
+    assert await wait_until(lambda: wire.events().count("media") >= 10)
+    await speaker.interrupt()
+    outcome = legal.future.result().outcome if legal.future.done() else None
+    await speaker.aclose()
+    assert first.future.result().outcome is SpeechOutcome.INTERRUPTED
+    assert outcome is None, f"non-interruptible utterance was cut by barge-in: {outcome}"
+
+
+async def test_preemption_only_cuts_preemptible_speech() -> None:
+    wire = Wire()  # marks echoed at once
+    speaker = make_speaker(SyntheticEngine(realtime_factor=0.5), wire)
+    greeting = speaker.submit("Hi.")                                     # not preemptible
+    hold = speaker.submit("Please hold while we find an agent for you, this may take a while.",
+                          preemptible=True)
+    notice = speaker.submit("This call may be recorded for quality purposes.")  # NOT preemptible
+    assert await wait_until(lambda: greeting.future.done() and speaker._active == [hold])
+    speaker.submit("Your agent is ready.")  # pre-empts the hold message...
+    outcome = notice.future.result().outcome if notice.future.done() else None
+    await speaker.aclose()
+    assert hold.future.result().outcome is SpeechOutcome.INTERRUPTED
+    # ...but the queued notice was never preemptible
+    assert outcome is None, f"a queued non-preemptible utterance was pre-empted: {outcome}"

@@ -15,13 +15,33 @@ class BodyTooLarge(ValueError):
         self.declared = declared
 
 
+class BodyEncoded(ValueError):
+    """The body is compressed (Content-Encoding): its size after decoding cannot be bounded."""
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(f"body is sent with Content-Encoding {encoding!r}; only identity is accepted")
+        self.encoding = encoding
+
+
 async def read_limited(response: httpx.Response, limit: int) -> bytes:
-    """The streamed body, refused as soon as it, or the length it declares, exceeds ``limit``."""
+    """The streamed body, refused as soon as it, or the length it declares, exceeds ``limit``.
+
+    Raw bytes only: a compressed body is refused rather than decoded, because httpx decodes a
+    whole chunk at once and a few KB of gzip can expand to gigabytes before any check runs. Ask
+    for ``Accept-Encoding: identity``; audio gains nothing from HTTP compression anyway.
+    """
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BodyEncoded(encoding)
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit, int(declared))
+    if response.is_stream_consumed:  # already in memory (a body given up front, as in tests)
+        if len(response.content) > limit:
+            raise BodyTooLarge(limit)
+        return response.content
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         body += chunk
         if len(body) > limit:
             raise BodyTooLarge(limit)

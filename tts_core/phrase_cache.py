@@ -93,6 +93,7 @@ class PhraseCache:
         self._inflight[key] = state
         state.task = asyncio.create_task(self._render(key, state, render),
                                          name=f"phrase:{key.text[:24]}")
+        state.task.add_done_callback(lambda _: self._settle(key, state))
         return True
 
     async def follow(self, key: PhraseKey, render: Renderer | None = None) -> AsyncIterator[PhrasePiece]:
@@ -143,6 +144,15 @@ class PhraseCache:
         self.abandoned += 1
         assert state.task is not None
         state.task.cancel()
+
+    def _settle(self, key: PhraseKey, state: _Rendering) -> None:
+        """Wake followers of a rendering cancelled before it ever ran (its own ``finally`` did not)."""
+        if not state.done:
+            state.error = state.error or RuntimeError("rendering cancelled")
+            state.done = True
+            state.changed.set()
+        if self._inflight.get(key) is state:
+            del self._inflight[key]
 
     async def _render(self, key: PhraseKey, state: _Rendering, render: Renderer) -> None:
         try:

@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 
 from tts_core.audio.pcm import pcm_to_float32
-from tts_core.http_body import BodyTooLarge, read_limited
+from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -445,6 +445,8 @@ class VoiceStore:
             if exc.declared is not None:
                 raise VoiceFetchError(f"{what} is {exc.declared} bytes; the limit is {limit}") from None
             raise VoiceFetchError(f"{what} is larger than the limit of {limit} bytes") from None
+        except BodyEncoded as exc:
+            raise VoiceFetchError(f"{what}: {exc}") from None
 
     # ---- disk cache ---------------------------------------------------------------------------------
 

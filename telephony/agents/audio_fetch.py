@@ -22,11 +22,13 @@ import numpy as np
 
 from tts_core.audio import mulaw_to_pcm16
 from tts_core.audio.pcm import pcm_to_float32
-from tts_core.http_body import BodyTooLarge, read_limited
+from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
 
 WAVE_FORMAT_PCM = 0x0001
 WAVE_FORMAT_MULAW = 0x0007
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+MIN_SAMPLE_RATE = 8_000
+"""Below telephone rate a clip would be upsampled many-fold: a small file, a huge one in memory."""
 MAX_SAMPLE_RATE = 384_000
 
 
@@ -52,7 +54,9 @@ async def fetch_audio(
 
 
 async def _download(client: httpx.AsyncClient, url: str, *, max_bytes: int, timeout_s: float) -> bytes:
-    async with client.stream("GET", url, timeout=timeout_s, follow_redirects=True) as response:
+    headers = {"Accept-Encoding": "identity"}  # a compressed body is refused (see read_limited)
+    async with client.stream("GET", url, timeout=timeout_s, follow_redirects=True,
+                             headers=headers) as response:
         if response.status_code != 200:
             raise AudioFetchError(f"fetching {url} failed: HTTP {response.status_code}")
         try:
@@ -60,6 +64,8 @@ async def _download(client: httpx.AsyncClient, url: str, *, max_bytes: int, time
         except BodyTooLarge as exc:
             size = f"{exc.declared} bytes" if exc.declared is not None else f"over the {max_bytes}-byte limit"
             raise AudioFetchError(f"audio at {url} is too large: {size} (the limit is {max_bytes})") from None
+        except BodyEncoded as exc:
+            raise AudioFetchError(f"audio at {url}: {exc}") from None
 
 
 def decode_wav(data: bytes, *, source: str = "audio") -> tuple[np.ndarray, int]:
@@ -72,7 +78,7 @@ def decode_wav(data: bytes, *, source: str = "audio") -> tuple[np.ndarray, int]:
         )
     fmt, chunks = _walk_chunks(data, source)
     format_tag, channels, rate, bits = fmt
-    if channels < 1 or not 0 < rate <= MAX_SAMPLE_RATE:
+    if channels < 1 or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise AudioFetchError(f"invalid WAV from {source}: {channels} channels at {rate} Hz")
     if format_tag == WAVE_FORMAT_MULAW:
         if bits != 8:

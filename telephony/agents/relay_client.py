@@ -18,7 +18,12 @@ iterator fed from a queue; ``last: true`` closes it. A whole sentence in one ``l
 is said as a plain string, so the call side's phrase cache can serve it. When the call side cuts a
 streamed turn (barge-in, failure), tokens still arriving for it are discarded until the agent ends
 the turn or a new caller event (``prompt``/``dtmf``) starts a new exchange: they belong to a reply the
-caller already talked over.
+caller already talked over, and the agent gets one ``error`` quoting what was not spoken.
+
+Nothing an agent sends is lost silently: it is spoken, or reported (``interrupt`` for what the
+caller talked over, ``error`` for failures, refusals and discarded tokens). If the agent disconnects,
+what it already sent is still spoken before the call's stream closes. Per call, waiting speech
+requests, concurrent ``play`` downloads and the length of one streamed reply are bounded.
 """
 
 from __future__ import annotations
@@ -66,6 +71,14 @@ SEND_TIMEOUT_S = 5.0
 END_GRACE_S = 1.0
 """on_stop lets a ``call.end`` the reader is running finish for this long before cancelling it."""
 MAX_PLAY_LOOPS = 10
+MAX_PENDING_JOBS = 32
+"""Speech requests (say/play) one agent may have waiting at once; more are refused with ``error``."""
+MAX_CONCURRENT_DOWNLOADS = 2
+"""``play`` downloads of one call that run at once (the HTTP client's pool is shared by all calls)."""
+MAX_TURN_CHARS = 20_000
+"""A streamed reply longer than this is cut there, and the agent is told."""
+DISCONNECT_GRACE_S = 120.0
+"""When the agent disconnects, what it already sent is still spoken, for at most this long."""
 SNIPPET_CHARS = 60
 
 
@@ -81,7 +94,9 @@ class _Turn:
     queue: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     text: list[str] = field(default_factory=list)
     discarding: bool = False
-    """The call side cut this turn: drop its remaining tokens."""
+    """The call side cut this turn: drop its remaining tokens (and report them)."""
+    discarded: list[str] = field(default_factory=list)
+    chars: int = 0
 
 
 class RelayAgent(Agent):
@@ -113,6 +128,7 @@ class RelayAgent(Agent):
         self._stopping = False
         self._ended = False
         self._in_call_end = False
+        self._downloads = asyncio.Semaphore(MAX_CONCURRENT_DOWNLOADS)
 
     # ---- hooks ------------------------------------------------------------------------------------
     async def on_start(self, call: CallControl) -> None:
@@ -152,7 +168,7 @@ class RelayAgent(Agent):
         self._reader = asyncio.create_task(self._read_loop(), name=f"relay-reader:{info.call_sid}")
 
     async def on_dtmf(self, call: CallControl, digit: str) -> None:
-        self._new_exchange()
+        await self._new_exchange()
         await self._send(Dtmf(digit=digit))
 
     async def on_interrupt(self, call: CallControl, heard_text: str, played_ms: int) -> None:
@@ -161,7 +177,7 @@ class RelayAgent(Agent):
         )
 
     async def on_caller_speech(self, call: CallControl, text: str, final: bool) -> None:
-        self._new_exchange()
+        await self._new_exchange()
         await self._send(Prompt(voice_prompt=text, lang="en-US", last=final))
 
     async def on_stop(self, call: CallControl) -> None:
@@ -196,6 +212,12 @@ class RelayAgent(Agent):
             reason = "agent relay failed"
         if not self._stopping and not self._ended:
             log.info("agent %s disconnected (close code %s)", self.url, ws.close_code)
+            # What the agent sent before it left is still spoken: it cannot be told otherwise.
+            await self._close_turn()
+            self._ended = True
+            jobs = list(self._jobs)
+            if jobs:
+                await asyncio.wait(jobs, timeout=DISCONNECT_GRACE_S)
             await self._end_call(reason)
 
     async def _handle(self, raw: str | bytes) -> bool:
@@ -213,10 +235,11 @@ class RelayAgent(Agent):
             await self._error(f"invalid message: {exc}")
             return True
         if isinstance(message, Text):
-            self._on_text(message)
+            await self._on_text(message)
         elif isinstance(message, Play):
-            self._close_turn()
-            self._on_play(message)
+            await self._close_turn()
+            if await self._room_for_job(f"play {message.source}"):
+                self._on_play(message)
         elif isinstance(message, SendDigits):
             await self._error(
                 "sendDigits is not supported by voice-bridge (requires Twilio REST credentials)"
@@ -231,15 +254,26 @@ class RelayAgent(Agent):
             return False
         return True
 
-    def _on_text(self, message: Text) -> None:
+    async def _on_text(self, message: Text) -> None:
         turn = self._turn
         token = message.token or ""
         if turn is not None:
             if turn.discarding:
+                turn.discarded.append(token)
+                if message.last:
+                    self._turn = None
+                    await self._report_discarded(turn)
+                return
+            turn.text.append(token)
+            turn.chars += len(token)
+            if turn.chars > MAX_TURN_CHARS:
+                turn.discarding = True
+                turn.queue.put_nowait(None)
+                await self._error(f"reply longer than {MAX_TURN_CHARS} characters: the rest is not "
+                                  "spoken")
                 if message.last:
                     self._turn = None
                 return
-            turn.text.append(token)
             turn.queue.put_nowait(token)
             if message.last:
                 turn.queue.put_nowait(None)
@@ -247,14 +281,31 @@ class RelayAgent(Agent):
             return
         flags = {"interruptible": message.interruptible, "preemptible": message.preemptible}
         if message.last:
-            if token.strip():
+            if token.strip() and await self._room_for_job(token):
                 self._start_job(lambda call: call.say(token, **flags), text=token)
+            return
+        if not await self._room_for_job(token):
             return
         turn = _Turn()
         turn.text.append(token)
+        turn.chars = len(token)
         turn.queue.put_nowait(token)
         self._turn = turn
         self._start_job(lambda call: call.say(_drain(turn.queue), **flags), text="", turn=turn)
+
+    async def _room_for_job(self, what: str) -> bool:
+        if len(self._jobs) < MAX_PENDING_JOBS:
+            return True
+        await self._error(f"too many speech requests waiting ({MAX_PENDING_JOBS}); not spoken: "
+                          f"{_snippet(what)!r}")
+        return False
+
+    async def _report_discarded(self, turn: _Turn) -> None:
+        """Tokens of a reply the caller talked over are not spoken; say so rather than lose them."""
+        text = "".join(turn.discarded).strip()
+        turn.discarded.clear()
+        if text:
+            await self._error(f"not spoken, the reply was interrupted: {_snippet(text)!r}")
 
     def _on_play(self, message: Play) -> None:
         source = message.source
@@ -263,7 +314,8 @@ class RelayAgent(Agent):
         async def prepare() -> Callable[[CallControl], Awaitable[SpeechResult]] | None:
             # runs in the play's speech job: the download overlaps speech queued before it
             try:
-                audio, rate = await fetch_audio(self.http, source, max_bytes=self.play_max_bytes)
+                async with self._downloads:
+                    audio, rate = await fetch_audio(self.http, source, max_bytes=self.play_max_bytes)
             except AudioFetchError as exc:
                 await self._error(f"play {source}: {exc}")
                 return None
@@ -283,7 +335,7 @@ class RelayAgent(Agent):
         self._start_job(None, text=f"play {source}", prepare=prepare)
 
     async def _on_end(self, message: End) -> None:
-        self._close_turn()
+        await self._close_turn()
         self._ended = True
         jobs = list(self._jobs)
         if jobs:
@@ -346,16 +398,21 @@ class RelayAgent(Agent):
             what = _snippet(result.text or text) or "(empty)"
             await self._error(f"speech failed for {what!r}: {result.error or 'unknown error'}")
 
-    def _close_turn(self) -> None:
+    async def _close_turn(self) -> None:
         """A non-text message ends a streamed reply that the agent left open."""
         turn, self._turn = self._turn, None
-        if turn is not None and not turn.discarding:
+        if turn is None:
+            return
+        if turn.discarding:
+            await self._report_discarded(turn)
+        else:
             turn.queue.put_nowait(None)
 
-    def _new_exchange(self) -> None:
+    async def _new_exchange(self) -> None:
         """A caller event starts a new exchange: stop discarding an interrupted turn's tail."""
         if self._turn is not None and self._turn.discarding:
-            self._turn = None
+            turn, self._turn = self._turn, None
+            await self._report_discarded(turn)
 
     # ---- sending ----------------------------------------------------------------------------------
     async def _error(self, description: str) -> None:

@@ -36,6 +36,10 @@ class MulawFrameEncoder:
         """Add engine audio; return every whole frame now available (possibly none)."""
         if chunk.ndim != 1 and not (chunk.ndim == 2 and 1 in chunk.shape):
             raise ValueError(f"expected mono audio, got shape {chunk.shape}")
+        if chunk.size and not np.isfinite(chunk).all():
+            # One NaN or inf would poison a whole block of the resampler's filter (~70 ms of
+            # silence around it); a broken sample becomes silence or full scale, nothing more.
+            chunk = np.nan_to_num(chunk, nan=0.0, posinf=1.0, neginf=-1.0)
         out = self._resampler.process(chunk)
         if out.size:
             self._pending = np.concatenate((self._pending, out)) if self._pending.size else out

@@ -58,14 +58,20 @@ _NEVER_SENTENCE_END = frozenset(
 _SENTENCE_END_UNLESS_CONTINUED = frozenset(
     {
         "etc", "a.m", "p.m", "u.s", "u.k", "inc", "ltd", "co", "corp", "approx", "dept", "est",
-        "no", "vol", "fig",
+        "no", "vol", "fig", "al", "ext", "tel",
+        # Dates and addresses, common in phone prompts: "on Jan. 5", "12 Main Ave. between".
+        "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+        "ave", "blvd", "rd", "apt", "ste", "bldg", "hwy",
+        # Units: "about 5 lbs. in total", "20 min. from here".
+        "lb", "lbs", "oz", "ft", "min", "mins", "hr", "hrs", "sec", "secs", "mi", "km", "kg",
     }
 )  # fmt: skip
 """Words whose period ends a sentence only if the next word does not start in lowercase or a digit
 ("at 6 p.m. tomorrow" and "room no. 5" go on; "at 6 p.m. Bye" and "No. I can't" do not)."""
 
-_DOTTED_ACRONYM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
-"""Any "X.Y" abbreviation (its final period stripped): treated like the words above."""
+_DOTTED_ACRONYM = re.compile(r"(?:[A-Za-z]{1,2}\.)+[A-Za-z]{1,2}")
+"""Any "X.Y" abbreviation, "Ph.D" included (its final period stripped): treated like the words
+above."""
 
 
 class _Boundary(Enum):
@@ -162,20 +168,23 @@ class TextSegmenter:
                 if kind is _Boundary.CLAUSE and cut - start >= min_clause:
                     return cut
             pos = cut + 1
-        self._scan = pos
+        # Nothing in buf[pos:] is whitespace when the search found none: the next push resumes at
+        # the end instead of rescanning (a long run without spaces would otherwise cost n² time).
+        self._scan = pos if match is not None else max(pos, n)
 
         if n - start > settings.max_chars:
-            return _overflow_cut(buf, start, limit)
+            return _overflow_cut(buf, start, limit, self._scan)
         return None
 
 
-def _overflow_cut(buf: str, start: int, limit: int) -> int | None:
+def _overflow_cut(buf: str, start: int, limit: int, scanned: int) -> int | None:
     """Cut for a segment with no boundary within max_chars: the last whitespace up to ``limit``,
-    else (one long word) the first whitespace after it, else None (wait for the word to end)."""
+    else (one long word) the first whitespace after it, else None (wait for the word to end).
+    ``buf[limit + 1:scanned]`` is known to hold no whitespace."""
     match = _UP_TO_LAST_WHITESPACE.match(buf, start + 1, limit + 1)
     if match is not None:
         return match.end() - 1
-    match = _WHITESPACE.search(buf, limit + 1)
+    match = _WHITESPACE.search(buf, max(limit + 1, scanned))
     return match.start() if match is not None else None
 
 
