@@ -1,5 +1,6 @@
-# voice-bridge on the embedded Piper voice (CPU). Builds the same install as README's commands:
-# a virtualenv with `pip install .` (no torch: GPU engines are an optional extra).
+# voice-bridge on the embedded Piper voice (CPU). Builds the same install as README's first command:
+# a virtualenv in the checkout with `pip install -e .` (no torch: GPU engines are an optional extra),
+# so presets.yaml is found beside the packages exactly as in a checkout.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -14,10 +15,7 @@ COPY telephony ./telephony
 
 RUN python -m venv /app/.venv \
     && /app/.venv/bin/pip install --upgrade pip \
-    && /app/.venv/bin/pip install .
-
-# presets.yaml is read from the working directory's copy.
-ENV VOICE_BRIDGE_PRESETS_PATH=/app/presets.yaml
+    && /app/.venv/bin/pip install -e .
 
 RUN useradd --create-home --uid 10001 bridge
 USER bridge

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from telephony import control_api, media_stream, webhook
-from telephony.config import Settings
+from telephony.config import ConfigError, Settings
 from telephony.errors import json_error
 from telephony.services import Bridge
 from tts_core.engines import Engine
@@ -24,7 +24,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        bridge = await Bridge.start(settings, engine=engine)
+        try:
+            bridge = await Bridge.start(settings, engine=engine)
+        except ConfigError as exc:
+            log.error("voice-bridge cannot start: %s", exc)
+            raise
         app.state.bridge = bridge
         if settings.insecure:
             log.warning("=" * 72)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tts_core.presets import DEFAULT_PRESETS_PATH
+from tts_core.presets import DEFAULT_PRESETS_PATH, PresetError, load_presets
 
 
 class ConfigError(ValueError):
@@ -59,7 +59,7 @@ class Settings(BaseModel):
     max_calls: int = Field(500, ge=1, le=100_000)
     record_dir: Path | None = None
     """When set, every call is written there as a recorded-call JSONL file (contains caller audio)."""
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("public_url", "voice_server_url")
     @classmethod
@@ -78,6 +78,11 @@ class Settings(BaseModel):
             raise ValueError("must name a host, e.g. https://bridge.example.com")
         return value.rstrip("/")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("default_agent")
     @classmethod
     def _agent_spec(cls, value: str) -> str:
@@ -92,8 +97,19 @@ class Settings(BaseModel):
                 "TWILIO_AUTH_TOKEN is not set. Set it (Twilio console -> Account -> API keys & "
                 "tokens), or pass --insecure-dev for local development without signature checks"
             )
+        if self.twilio_auth_token and self.public_url is None and not self.insecure_dev:
+            raise ValueError(
+                "PUBLIC_URL is not set. With TWILIO_AUTH_TOKEN the bridge checks signatures against "
+                "its public https:// URL and builds the stream's wss:// URL from it; set PUBLIC_URL "
+                "to the base URL Twilio calls (e.g. https://bridge.example.com)"
+            )
         if self.voices_dir is not None and not self.voices_dir.is_dir():
             raise ValueError(f"voices_dir {self.voices_dir} is not a directory")
+        try:
+            load_presets(self.presets_path).get(self.default_preset)
+        except PresetError as exc:
+            raise ValueError(
+                f"presets ({self.presets_path}, default {self.default_preset!r}): {exc}") from None
         return self
 
     @property
@@ -125,8 +141,9 @@ def settings_from_env(env: dict[str, str] | None = None, **overrides: object) ->
             if key not in Settings.model_fields:
                 raise ConfigError(f"{name}: unknown setting (known: "
                                   f"{', '.join(ENV_PREFIX + k.upper() for k in Settings.model_fields)})")
-            if value == "":  # set but empty means unset (VOICE_BRIDGE_RECORD_DIR= must not record to ".")
-                continue
+            if value == "" and key != "default_greeting":
+                continue  # set but empty means unset (VOICE_BRIDGE_RECORD_DIR= must not record to "."),
+                # except the greeting, where empty means none
             values[key] = value
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:

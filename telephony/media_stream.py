@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from telephony.agents import make_agent
+from telephony.agents import make_agent, per_call_agent_allowed
 from telephony.agents.base import AgentError
 from telephony.call_session import CallSession
 from telephony.services import Bridge
@@ -108,7 +108,10 @@ async def media_stream(ws: WebSocket) -> None:
         preset = bridge.presets.get(params.get("preset") or settings.default_preset)
         voice_id, voice = await bridge.resolve_voice(params.get("voice"))
         voice_load_ms = (time.perf_counter() - voice_started) * 1000
-        agent = make_agent(params.get("agentUrl") or settings.default_agent, bridge)
+        agent_spec = params.get("agentUrl") or settings.default_agent
+        if not per_call_agent_allowed(agent_spec, settings.default_agent):
+            raise AgentError("agentUrl must be a ws:// or wss:// URL or 'demo'")
+        agent = make_agent(agent_spec, bridge)
     except (PresetError, LookupError, ValueError, RuntimeError, AgentError) as exc:
         bridge.metrics.error("call_setup")
         log.warning("media stream %s refused: %s", start.stream_sid, exc)

@@ -14,14 +14,14 @@ from typing import Any
 
 import httpx
 
-from telephony.config import Settings
+from telephony.config import ConfigError, Settings
 from telephony.metrics import Metrics
 from telephony.stream_auth import StreamTokens
 from tts_core.engines import Engine, create_engine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.presets import Preset, PresetBook, load_presets
 from tts_core.render import render_utterance, utterance_frames
-from tts_core.voices import InvalidVoiceId, Voice, VoiceNotFound, VoiceStore
+from tts_core.voices import InvalidVoiceId, Voice, VoiceFetchError, VoiceNotFound, VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ class Bridge:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     calls: dict[str, Any] = field(default_factory=dict)
     """Live call sessions by streamSid."""
-    """Active call sessions by CallSid."""
     max_background: int = 256
 
     @classmethod
@@ -59,6 +58,11 @@ class Bridge:
             phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024),
             metrics=Metrics(), tokens=StreamTokens(ttl_s=settings.token_ttl_s), http=http,
         )
+        try:
+            await bridge.resolve_voice(None)  # the default voice must exist: fail now, not per call
+        except (LookupError, ValueError, VoiceFetchError) as exc:
+            await bridge.aclose()
+            raise ConfigError(f"VOICE_BRIDGE_DEFAULT_VOICE: {exc}") from None
         return bridge
 
     async def aclose(self) -> None:
@@ -77,6 +81,15 @@ class Bridge:
         if voice is None:
             raise VoiceNotFound("no default voice configured")
         return voice
+
+    def voice_may_exist(self, voice_id: str) -> bool:
+        """Cheap check for the webhook (which must not wait on a fetch): built in, stored locally,
+        or possibly on the configured voice server."""
+        if voice_id in self.engine.builtin_voices() or self.settings.voice_server_url is not None:
+            return True
+        voices_dir = self.voices.voices_dir  # voice_id is already validated: safe in a path
+        return self.voices.cached(voice_id) or (
+            voices_dir is not None and (voices_dir / f"{voice_id}.wav").is_file())
 
     async def resolve_voice(self, voice_id: str | None) -> tuple[str, Voice | None]:
         """A built-in engine voice (no reference audio) or a stored cloning voice.

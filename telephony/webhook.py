@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from telephony.agents import per_call_agent_allowed
 from telephony.errors import json_error
 from telephony.services import Bridge
 from telephony.stream_auth import stream_url, validate_webhook
@@ -64,8 +65,11 @@ async def twiml(request: Request) -> Response:
         return json_error(422, "unknown_preset", str(exc))
     if len(greeting) > MAX_GREETING_CHARS:
         return json_error(422, "greeting_too_long", f"greeting exceeds {MAX_GREETING_CHARS} characters")
-    if not (agent == "demo" or agent.startswith(("ws://", "wss://", "python:"))):
-        return json_error(422, "invalid_agent", "agentUrl must be a ws:// or wss:// URL")
+    if not per_call_agent_allowed(agent, bridge.settings.default_agent):
+        return json_error(422, "invalid_agent", "agentUrl must be a ws:// or wss:// URL or 'demo'")
+    if not bridge.voice_may_exist(voice):
+        return json_error(422, "unknown_voice", f"no voice {voice!r} (not built in, not in the voices "
+                          "directory, and no voice server is configured)")
 
     # Prime in the background: voice load + engine warm path + greeting render, all shared.
     if greeting:

@@ -76,6 +76,37 @@ async def test_webhook_rejects_unknown_preset_with_422() -> None:
         assert "nope" in response.json()["error"]["message"]
 
 
+async def test_webhook_rejects_a_voice_that_cannot_exist_with_422() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA1", "?voice=nosuchvoice")
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "unknown_voice"
+
+
+async def test_a_request_cannot_make_the_server_import_python_code() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA1", "?agentUrl=python:os:abort")
+        assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_agent"
+        # nor through the stream's parameters, which a client could write itself
+        call = await open_call(rb, client, "CA2", "?greeting=")
+        await call.hang_up()
+        forged = TwilioEmulator(call.url, call_sid="CA2", stream_sid="MZ2",
+                                custom_parameters={**call.custom_parameters, "agentUrl": "python:os:abort",
+                                                   "token": rb.bridge.tokens.issue("CA2")})
+        await forged.connect()
+        assert await forged.wait_closed(5)
+        assert forged.stats.close_code == 1008
+
+
+async def test_a_default_voice_that_does_not_exist_stops_the_server_at_start() -> None:
+    from telephony.config import ConfigError, settings_from_env
+    from telephony.services import Bridge
+
+    settings = settings_from_env({}, insecure_dev=True, engine="synthetic", default_voice="nosuchvoice")
+    with pytest.raises(ConfigError, match="VOICE_BRIDGE_DEFAULT_VOICE"):
+        await Bridge.start(settings, engine=SyntheticEngine())
+
+
 @pytest.mark.parametrize("signed", [False, True], ids=["token", "signature"])
 async def test_greeting_is_played_with_valid_frames_and_marks(signed: bool) -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:

@@ -11,7 +11,7 @@ import pytest
 from telephony.cli import main
 from telephony.config import ConfigError, Settings, settings_from_env
 
-TOKEN = {"TWILIO_AUTH_TOKEN": "secret-token"}
+TOKEN = {"TWILIO_AUTH_TOKEN": "secret-token", "PUBLIC_URL": "https://bridge.example.com"}
 
 
 def config_error(env: dict[str, str], **overrides: object) -> str:
@@ -62,10 +62,21 @@ def test_public_url_must_be_http_or_https_with_a_host_and_no_query(public_url: s
     assert "public_url" in config_error({**TOKEN, "PUBLIC_URL": public_url})
 
 
-def test_without_public_url_the_stream_base_is_the_bind_address() -> None:
-    settings = settings_from_env({**TOKEN, "VOICE_BRIDGE_HOST": "0.0.0.0", "VOICE_BRIDGE_PORT": "9000"})
+def test_with_a_token_public_url_is_required() -> None:
+    # without it, signatures would be checked against the Host header and the stream URL would be
+    # the bind address: every call would fail, so the server does not start
+    assert "PUBLIC_URL is not set" in config_error({"TWILIO_AUTH_TOKEN": "secret-token"})
+
+
+def test_in_insecure_development_the_stream_base_defaults_to_the_bind_address() -> None:
+    settings = settings_from_env({"VOICE_BRIDGE_HOST": "0.0.0.0", "VOICE_BRIDGE_PORT": "9000"},
+                                 insecure_dev=True)
     assert settings.public_url is None
     assert settings.stream_public_base() == "http://0.0.0.0:9000"
+
+
+def test_an_empty_greeting_means_no_greeting() -> None:
+    assert settings_from_env({**TOKEN, "VOICE_BRIDGE_DEFAULT_GREETING": ""}).default_greeting == ""
 
 
 # ---- VOICE_BRIDGE_* variables ---------------------------------------------------------------------------
@@ -107,6 +118,9 @@ def test_an_empty_variable_means_unset() -> None:
     ({"VOICE_BRIDGE_LEAD_MS": "5"}, "lead_ms"),
     ({"VOICE_BRIDGE_INSECURE_DEV": "maybe"}, "insecure_dev"),
     ({"VOICE_BRIDGE_VOICE_SERVER_URL": "https://"}, "voice_server_url"),
+    ({"VOICE_BRIDGE_LOG_LEVEL": "bogus"}, "log_level"),
+    ({"VOICE_BRIDGE_DEFAULT_PRESET": "nope"}, "nope"),
+    ({"VOICE_BRIDGE_PRESETS_PATH": "/nonexistent/presets.yaml"}, "presets"),
 ])
 def test_a_bad_value_names_its_setting(env: dict[str, str], named: str) -> None:
     message = config_error({**TOKEN, **env})
@@ -141,6 +155,7 @@ def test_an_override_is_validated_like_the_environment() -> None:
 def test_the_environment_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     clean_environment(monkeypatch)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "from-os")
+    monkeypatch.setenv("PUBLIC_URL", "https://bridge.example.com")
     monkeypatch.setenv("VOICE_BRIDGE_PORT", "9001")
     settings = settings_from_env()
     assert settings.twilio_auth_token == "from-os" and settings.port == 9001

@@ -12,6 +12,13 @@ if TYPE_CHECKING:
     from telephony.services import Bridge
 
 
+def per_call_agent_allowed(spec: str, configured: str) -> bool:
+    """Which agent a call's ``agentUrl`` may pick: the demo, a ConversationRelay URL, or the
+    configured default. A ``python:`` factory is code the server imports and runs, so only the
+    operator's own configuration may name one, never a request."""
+    return spec == "demo" or spec.startswith(("ws://", "wss://")) or spec == configured
+
+
 def make_agent(spec: str, bridge: Bridge) -> Agent:
     """``demo``, ``ws(s)://host/path`` (ConversationRelay agent) or ``python:module:attr``.
 
@@ -40,4 +47,4 @@ def make_agent(spec: str, bridge: Bridge) -> Agent:
 
 
 __all__ = ["Agent", "AgentError", "CallControl", "CallInfo", "SpeechOutcome", "SpeechResult",
-           "make_agent"]
+           "make_agent", "per_call_agent_allowed"]
