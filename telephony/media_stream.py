@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -118,23 +118,14 @@ async def media_stream(ws: WebSocket) -> None:
         await _close(ws, POLICY_VIOLATION, f"call setup failed: {exc}"[:120])
         return
 
-    send_lock = asyncio.Lock()
-    stalled = False
+    def on_stall() -> None:
+        session.end_reason = "twilio stopped reading"
+        bridge.metrics.error("twilio_send_stalled")
+        log.warning("media stream %s: Twilio stopped reading for %.0f s; ending the call",
+                    start.stream_sid, SEND_STALL_S)
 
-    async def send_text(text: str) -> None:
-        nonlocal stalled
-        async with send_lock:
-            if stalled or ws.application_state != WebSocketState.CONNECTED:
-                return
-            try:
-                async with asyncio.timeout(SEND_STALL_S):
-                    await ws.send_text(text)
-            except TimeoutError:
-                stalled = True
-                session.end_reason = "twilio stopped reading"
-                bridge.metrics.error("twilio_send_stalled")
-                log.warning("media stream %s: Twilio stopped reading for %.0f s; ending the call",
-                            start.stream_sid, SEND_STALL_S)
+    send_text = StreamSender(ws.send_text, lambda: ws.application_state == WebSocketState.CONNECTED,
+                             stall_s=SEND_STALL_S, on_stall=on_stall)
 
     async def close_socket(code: int, reason: str) -> None:
         await _close(ws, code, reason)
@@ -151,8 +142,37 @@ async def media_stream(ws: WebSocket) -> None:
         send_text=send_text, close_socket=close_socket, greeting=params.get("greeting", ""),
         auth_mode=auth_mode, recorder=recorder, voice_load_ms=voice_load_ms,
     )
-    await session.run(_messages(ws, lambda: stalled))
+    await session.run(_messages(ws, lambda: send_text.stalled))
     await _close(ws, 1000, "call ended")
+
+
+class StreamSender:
+    """Sends to Twilio one message at a time, never waiting on a peer that stopped reading.
+
+    A send that waits ``stall_s`` (the socket's buffer is full) marks the stream stalled: that send
+    and every later one are dropped and ``on_stall`` runs once, so the call's speaker never hangs
+    on the socket and the call can end.
+    """
+
+    def __init__(self, send: Callable[[str], Awaitable[None]], is_open: Callable[[], bool], *,
+                 stall_s: float, on_stall: Callable[[], None]) -> None:
+        self._send = send
+        self._is_open = is_open
+        self._stall_s = stall_s
+        self._on_stall = on_stall
+        self._lock = asyncio.Lock()
+        self.stalled = False
+
+    async def __call__(self, text: str) -> None:
+        async with self._lock:
+            if self.stalled or not self._is_open():
+                return
+            try:
+                async with asyncio.timeout(self._stall_s):
+                    await self._send(text)
+            except TimeoutError:
+                self.stalled = True
+                self._on_stall()
 
 
 class _StreamGone(Exception):

@@ -300,3 +300,23 @@ async def rb_wait(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-u
             return True
         await asyncio.sleep(0.01)
     return bool(predicate())
+
+
+async def test_a_peer_that_stops_reading_stalls_the_stream_once_and_nothing_waits_on_it() -> None:
+    from telephony.media_stream import StreamSender
+
+    sent: list[str] = []
+    stalls: list[bool] = []
+    blocked = asyncio.Event()  # the socket's buffer is full and stays full
+
+    async def send(text: str) -> None:
+        if len(sent) >= 3:
+            await blocked.wait()
+        sent.append(text)
+
+    sender = StreamSender(send, lambda: True, stall_s=0.05, on_stall=lambda: stalls.append(True))
+    for n in range(3):
+        await sender(f"m{n}")
+    await asyncio.wait_for(sender("m3"), 1)  # gives up after stall_s instead of hanging
+    await asyncio.wait_for(sender("m4"), 0.01)  # later sends return at once
+    assert sent == ["m0", "m1", "m2"] and sender.stalled and stalls == [True]

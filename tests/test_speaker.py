@@ -277,3 +277,4 @@ async def test_preemption_only_cuts_preemptible_speech() -> None:
     assert hold.future.result().outcome is SpeechOutcome.INTERRUPTED
     # ...but the queued notice was never preemptible
     assert outcome is None, f"a queued non-preemptible utterance was pre-empted: {outcome}"
+
