@@ -462,23 +462,26 @@ class Speaker:
         progress (the webhook's greeting pre-render, or another call saying the same prompt), or
         from a rendering started here and shared with calls that ask for it meanwhile. Segment
         marks are placed exactly as the live path places them. False if it cannot be served (too
-        long, or the rendering failed before any audio), to render live instead."""
+        long, or a rendering started elsewhere failed before any audio), to render live instead;
+        a failure of the rendering this call started is reported, not tried twice."""
         if self._cache is None or not self._cache.cacheable(text):
             return False
         key = self._cache_key(text)
-        utt.from_cache = self._cache.has(key)
+        cache = self._cache
+        utt.from_cache = cache.has(key)
         segments = segment_text(text, self.preset.segmentation)
 
         def render() -> AsyncIterator[list[bytes]]:
+            # Scheduled by the most urgent call following it, not only by the one that started it.
             return utterance_frames(self.engine, text, voice_id=self.voice_id, preset=self.preset,
-                                    voice=self.voice, deadline=self._deadline)
+                                    voice=self.voice, deadline=lambda: cache.deadline(key))
 
         started = time.monotonic()
         utt.first_segment_at = started
         entry: list[object] = [segments[0] if segments else text, 0, None]
         utt.segments.append(entry)
         try:
-            async with contextlib.aclosing(self._cache.follow(key, render)) as pieces:
+            async with contextlib.aclosing(cache.follow(key, render, deadline=self._deadline)) as pieces:
                 async for piece in pieces:
                     if piece.frames:
                         if not utt.from_cache and utt.engine_first_chunk_ms is None:
@@ -492,8 +495,8 @@ class Speaker:
                             entry = [segments[following], utt.frames_queued, None]
                             utt.segments.append(entry)
         except Exception:
-            if utt.frames_queued:
-                raise  # part of it was already queued: report the failure
+            if utt.frames_queued or not utt.from_cache:
+                raise  # audio already queued, or this call's own rendering failed: report it
             utt.from_cache = False
             utt.segments.clear()
             utt.engine_first_chunk_ms = None

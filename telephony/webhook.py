@@ -57,7 +57,7 @@ async def twiml(request: Request) -> Response:
     voice = query.get("voice") or bridge.default_voice
     greeting = query.get("greeting", bridge.settings.default_greeting)
     agent = query.get("agentUrl") or bridge.settings.default_agent
-    if not VOICE_ID_PATTERN.match(voice):
+    if not VOICE_ID_PATTERN.fullmatch(voice):
         return json_error(422, "invalid_voice", "voice must match ^[A-Za-z0-9_-]{1,64}$")
     try:
         preset = bridge.presets.get(query.get("preset") or bridge.settings.default_preset)

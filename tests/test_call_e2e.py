@@ -83,6 +83,12 @@ async def test_webhook_rejects_a_voice_that_cannot_exist_with_422() -> None:
         assert response.json()["error"]["code"] == "unknown_voice"
 
 
+async def test_a_voice_id_with_a_trailing_newline_is_a_422_not_a_500() -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA1", "?voice=joe%0A")
+        assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_voice"
+
+
 async def test_a_request_cannot_make_the_server_import_python_code() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?agentUrl=python:os:abort")

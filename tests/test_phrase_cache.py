@@ -187,3 +187,16 @@ async def test_a_follower_is_released_when_the_cache_closes_before_the_rendering
     await cache.aclose()
     with pytest.raises(RuntimeError, match="cancelled"):
         await asyncio.wait_for(follower, 2)
+
+
+async def test_a_shared_rendering_is_due_when_its_most_urgent_follower_needs_it() -> None:
+    cache, render = PhraseCache(), Renderer(frames_per_segment=50, batch=1)
+    relaxed = cache.follow(key(), render, deadline=lambda: 100.0)
+    await relaxed.__anext__()
+    assert cache.deadline(key()) == 100.0
+    urgent = cache.follow(key(), render, deadline=lambda: 5.0)
+    await urgent.__anext__()
+    assert cache.deadline(key()) == 5.0
+    await urgent.aclose()
+    assert cache.deadline(key()) == 100.0
+    await relaxed.aclose()

@@ -18,6 +18,7 @@ import pytest
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.server import ServerConnection, serve
 
+from telephony.agents import relay_client as rc
 from telephony.agents.audio_fetch import AudioFetchError, decode_wav, fetch_audio
 from telephony.agents.base import AgentError, CallInfo, SpeechOutcome, SpeechResult
 from telephony.agents.relay_client import RelayAgent
@@ -619,3 +620,50 @@ async def test_play_downloads_of_one_call_are_bounded(app: AgentApp) -> None:
     await agent.on_stop(call)
     await http.aclose()
     assert seen <= 2, f"{seen} downloads of one call ran at once (each up to 5 MB, x10 loops)"
+
+
+# ---- per-reply bounds, without a socket --------------------------------------------------------
+def bare_agent() -> tuple[RelayAgent, list[str], FakeCall]:
+    agent = RelayAgent("ws://127.0.0.1:9/relay", auth_token=None, http_client=httpx.AsyncClient())
+    sent: list[str] = []
+
+    async def fake_send(message) -> None:
+        sent.append(getattr(message, "description", type(message).__name__))
+    agent._send = fake_send  # type: ignore[method-assign]
+    call = FakeCall()
+    agent._call = call  # type: ignore[assignment]
+    return agent, sent, call
+
+
+def text_message(token: str, last: bool = False) -> str:
+    return json.dumps({"type": "text", "token": token, "last": last})
+
+
+async def test_an_over_long_reply_is_cut_reported_once_and_not_buffered() -> None:
+    agent, sent, _call = bare_agent()
+    await agent._handle(text_message("x" * (rc.MAX_TURN_CHARS + 1)))
+    turn = agent._turn
+    for _ in range(2000):                      # the agent keeps streaming the same reply
+        await agent._handle(text_message("y" * 1000))
+    held = sum(map(len, turn.discarded))
+    await agent._handle(text_message("", last=True))
+    assert held <= 4 * rc.SNIPPET_CHARS
+    assert len(sent) == 1 and sent[0].startswith(f"reply longer than {rc.MAX_TURN_CHARS}")
+
+
+async def test_a_reply_refused_for_lack_of_room_is_refused_once_and_never_spoken_in_pieces() -> None:
+    agent, sent, call = bare_agent()
+    gate = asyncio.Event()
+    for _ in range(rc.MAX_PENDING_JOBS):       # fill the job table with waiting speech
+        agent._start_job(lambda c: gate.wait(), text="busy")
+    await agent._handle(text_message("Your balance "))
+    await agent._handle(text_message("is forty "))
+    await agent._handle(text_message("dollars."))
+    gate.set()
+    await asyncio.sleep(0.05)
+    await agent._handle(text_message(" Anything else?"))
+    await agent._handle(text_message("", last=True))
+    await asyncio.sleep(0.05)
+    assert len(sent) == 1, "one refusal expected for one reply"
+    assert not [e for e in call.events if e[0].startswith("say") and e[1] != "busy"]
+    await agent.on_stop(call)

@@ -278,3 +278,22 @@ async def test_preemption_only_cuts_preemptible_speech() -> None:
     # ...but the queued notice was never preemptible
     assert outcome is None, f"a queued non-preemptible utterance was pre-empted: {outcome}"
 
+
+class SlowFailingEngine(SyntheticEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def _stream(self, request: SpeechRequest) -> AsyncIterator:  # type: ignore[override]
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        raise EngineError("engine timed out")
+        yield
+
+
+async def test_a_failed_rendering_is_reported_once_not_tried_again_live() -> None:
+    engine = SlowFailingEngine()
+    speaker = make_speaker(engine, Wire(), PhraseCache())
+    result = await asyncio.wait_for(speaker.say("Your order has shipped."), 5)
+    await speaker.aclose()
+    assert result.outcome is SpeechOutcome.FAILED and engine.calls == 1

@@ -54,6 +54,7 @@ class _Rendering:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     followers: int = 0
+    deadlines: list[Callable[[], float | None]] = field(default_factory=list)
 
 
 class PhraseCache:
@@ -96,12 +97,25 @@ class PhraseCache:
         state.task.add_done_callback(lambda _: self._settle(key, state))
         return True
 
-    async def follow(self, key: PhraseKey, render: Renderer | None = None) -> AsyncIterator[PhrasePiece]:
+    def deadline(self, key: PhraseKey) -> float | None:
+        """When the rendering of ``key`` is needed: the most urgent of its followers' deadlines
+        (None, "now", if any follower says so or none has one)."""
+        state = self._inflight.get(key)
+        if state is None or not state.deadlines:
+            return None
+        values = [deadline() for deadline in state.deadlines]
+        return None if None in values else min(v for v in values if v is not None)
+
+    async def follow(
+        self, key: PhraseKey, render: Renderer | None = None, *,
+        deadline: Callable[[], float | None] | None = None,
+    ) -> AsyncIterator[PhrasePiece]:
         """The phrase piece by piece: from the cache, from a rendering in progress, or, given
         ``render``, from a rendering started now and shared with whoever asks next.
 
         Raises the renderer's error if it fails, and ``KeyError`` for an unknown phrase with no
-        ``render``. Leaving early cancels the rendering once no one else follows it.
+        ``render``. Leaving early cancels the rendering once no one else follows it. ``deadline``
+        says when this follower needs the audio; a shared rendering asks ``deadline(key)``.
         """
         entry = self._entries.get(key)
         if entry is not None:
@@ -119,6 +133,8 @@ class PhraseCache:
         else:
             raise KeyError(key)
         state.followers += 1
+        if deadline is not None:
+            state.deadlines.append(deadline)
         try:
             sent = segments = 0
             while True:
@@ -135,6 +151,8 @@ class PhraseCache:
                 await state.changed.wait()
         finally:
             state.followers -= 1
+            if deadline is not None:
+                state.deadlines.remove(deadline)
             if state.followers == 0 and not state.done and state.task is not None:
                 self._abandon(key, state)
 

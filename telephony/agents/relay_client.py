@@ -96,7 +96,10 @@ class _Turn:
     discarding: bool = False
     """The call side cut this turn: drop its remaining tokens (and report them)."""
     discarded: list[str] = field(default_factory=list)
+    """The start of what was discarded after an interruption (enough to quote back)."""
     chars: int = 0
+    refused: bool = False
+    """Already reported (too long, or no room): the rest is dropped without another report."""
 
 
 class RelayAgent(Agent):
@@ -259,7 +262,8 @@ class RelayAgent(Agent):
         token = message.token or ""
         if turn is not None:
             if turn.discarding:
-                turn.discarded.append(token)
+                if not turn.refused and sum(map(len, turn.discarded)) < 4 * SNIPPET_CHARS:
+                    turn.discarded.append(token)
                 if message.last:
                     self._turn = None
                     await self._report_discarded(turn)
@@ -267,7 +271,7 @@ class RelayAgent(Agent):
             turn.text.append(token)
             turn.chars += len(token)
             if turn.chars > MAX_TURN_CHARS:
-                turn.discarding = True
+                turn.discarding = turn.refused = True
                 turn.queue.put_nowait(None)
                 await self._error(f"reply longer than {MAX_TURN_CHARS} characters: the rest is not "
                                   "spoken")
@@ -285,6 +289,8 @@ class RelayAgent(Agent):
                 self._start_job(lambda call: call.say(token, **flags), text=token)
             return
         if not await self._room_for_job(token):
+            # the rest of this reply is dropped with it (reported once), not spoken in pieces
+            self._turn = _Turn(discarding=True, refused=True)
             return
         turn = _Turn()
         turn.text.append(token)
@@ -304,7 +310,7 @@ class RelayAgent(Agent):
         """Tokens of a reply the caller talked over are not spoken; say so rather than lose them."""
         text = "".join(turn.discarded).strip()
         turn.discarded.clear()
-        if text:
+        if text and not turn.refused:
             await self._error(f"not spoken, the reply was interrupted: {_snippet(text)!r}")
 
     def _on_play(self, message: Play) -> None:
