@@ -7,6 +7,7 @@ failing on the first live call.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -34,10 +35,40 @@ class Settings(BaseModel):
     require_stream_signature: bool = False
     """Refuse Media Streams handshakes without X-Twilio-Signature (instead of the webhook token)."""
 
-    engine: Literal["piper", "synthetic"] = "piper"
+    engine: Literal["piper", "synthetic", "openai", "chatterbox"] = "piper"
     engine_concurrency: int = Field(2, ge=1, le=64)
+    """Syntheses running at once (engine slots; for `openai`, utterances in flight per server)."""
     engine_scheduling: Literal["deadline", "fifo"] = "deadline"
     """Who gets a contended engine slot: the call whose audio runs out first, or first come."""
+    # ---- remote OpenAI-compatible engines (engine = "openai") ------------------------------------
+    engine_url: str | None = None
+    """One or more base URLs ending in /v1, comma-separated (a fleet of TTS servers)."""
+    engine_model: str = "tts-1"
+    engine_api_key: str | None = Field(None, repr=False)
+    """Bearer token for the TTS servers (never logged)."""
+    engine_sample_rate: int | None = Field(None, ge=8000, le=48000)
+    """PCM rate the servers answer; default 24000 (OpenAI's), or a server's X-Sample-Rate header."""
+    engine_voices: str | None = None
+    """Voice names the servers offer, comma-separated; the first is the default."""
+    engine_stream_fields: str = "stream_format"
+    """Streaming flags sent in the body, comma-separated from: stream_format, stream, speed."""
+    engine_send_preset_params: bool = False
+    """Send preset generation keys (exaggeration, cfg_weight, ...) to servers that accept them."""
+    engine_first_byte_timeout_s: float = Field(5.0, gt=0, le=120)
+    engine_stall_timeout_s: float = Field(5.0, gt=0, le=120)
+    engine_backoff_s: float = Field(5.0, gt=0, le=600)
+    """A failing server is skipped for this long, then probed again."""
+
+    # ---- in-process PyTorch engine (engine = "chatterbox") ----------------------------------------
+    checkpoint_dir: Path | None = None
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    engine_replicas: int = Field(1, ge=1, le=16)
+    """Model copies per device (each serves one synthesis at a time)."""
+
+    api_key: str | None = Field(None, repr=False)
+    """Bearer key for the OpenAI-compatible /v1 endpoints served by the bridge."""
+
     default_voice: str | None = None
     default_preset: str = "balanced"
     presets_path: Path = DEFAULT_PRESETS_PATH
@@ -78,6 +109,35 @@ class Settings(BaseModel):
             raise ValueError("must name a host, e.g. https://bridge.example.com")
         return value.rstrip("/")
 
+    @field_validator("engine_url")
+    @classmethod
+    def _engine_urls(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        for url in urls:
+            if not url.startswith(("http://", "https://")) or not urlsplit(url).hostname:
+                raise ValueError(f"{url!r} must be an http(s):// URL with a host")
+            if not url.endswith("/v1"):
+                raise ValueError(f"{url!r} must end in /v1 (the OpenAI API base)")
+        return ",".join(urls)
+
+    @field_validator("engine_stream_fields")
+    @classmethod
+    def _stream_fields(cls, value: str) -> str:
+        fields = [f.strip() for f in value.split(",") if f.strip()]
+        unknown = set(fields) - {"stream_format", "stream", "speed"}
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}; known: stream_format, stream, speed")
+        return ",".join(fields)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lowercase_level(cls, value: object) -> object:
@@ -103,6 +163,14 @@ class Settings(BaseModel):
                 "its public https:// URL and builds the stream's wss:// URL from it; set PUBLIC_URL "
                 "to the base URL Twilio calls (e.g. https://bridge.example.com)"
             )
+        if self.engine == "openai" and not self.engine_url:
+            raise ValueError("VOICE_BRIDGE_ENGINE=openai needs VOICE_BRIDGE_ENGINE_URL "
+                             "(e.g. http://gpu1:8000/v1,http://gpu2:8000/v1)")
+        if self.engine == "chatterbox" and self.checkpoint_dir is None:
+            raise ValueError("VOICE_BRIDGE_ENGINE=chatterbox needs VOICE_BRIDGE_CHECKPOINT_DIR "
+                             "(a local Chatterbox checkpoint directory; nothing downloads at run time)")
+        if self.checkpoint_dir is not None and not self.checkpoint_dir.is_dir():
+            raise ValueError(f"checkpoint_dir {self.checkpoint_dir} is not a directory")
         if self.voices_dir is not None and not self.voices_dir.is_dir():
             raise ValueError(f"voices_dir {self.voices_dir} is not a directory")
         try:
@@ -115,6 +183,12 @@ class Settings(BaseModel):
     @property
     def insecure(self) -> bool:
         return not self.twilio_auth_token
+
+    def engine_urls(self) -> list[str]:
+        return self.engine_url.split(",") if self.engine_url else []
+
+    def engine_voice_names(self) -> list[str]:
+        return [v.strip() for v in (self.engine_voices or "").split(",") if v.strip()]
 
     def stream_public_base(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"

@@ -26,6 +26,30 @@ from tts_core.voices import InvalidVoiceId, Voice, VoiceFetchError, VoiceNotFoun
 log = logging.getLogger(__name__)
 
 
+def build_engine(settings: Settings) -> Engine:
+    """The configured engine, with the settings each kind of engine takes."""
+    options: dict[str, Any] = {}
+    if settings.engine == "piper":
+        options = {"max_concurrency": settings.engine_concurrency}
+    elif settings.engine == "openai":
+        options = {
+            "urls": settings.engine_urls(), "model": settings.engine_model,
+            "api_key": settings.engine_api_key, "sample_rate": settings.engine_sample_rate,
+            "voices": settings.engine_voice_names(),
+            "stream_fields": settings.engine_stream_fields.split(",")
+            if settings.engine_stream_fields else [],
+            "send_preset_params": settings.engine_send_preset_params,
+            "first_byte_timeout_s": settings.engine_first_byte_timeout_s,
+            "stall_timeout_s": settings.engine_stall_timeout_s,
+            "backoff_s": settings.engine_backoff_s,
+            "max_in_flight_per_server": settings.engine_concurrency,
+        }
+    elif settings.engine == "chatterbox":
+        options = {"checkpoint_dir": settings.checkpoint_dir, "device": settings.device,
+                   "replicas": settings.engine_replicas}
+    return create_engine(settings.engine, **options)
+
+
 @dataclass
 class Bridge:
     settings: Settings
@@ -47,8 +71,7 @@ class Bridge:
         presets = load_presets(settings.presets_path)
         presets.get(settings.default_preset)  # unknown default preset: fail at start
         if engine is None:
-            options = {"max_concurrency": settings.engine_concurrency} if settings.engine == "piper" else {}
-            engine = create_engine(settings.engine, **options)
+            engine = build_engine(settings)
         await engine.load()
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
         voices = VoiceStore(settings.voices_dir, remote_base_url=settings.voice_server_url,

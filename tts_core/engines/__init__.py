@@ -11,7 +11,7 @@ from tts_core.engines.base import (
     UnsupportedVoiceError,
 )
 
-ENGINE_NAMES = ("piper", "synthetic")
+ENGINE_NAMES = ("piper", "synthetic", "openai", "chatterbox")
 
 
 def create_engine(name: str, **options: Any) -> Engine:
@@ -24,6 +24,14 @@ def create_engine(name: str, **options: Any) -> Engine:
         from tts_core.engines.synthetic import SyntheticEngine
 
         return SyntheticEngine(**options)
+    if name == "openai":
+        from tts_core.engines.openai_remote import OpenAIRemoteEngine
+
+        return OpenAIRemoteEngine(**options)
+    if name == "chatterbox":
+        from tts_core.engines.chatterbox import ChatterboxEngine
+
+        return ChatterboxEngine(**options)
     raise ValueError(f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}")
 
 
