@@ -50,7 +50,7 @@ class Settings(BaseModel):
     """PCM rate the servers answer; default 24000 (OpenAI's), or a server's X-Sample-Rate header."""
     engine_voices: str | None = None
     """Voice names the servers offer, comma-separated; the first is the default."""
-    engine_stream_fields: str = "stream_format"
+    engine_stream_fields: str = "stream_format,speed"
     """Streaming flags sent in the body, comma-separated from: stream_format, stream, speed."""
     engine_send_preset_params: bool = False
     """Send preset generation keys (exaggeration, cfg_weight, ...) to servers that accept them."""

@@ -60,7 +60,7 @@ async def warmup(request: Request) -> Response:
     try:
         body = WarmupRequest.model_validate(await _json_body(request))
         preset = bridge.presets.get(body.preset or bridge.settings.default_preset)
-        voice_id, warmup_ms = await bridge.warmup(body.voice, preset)
+        voice_id, warmup_ms, targets = await bridge.warmup(body.voice, preset)
     except _BadRequest as exc:
         return exc.response
     except ValidationError as exc:
@@ -76,7 +76,7 @@ async def warmup(request: Request) -> Response:
     except EngineError as exc:
         return json_error(422 if "voice" in str(exc) else 500, "engine_error", str(exc))
     return JSONResponse({"voice": voice_id, "preset": preset.name, "warmup_ms": round(warmup_ms, 2),
-                         "ready": True})
+                         "targets": targets, "ready": True})
 
 
 @router.post("/preload")
@@ -121,6 +121,11 @@ async def health(request: Request) -> Response:
         "presets": bridge.presets.names(),
         "phrase_cache": bridge.phrases.stats(),
     }
+    servers = bridge.engine.servers()
+    if servers:
+        body["engine"]["servers"] = servers  # type: ignore[index]
+        if not any(s["state"] != "backoff" for s in servers):
+            body["status"] = "degraded"
     if settings.insecure:
         body["warning"] = "running with --insecure-dev: anyone can open calls on this bridge"
     return JSONResponse(body)

@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
 
 from telephony.config import ConfigError, Settings
 from telephony.metrics import Metrics
 from telephony.stream_auth import StreamTokens
+from tts_core.audio import MulawFrameEncoder
 from tts_core.engines import Engine, create_engine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.presets import Preset, PresetBook, load_presets
-from tts_core.render import render_utterance, utterance_frames
+from tts_core.render import utterance_frames
 from tts_core.voices import InvalidVoiceId, Voice, VoiceFetchError, VoiceNotFound, VoiceStore
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ class Bridge:
             phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024),
             metrics=Metrics(), tokens=StreamTokens(ttl_s=settings.token_ttl_s), http=http,
         )
+        if engine.servers():
+            bridge.metrics.watch_servers(engine.servers)
         try:
             await bridge.resolve_voice(None)  # the default voice must exist: fail now, not per call
         except (LookupError, ValueError, VoiceFetchError) as exc:
@@ -133,15 +137,20 @@ class Bridge:
         return builtin + stored
 
     # ---- priming -----------------------------------------------------------------------------
-    async def warmup(self, voice_id: str | None, preset: Preset) -> tuple[str, float]:
-        """Load the voice and push a minimal synthesis through engine, resampler and encoder."""
+    async def warmup(self, voice_id: str | None, preset: Preset
+                     ) -> tuple[str, float, dict[str, float]]:
+        """Load the voice and run a minimal synthesis on every engine target (each server of a
+        remote fleet, each model replica), then prime the resampler and encoder.
+
+        Returns the voice, the total milliseconds and the milliseconds per target.
+        """
         started = time.perf_counter()
         voice_id, voice = await self.resolve_voice(voice_id)
-        frames = await render_utterance(self.engine, "Hello.", voice_id=voice_id, preset=preset,
-                                        voice=voice)
-        if not frames:
-            raise RuntimeError("warmup produced no audio")
-        return voice_id, (time.perf_counter() - started) * 1000
+        targets = await self.engine.warmup(voice_id, preset, voice)
+        encoder = MulawFrameEncoder(self.engine.sample_rate)
+        encoder.push(np.zeros(self.engine.sample_rate // 10, dtype=np.float32))
+        encoder.flush()
+        return voice_id, (time.perf_counter() - started) * 1000, targets
 
     def prerender(self, voice_id: str, preset: Preset, text: str) -> None:
         """Start rendering ``text`` into the phrase cache in the background (webhook greeting)."""
