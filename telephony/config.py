@@ -66,6 +66,12 @@ class Settings(BaseModel):
     engine_replicas: int = Field(1, ge=1, le=16)
     """Model copies per device (each serves one synthesis at a time)."""
 
+    # ---- the synthetic test engine (engine = "synthetic"): emulate a GPU server's pace ----------------
+    synthetic_first_chunk_ms: float = Field(0.0, ge=0, le=10_000)
+    synthetic_realtime_factor: float = Field(0.0, ge=0, le=10)
+    """Seconds of wall time per second of audio (0: instant). Benchmarks and tests set these to make
+    a loopback bridge behave like a remote GPU server that streams at its own pace."""
+
     api_key: str | None = Field(None, repr=False)
     """Bearer key for the OpenAI-compatible /v1 endpoints served by the bridge."""
 

@@ -46,6 +46,9 @@ def build_engine(settings: Settings) -> Engine:
             "backoff_s": settings.engine_backoff_s,
             "max_in_flight_per_server": settings.engine_concurrency,
         }
+    elif settings.engine == "synthetic":
+        options = {"first_chunk_delay_s": settings.synthetic_first_chunk_ms / 1000,
+                   "realtime_factor": settings.synthetic_realtime_factor}
     elif settings.engine == "chatterbox":
         options = {"checkpoint_dir": settings.checkpoint_dir, "device": settings.device,
                    "replicas": settings.engine_replicas}
