@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -48,6 +49,7 @@ router = APIRouter(prefix="/v1")
 
 MAX_BODY_BYTES = 64 * 1024
 """Refused (413) before it is read: 4096 characters of input are at most 16 KiB of UTF-8."""
+BODY_TIMEOUT_S = 10.0
 MAX_INPUT_CHARS = 4096
 """OpenAI's limit on ``input``."""
 DEFAULT_FORMAT = "wav"
@@ -245,15 +247,23 @@ def _authorize(request: Request) -> Bridge:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it (or its declared length) exceeds ``limit``."""
+    """The body, refused with 413 as soon as it (or its declared length) exceeds ``limit``, and
+    with 408 if it does not arrive within ``BODY_TIMEOUT_S`` (a trickling client holds a
+    connection)."""
+    timeout_s = BODY_TIMEOUT_S
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
+    try:
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise _too_large(limit)
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {timeout_s:.0f} s",
+                       code="request_timeout") from None
     return bytes(body)
 
 

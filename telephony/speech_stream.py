@@ -199,13 +199,22 @@ class AudioStreamResponse(StreamingResponse):
     connection, which every HTTP client reports as an incomplete body.
     """
 
+    send_stall_timeout_s: float = 30.0
+    """A client that reads nothing for this long is cut off: it would hold an engine slot forever
+    (the engine only renders as fast as the client reads). A real-time player reads far sooner."""
+
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
         iterator = self.body_iterator
         try:
             async for chunk in iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                with anyio.fail_after(self.send_stall_timeout_s):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except TimeoutError:
+            log.warning("speech client read nothing for %.0f s: response aborted",
+                        self.send_stall_timeout_s)
+            return
         except Exception as exc:
             log.warning("speech stream aborted mid-body: %s", exc,
                         exc_info=not isinstance(exc, EngineError))
