@@ -27,6 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from telephony.config import Settings
 from telephony.services import Bridge
 from telephony.speech_stream import (
     FORMATS,
@@ -227,6 +228,15 @@ async def unknown_route(request: Request) -> Response:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+def access_summary(settings: Settings) -> str:
+    """One line for the start-up log: who may use /v1."""
+    if settings.api_key:
+        return "/v1 speech API: on, Bearer VOICE_BRIDGE_API_KEY required"
+    if settings.insecure_dev:
+        return "/v1 speech API: OPEN without a key (--insecure-dev); set VOICE_BRIDGE_API_KEY"
+    return "/v1 speech API: off (403); set VOICE_BRIDGE_API_KEY to serve it"
+
+
 def _authorize(request: Request) -> Bridge:
     """The bridge, if this request may use /v1; raises the 401 / 403 otherwise."""
     bridge: Bridge = request.app.state.bridge
