@@ -14,7 +14,7 @@ import base64
 import json
 import logging
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,7 +23,7 @@ import anyio
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from tts_core.audio import TELEPHONY_RATE, MulawFrameEncoder, Pcm16Encoder
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
@@ -192,23 +192,41 @@ async def sse_events(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[
 class AudioStreamResponse(StreamingResponse):
     """A chunked audio body that always closes its iterator, and aborts rather than lies.
 
-    Starlette abandons the iterator when it cancels the response on a client disconnect (it is
-    finalised whenever the garbage collector gets to it); here it is closed at once, so the engine
-    stream inside stops. A failure after the headers cannot change the status, and a cleanly ended
-    body would pass for complete audio: the final chunk is not sent, and the server closes the
-    connection, which every HTTP client reports as an incomplete body.
+    Starlette abandons the iterator when it cancels the response on a client disconnect (even
+    before its first step, if the client left in between); it would be finalised whenever the
+    garbage collector gets to it. Here it is closed at once, so the engine stream inside stops,
+    and ``on_close`` runs (the route's in-flight count). A failure after the headers cannot change
+    the status, and a cleanly ended body would pass for complete audio: the final chunk is not
+    sent, and the server closes the connection, which every HTTP client reports as an incomplete
+    body.
     """
 
     send_stall_timeout_s: float = 30.0
     """A client that reads nothing for this long is cut off: it would hold an engine slot forever
     (the engine only renders as fast as the client reads). A real-time player reads far sooner."""
 
+    def __init__(self, content: AsyncGenerator[bytes, None], *, media_type: str, headers: dict[str, str],
+                 on_close: Callable[[], None] | None = None) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._body = content
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                    await self._body.aclose()  # a no-op if it already ended
+            finally:
+                if self._on_close is not None:
+                    self._on_close()
+
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
-        iterator = self.body_iterator
         try:
-            async for chunk in iterator:
+            async for chunk in self._body:
                 with anyio.fail_after(self.send_stall_timeout_s):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except TimeoutError:
@@ -219,9 +237,4 @@ class AudioStreamResponse(StreamingResponse):
             log.warning("speech stream aborted mid-body: %s", exc,
                         exc_info=not isinstance(exc, EngineError))
             return
-        finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-                    await aclose()
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -389,6 +389,32 @@ async def test_a_body_that_trickles_in_gets_a_408(monkeypatch: pytest.MonkeyPatc
     assert b'"request_timeout"' in reply
 
 
+async def test_requests_beyond_the_in_flight_limit_get_a_429_and_places_are_given_back() -> None:
+    engine = SyntheticEngine(first_chunk_delay_s=60.0)
+    async with running_bridge(engine, api_key=KEY, engine_concurrency=1) as rb:
+        limit = max(8, speech_api.IN_FLIGHT_PER_SLOT * 1)
+        waiting = [asyncio.create_task(client(rb).audio.speech.create(
+            model="tts-1", voice="synthetic", input=TEXT, response_format="pcm"))
+            for _ in range(limit)]
+        await wait_until(lambda: engine.busy_slots == limit)
+        with pytest.raises(openai.RateLimitError) as refused:
+            await client(rb).audio.speech.create(model="tts-1", voice="synthetic", input=TEXT)
+        assert refused.value.code == "server_busy"
+        assert refused.value.response.headers["retry-after"] == "1"
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await wait_until(lambda: engine.busy_slots == 0)
+        engine.first_chunk_delay_s = 0.0
+        # Every place comes back, whichever way a request ends: more than the limit in a row.
+        for _ in range(limit + 1):
+            with pytest.raises(openai.BadRequestError):
+                await client(rb).audio.speech.create(model="tts-1", voice="synthetic", input=" ")
+        for _ in range(limit + 1):
+            body, _ = await stream_speech(rb, response_format="pcm")
+            assert body
+
+
 async def test_client_disconnect_mid_body_cancels_the_synthesis() -> None:
     engine = SyntheticEngine(realtime_factor=1.0)  # ~12 s of speech, spoken in real time
     text = "This sentence is long enough to keep a real time engine busy for a while. " * 3
