@@ -94,7 +94,7 @@ class SpeechBody(BaseModel):
     speed: Annotated[float, Field(strict=True, ge=0.25, le=4.0)] | None = None
     stream_format: Literal["audio", "sse"] = "audio"
     stream: Annotated[bool, Field(strict=True)] | None = None
-    """Accepted for servers' clients that send it; the response always streams."""
+    """Accepted (some clients send it to ask for streaming); the response always streams."""
     instructions: str | None = None
     """Accepted and ignored: no engine here takes style instructions."""
 

@@ -14,7 +14,7 @@ import base64
 import json
 import logging
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
@@ -97,7 +97,7 @@ async def speech_audio(
     preset: Preset,
     voice: Voice | None,
     encoder: ByteEncoder,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Every segment through one engine stream at a time and one shared encoder, flushed at the end.
 
     Only non-empty byte strings are yielded. Closing this generator closes the engine stream it is
@@ -119,7 +119,7 @@ class ClientGone(Exception):
     """The client disconnected before the first audio byte."""
 
 
-async def first_bytes(body: AsyncIterator[bytes], request: Request) -> bytes | None:
+async def first_bytes(body: AsyncGenerator[bytes, None], request: Request) -> bytes | None:
     """The body's first bytes (``None``: it ended without any), raced against the client leaving.
 
     Waiting for the engine's first chunk can take a while (a GPU's first chunk, a long first
@@ -153,7 +153,7 @@ async def first_bytes(body: AsyncIterator[bytes], request: Request) -> bytes | N
     return pulling.result()
 
 
-async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     """``first`` then ``rest``; closing this closes ``rest``."""
     try:
         yield first
@@ -163,7 +163,9 @@ async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
         await rest.aclose()
 
 
-async def sse_events(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def sse_events(
+    first: bytes, rest: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
     """OpenAI's SSE framing: ``speech.audio.delta`` events of base64 audio, then ``speech.audio.done``.
 
     SSE can say that something failed, so an engine failure mid-stream becomes an ``error`` event
