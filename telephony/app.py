@@ -37,6 +37,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             log.warning("=" * 72)
         log.info("voice-bridge ready: engine=%s voice=%s preset=%s", bridge.engine.name,
                  bridge.default_voice, settings.default_preset)
+        log.info(speech_api.access_summary(settings))
         try:
             yield
         finally:

@@ -22,10 +22,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from telephony.config import Settings
 from telephony.services import Bridge
 from telephony.speech_stream import (
     FORMATS,
@@ -48,6 +50,9 @@ router = APIRouter(prefix="/v1")
 
 MAX_BODY_BYTES = 64 * 1024
 """Refused (413) before it is read: 4096 characters of input are at most 16 KiB of UTF-8."""
+BODY_TIMEOUT_S = 10.0
+IN_FLIGHT_PER_SLOT = 4
+"""Speech requests admitted per engine slot (``VOICE_BRIDGE_ENGINE_CONCURRENCY``), at least 8."""
 MAX_INPUT_CHARS = 4096
 """OpenAI's limit on ``input``."""
 DEFAULT_FORMAT = "wav"
@@ -89,7 +94,7 @@ class SpeechBody(BaseModel):
     speed: Annotated[float, Field(strict=True, ge=0.25, le=4.0)] | None = None
     stream_format: Literal["audio", "sse"] = "audio"
     stream: Annotated[bool, Field(strict=True)] | None = None
-    """Accepted for servers' clients that send it; the response always streams."""
+    """Accepted (some clients send it to ask for streaming); the response always streams."""
     instructions: str | None = None
     """Accepted and ignored: no engine here takes style instructions."""
 
@@ -127,6 +132,18 @@ def _openai_errors(handler: Handler) -> Handler:
 async def create_speech(request: Request) -> Response:
     """Synthesise ``input`` and stream it as it is rendered."""
     bridge = _authorize(request)
+    release = _in_flight(request, bridge).acquire()
+    try:
+        response = await _speech_response(request, bridge, on_close=release)
+    except BaseException:
+        release()
+        raise
+    if not isinstance(response, AudioStreamResponse):
+        release()
+    return response
+
+
+async def _speech_response(request: Request, bridge: Bridge, *, on_close: Callable[[], None]) -> Response:
     data = _parse_json(await _read_body(request, MAX_BODY_BYTES))
     body = _validate(data)
     fmt = FORMATS.get(body.response_format)
@@ -172,8 +189,9 @@ async def create_speech(request: Request) -> Response:
     first = fmt.header + first
     if body.stream_format == "sse":
         return AudioStreamResponse(sse_events(first, audio), media_type="text/event-stream",
-                                   headers=headers)
-    return AudioStreamResponse(prepend(first, audio), media_type=fmt.media_type, headers=headers)
+                                   headers=headers, on_close=on_close)
+    return AudioStreamResponse(prepend(first, audio), media_type=fmt.media_type, headers=headers,
+                               on_close=on_close)
 
 
 @router.get("/models")
@@ -225,6 +243,53 @@ async def unknown_route(request: Request) -> Response:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+class InFlight:
+    """Speech requests being served or waiting for the engine, refused (429) beyond ``limit``.
+
+    The engine serves ``engine_concurrency`` at once and queues the rest; without this bound a
+    burst of requests would queue without end, each holding a connection and a task.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def acquire(self) -> Callable[[], None]:
+        """Take a place; returns its release (idempotent). Raises the 429."""
+        if self.count >= self.limit:
+            raise ApiError(429, f"server busy: {self.count} speech requests in flight (limit "
+                                f"{self.limit}); retry shortly or use another server",
+                           type_="rate_limit_error", code="server_busy", headers={"Retry-After": "1"})
+        self.count += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.count -= 1
+
+        return release
+
+
+def _in_flight(request: Request, bridge: Bridge) -> InFlight:
+    """The app's counter, created on first use (one per app, like the bridge it belongs to)."""
+    limiter = getattr(request.app.state, "speech_in_flight", None)
+    if limiter is None:
+        limiter = InFlight(max(8, IN_FLIGHT_PER_SLOT * bridge.settings.engine_concurrency))
+        request.app.state.speech_in_flight = limiter
+    return limiter
+
+
+def access_summary(settings: Settings) -> str:
+    """One line for the start-up log: who may use /v1."""
+    if settings.api_key:
+        return "/v1 speech API: on, Bearer VOICE_BRIDGE_API_KEY required"
+    if settings.insecure_dev:
+        return "/v1 speech API: OPEN without a key (--insecure-dev); set VOICE_BRIDGE_API_KEY"
+    return "/v1 speech API: off (403); set VOICE_BRIDGE_API_KEY to serve it"
+
+
 def _authorize(request: Request) -> Bridge:
     """The bridge, if this request may use /v1; raises the 401 / 403 otherwise."""
     bridge: Bridge = request.app.state.bridge
@@ -245,15 +310,23 @@ def _authorize(request: Request) -> Bridge:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it (or its declared length) exceeds ``limit``."""
+    """The body, refused with 413 as soon as it (or its declared length) exceeds ``limit``, and
+    with 408 if it does not arrive within ``BODY_TIMEOUT_S`` (a trickling client holds a
+    connection)."""
+    timeout_s = BODY_TIMEOUT_S
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
+    try:
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise _too_large(limit)
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {timeout_s:.0f} s",
+                       code="request_timeout") from None
     return bytes(body)
 
 

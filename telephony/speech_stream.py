@@ -14,7 +14,7 @@ import base64
 import json
 import logging
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,7 +23,7 @@ import anyio
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from tts_core.audio import TELEPHONY_RATE, MulawFrameEncoder, Pcm16Encoder
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
@@ -97,7 +97,7 @@ async def speech_audio(
     preset: Preset,
     voice: Voice | None,
     encoder: ByteEncoder,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Every segment through one engine stream at a time and one shared encoder, flushed at the end.
 
     Only non-empty byte strings are yielded. Closing this generator closes the engine stream it is
@@ -119,7 +119,7 @@ class ClientGone(Exception):
     """The client disconnected before the first audio byte."""
 
 
-async def first_bytes(body: AsyncIterator[bytes], request: Request) -> bytes | None:
+async def first_bytes(body: AsyncGenerator[bytes, None], request: Request) -> bytes | None:
     """The body's first bytes (``None``: it ended without any), raced against the client leaving.
 
     Waiting for the engine's first chunk can take a while (a GPU's first chunk, a long first
@@ -153,7 +153,7 @@ async def first_bytes(body: AsyncIterator[bytes], request: Request) -> bytes | N
     return pulling.result()
 
 
-async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     """``first`` then ``rest``; closing this closes ``rest``."""
     try:
         yield first
@@ -163,7 +163,9 @@ async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
         await rest.aclose()
 
 
-async def sse_events(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def sse_events(
+    first: bytes, rest: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
     """OpenAI's SSE framing: ``speech.audio.delta`` events of base64 audio, then ``speech.audio.done``.
 
     SSE can say that something failed, so an engine failure mid-stream becomes an ``error`` event
@@ -192,27 +194,49 @@ async def sse_events(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[
 class AudioStreamResponse(StreamingResponse):
     """A chunked audio body that always closes its iterator, and aborts rather than lies.
 
-    Starlette abandons the iterator when it cancels the response on a client disconnect (it is
-    finalised whenever the garbage collector gets to it); here it is closed at once, so the engine
-    stream inside stops. A failure after the headers cannot change the status, and a cleanly ended
-    body would pass for complete audio: the final chunk is not sent, and the server closes the
-    connection, which every HTTP client reports as an incomplete body.
+    Starlette abandons the iterator when it cancels the response on a client disconnect (even
+    before its first step, if the client left in between); it would be finalised whenever the
+    garbage collector gets to it. Here it is closed at once, so the engine stream inside stops,
+    and ``on_close`` runs (the route's in-flight count). A failure after the headers cannot change
+    the status, and a cleanly ended body would pass for complete audio: the final chunk is not
+    sent, and the server closes the connection, which every HTTP client reports as an incomplete
+    body.
     """
+
+    send_stall_timeout_s: float = 30.0
+    """A client that reads nothing for this long is cut off: it would hold an engine slot forever
+    (the engine only renders as fast as the client reads). A real-time player reads far sooner."""
+
+    def __init__(self, content: AsyncGenerator[bytes, None], *, media_type: str, headers: dict[str, str],
+                 on_close: Callable[[], None] | None = None) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._body = content
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                    await self._body.aclose()  # a no-op if it already ended
+            finally:
+                if self._on_close is not None:
+                    self._on_close()
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
-        iterator = self.body_iterator
         try:
-            async for chunk in iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            async for chunk in self._body:
+                with anyio.fail_after(self.send_stall_timeout_s):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except TimeoutError:
+            log.warning("speech client read nothing for %.0f s: response aborted",
+                        self.send_stall_timeout_s)
+            return
         except Exception as exc:
             log.warning("speech stream aborted mid-body: %s", exc,
                         exc_info=not isinstance(exc, EngineError))
             return
-        finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-                    await aclose()
         await send({"type": "http.response.body", "body": b"", "more_body": False})

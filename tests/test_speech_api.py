@@ -13,6 +13,7 @@ import asyncio
 import base64
 import io
 import json
+import socket
 import struct
 import wave
 from collections.abc import AsyncIterator
@@ -23,6 +24,8 @@ import numpy as np
 import openai
 import pytest
 
+from telephony import speech_api
+from telephony.speech_stream import AudioStreamResponse
 from tests.bridge_harness import RunningBridge, running_bridge
 from tests.test_control_api import write_wav
 from tests.test_engines import wait_until
@@ -336,6 +339,80 @@ async def test_engine_failure_mid_stream_aborts_the_body() -> None:
                 with pytest.raises(httpx.RemoteProtocolError):
                     async for _ in response.aiter_bytes():
                         pass
+
+
+async def raw_connection(rb: RunningBridge, rcvbuf: int | None = None) -> socket.socket:
+    """A loopback socket to the bridge (optionally with a tiny receive buffer: a client that
+    stops reading fills it at once)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", rb.settings.port))
+    return sock
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_the_synthesis_cancelled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(AudioStreamResponse, "send_stall_timeout_s", 0.3)
+    engine = SyntheticEngine()  # instant: it renders as fast as the connection takes the audio
+    text = ("A long sentence that fills every buffer between the bridge and a client. " * 60)[:4096]
+    body = json.dumps({"model": "tts-1", "input": text, "response_format": "pcm"}).encode()
+    async with running_bridge(engine, api_key=KEY) as rb:
+        sock = await raw_connection(rb, rcvbuf=4096)
+        try:
+            await asyncio.get_running_loop().sock_sendall(sock, (
+                f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body)
+            # ~12 MB of pcm; the client reads none of it, so the server's sends stall.
+            await wait_until(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1,
+                             within=15.0)
+        finally:
+            sock.close()
+
+
+async def test_a_body_that_trickles_in_gets_a_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speech_api, "BODY_TIMEOUT_S", 0.3)
+    async with running_bridge(SyntheticEngine(), api_key=KEY) as rb:
+        sock = await raw_connection(rb)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_sendall(sock, (
+                f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                "Content-Length: 100\r\n\r\n{\"model\": "
+            ).encode())  # and then nothing
+            reply = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5.0)
+        finally:
+            sock.close()
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert b'"request_timeout"' in reply
+
+
+async def test_requests_beyond_the_in_flight_limit_get_a_429_and_places_are_given_back() -> None:
+    engine = SyntheticEngine(first_chunk_delay_s=60.0)
+    async with running_bridge(engine, api_key=KEY, engine_concurrency=1) as rb:
+        limit = max(8, speech_api.IN_FLIGHT_PER_SLOT * 1)
+        waiting = [asyncio.create_task(client(rb).audio.speech.create(
+            model="tts-1", voice="synthetic", input=TEXT, response_format="pcm"))
+            for _ in range(limit)]
+        await wait_until(lambda: engine.busy_slots == limit)
+        with pytest.raises(openai.RateLimitError) as refused:
+            await client(rb).audio.speech.create(model="tts-1", voice="synthetic", input=TEXT)
+        assert refused.value.code == "server_busy"
+        assert refused.value.response.headers["retry-after"] == "1"
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await wait_until(lambda: engine.busy_slots == 0)
+        engine.first_chunk_delay_s = 0.0
+        # Every place comes back, whichever way a request ends: more than the limit in a row.
+        for _ in range(limit + 1):
+            with pytest.raises(openai.BadRequestError):
+                await client(rb).audio.speech.create(model="tts-1", voice="synthetic", input=" ")
+        for _ in range(limit + 1):
+            body, _ = await stream_speech(rb, response_format="pcm")
+            assert body
 
 
 async def test_client_disconnect_mid_body_cancels_the_synthesis() -> None:
