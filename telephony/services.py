@@ -28,6 +28,9 @@ from tts_core.voices import InvalidVoiceId, Voice, VoiceFetchError, VoiceNotFoun
 log = logging.getLogger(__name__)
 
 
+REMOTE_CONNECTIONS_PER_SERVER = 64
+
+
 def build_engine(settings: Settings) -> Engine:
     """The configured engine, with the settings each kind of engine takes."""
     options: dict[str, Any] = {}
@@ -44,7 +47,9 @@ def build_engine(settings: Settings) -> Engine:
             "first_byte_timeout_s": settings.engine_first_byte_timeout_s,
             "stall_timeout_s": settings.engine_stall_timeout_s,
             "backoff_s": settings.engine_backoff_s,
-            "max_in_flight_per_server": settings.engine_concurrency,
+            # Connections per server: GPU servers batch many streams, so the default is generous.
+            "max_in_flight_per_server": settings.engine_concurrency
+            if "engine_concurrency" in settings.model_fields_set else REMOTE_CONNECTIONS_PER_SERVER,
         }
     elif settings.engine == "synthetic":
         options = {"first_chunk_delay_s": settings.synthetic_first_chunk_ms / 1000,

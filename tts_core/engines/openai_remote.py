@@ -2,7 +2,7 @@
 
 vLLM-Omni, Kokoro-FastAPI, chatterbox-tts-api, speaches, LocalAI and others speak this API with
 streamed PCM. One pooled ``httpx.AsyncClient`` streams each utterance from the least-busy server and
-feeds the samples on as they arrive (``speech_stream`` copes with the servers' differences).
+feeds the samples on as they arrive (``speech_response`` copes with the servers' differences).
 
 Rules that keep a call's audio clean when servers misbehave:
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from tts_core.audio.resampler import StreamResampler
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
-from tts_core.engines.speech_stream import (
+from tts_core.engines.speech_response import (
     PcmDecoder,
     SpeechBodyError,
     SseAudioDecoder,

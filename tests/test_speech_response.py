@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.speech_standin import ERROR_BODIES, tone_pcm, wav_header
-from tts_core.engines.speech_stream import (
+from tts_core.engines.speech_response import (
     PcmDecoder,
     SpeechBodyError,
     SseAudioDecoder,
