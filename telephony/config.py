@@ -36,7 +36,7 @@ class Settings(BaseModel):
     """Refuse Media Streams handshakes without X-Twilio-Signature (instead of the webhook token)."""
 
     engine: Literal["piper", "synthetic", "openai", "chatterbox"] = "piper"
-    engine_concurrency: int = Field(2, ge=1, le=64)
+    engine_concurrency: int = Field(2, ge=1, le=1024)
     """Syntheses running at once (engine slots; for `openai`, utterances in flight per server)."""
     engine_scheduling: Literal["deadline", "fifo"] = "deadline"
     """Who gets a contended engine slot: the call whose audio runs out first, or first come."""
