@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,6 +17,7 @@ from telephony.agents.openai_chat import APOLOGY, OpenAIChatAgent
 from telephony.config import ConfigError, settings_from_env
 from tests.chat_standin import Script, StandInChatServer
 from tests.fake_call import FakeCall
+from tests.test_call_e2e import rb_wait
 
 API_KEY = "sk-standin-secret-4242"
 SYSTEM = "You are a test agent. Answer briefly."
@@ -212,6 +214,37 @@ async def test_a_new_turn_before_the_first_token_merges_the_caller_turns(
     await agent.on_stop(call)
 
 
+async def test_a_turn_queued_behind_the_greeting_asks_at_once_and_a_newer_turn_cancels_it(
+        chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
+    greeting_playing = asyncio.Event()
+
+    async def long_greeting() -> AsyncIterator[str]:
+        yield "Welcome to a very long greeting"
+        await greeting_playing.wait()
+
+    chat_standin.script(Script(tokens=["First", " answer", " never", " ends"], stall_after=2),
+                        Script(tokens=["Second", " answer."]))
+    agent = chat_agent(chat_standin, http, stall_timeout_s=30)
+    call = await started(agent)
+    greeting = asyncio.create_task(call.say(long_greeting(), preemptible=False))  # not preemptible
+    await call.wait_tokens(1)
+    await agent.on_caller_speech(call, "Hello", final=True)
+    first = await chat_standin.wait_requests(1)  # asked while the greeting still plays
+    turn = agent._current
+    assert turn is not None and await rb_wait(lambda: turn.chars == len("First answer"))  # buffered
+    await agent.on_caller_speech(call, "Are you there?", final=True)
+    # Nothing preempts a reply queued behind the greeting: the agent itself closes its request.
+    await asyncio.wait_for(first.client_closed.wait(), 2)
+    second = await chat_standin.wait_requests(2)
+    assert second.messages[-1] == {"role": "user", "content": "Hello\nAre you there?"}
+    greeting_playing.set()
+    await greeting
+    _, old, new = await call.wait_speeches(3)
+    assert old.text == "", "a superseded reply says nothing of what it had buffered"
+    assert new.text == "Second answer."
+    await agent.on_stop(call)
+
+
 async def test_on_stop_cancels_the_request_in_flight_and_leaves_no_task(
         chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
     chat_standin.script(Script(tokens=["a", "b", "c"], stall_after=1))
@@ -220,10 +253,10 @@ async def test_on_stop_cancels_the_request_in_flight_and_leaves_no_task(
     await agent.on_caller_speech(call, "Hello?", final=True)
     request = await chat_standin.wait_requests(1)
     await call.wait_tokens(1)
-    await call.aclose()  # the bridge closes the speaker first, then calls on_stop
-    await asyncio.wait_for(agent.on_stop(call), 2)
+    await asyncio.wait_for(agent.on_stop(call), 2)  # on its own, without the speaker closing first
     await asyncio.wait_for(request.client_closed.wait(), 2)
     assert not agent._tasks
+    await call.aclose()
     await agent.on_caller_speech(call, "Anyone?", final=True)  # after stop: nothing starts
     assert len(chat_standin.requests) == 1 and not agent._tasks
 
@@ -342,3 +375,78 @@ def test_a_call_may_pick_openai_chat_only_when_the_operator_configured_an_llm() 
     assert not per_call_agent_allowed("openai-chat", "demo")
     assert per_call_agent_allowed("openai-chat", "demo", llm_configured=True)
     assert per_call_agent_allowed("openai-chat", "openai-chat", llm_configured=True)
+
+
+# ---- (7) end to end: the real bridge, the Twilio emulator as the caller's phone --------------------------
+async def test_end_to_end_a_caller_turn_is_answered_with_audio_the_caller_hears(
+        chat_standin: StandInChatServer) -> None:
+    from tests.bridge_harness import running_bridge
+    from tests.test_call_e2e import open_call, session_of
+
+    chat_standin.script(Script(tokens=["We", " are", " open", " from", " nine", " to", " five", "."],
+                               token_delay_s=0.02))
+    async with running_bridge(default_agent="openai-chat", llm_url=chat_standin.url,
+                              llm_api_key=API_KEY) as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA70", "?greeting=Thanks%20for%20calling.")
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1)
+        session = session_of(rb, "CA70")
+        assert isinstance(session.agent, OpenAIChatAgent)
+        # No recogniser on this branch: deliver the caller's words the way the session delivers
+        # its agent events, straight to the agent's hook with the session as the CallControl.
+        turn_at = time.monotonic()
+        await session.agent.on_caller_speech(session, "When are you open?", True)
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 2, timeout=10)
+        reply = call.played_utterances()[1]
+        first_frame_after_ms = (reply.first_frame_received - turn_at) * 1000
+        print(f"caller turn -> first reply frame at the caller: {first_frame_after_ms:.0f} ms")
+        assert reply.frames >= 50, "the reply is heard as audio (about a second of it or more)"
+        assert first_frame_after_ms < 1000, f"first reply frame {first_frame_after_ms:.0f} ms after the turn"
+        request = chat_standin.requests[0]
+        assert request.messages[-1] == {"role": "user", "content": "When are you open?"}
+        assert "Thanks for calling." in request.messages[0]["content"]
+        assert request.headers["authorization"] == f"Bearer {API_KEY}"
+        assert await rb_wait(lambda: len(session.turns) >= 2)  # the reply's end mark echoed back
+        assert [t["outcome"] for t in session.turns] == ["played", "played"]
+        await call.hang_up()
+        assert call.stats.invalid == []
+
+
+async def test_end_to_end_barge_in_closes_the_llm_stream_and_keeps_only_the_heard_words(
+        chat_standin: StandInChatServer) -> None:
+    from telephony.twilio_emulator import TwilioEmulator
+    from tests.bridge_harness import running_bridge
+    from tests.test_call_e2e import caller_speech, session_of
+    from tts_core.engines.synthetic import SyntheticEngine
+
+    words = [f" Item {n} of a very long list." for n in range(1, 60)]
+    chat_standin.script(Script(tokens=words, token_delay_s=0.05), Script(tokens=["Okay."]))
+    async with running_bridge(engine=SyntheticEngine(realtime_factor=0.3), twilio_auth_token=None,
+                              insecure_dev=True, default_agent="openai-chat",
+                              llm_url=chat_standin.url) as rb:
+        call = TwilioEmulator(rb.stream_url, call_sid="CA71", custom_parameters={"greeting": ""})
+        await call.connect()
+        assert await call.wait_for(lambda: "CA71" in [s.info.call_sid for s in rb.bridge.calls.values()])
+        session = session_of(rb, "CA71")
+        await session.agent.on_caller_speech(session, "List everything", True)
+        first = await chat_standin.wait_requests(1)
+        assert await call.wait_for(lambda: call.stats.media_received > 60)  # 1.2 s of the reply heard
+        await call.stream_audio(caller_speech(0.6))  # the caller talks over it
+        assert await call.wait_for(lambda: call.stats.clears >= 1, timeout=5)
+        await asyncio.wait_for(first.client_closed.wait(), 3)  # the LLM server stops generating
+        assert first.tokens_sent < len(words)
+        await session.agent.on_caller_speech(session, "Okay, stop", True)
+        second = await chat_standin.wait_requests(2)
+        user, heard, again = second.messages[1:]
+        full = "".join(words).split()
+        print(f"heard before barge-in: {heard['content']!r} ({first.tokens_sent}/{len(words)} tokens sent, "
+              f"{call.stats.utterances[0].frames} frames played)")
+        assert heard["role"] == "assistant" and 2 <= len(heard["content"].split()) < len(full)
+        assert heard["content"].split() == full[: len(heard["content"].split())], heard
+        # ...and no more than the audio the caller heard could carry (the synthetic voice speaks
+        # 0.06 s per character; allow one sentence for the speaker's word-level estimate).
+        heard_s = call.stats.utterances[0].frames * 0.020
+        assert len(heard["content"]) <= heard_s / 0.06 + len(words[0]), (heard, heard_s)
+        assert (user["content"], again["content"]) == ("List everything", "Okay, stop")
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1, timeout=10)
+        await call.hang_up()
+        assert session.barge_ins == 1
