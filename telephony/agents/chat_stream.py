@@ -78,7 +78,8 @@ async def stream_chat(http: httpx.AsyncClient, server: ChatServer,
     """Yield the reply's text pieces as the server streams them; raise ``ChatError`` on failure."""
     loop = asyncio.get_running_loop()
     first_deadline = loop.time() + server.first_token_timeout_s
-    timeout = httpx.Timeout(server.first_token_timeout_s,
+    # httpx's own read timeout only backs up ours (which fire first and name the failure).
+    timeout = httpx.Timeout(max(server.first_token_timeout_s, server.stall_timeout_s) + 1.0,
                             connect=min(server.connect_timeout_s, server.first_token_timeout_s))
     request = http.build_request("POST", server.completions_url, json=server.request_body(messages),
                                  headers=server.headers(), timeout=timeout)
