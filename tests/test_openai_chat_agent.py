@@ -275,6 +275,8 @@ ERRORS = {
     "first_token_timeout": (Script(first_token_delay_s=5), "first_token_timeout", "no first token"),
     "stall": (Script(tokens=["Part", " of", " it", " never", " ends"], stall_after=2), "stall", "no token"),
     "truncated": (Script(tokens=["Cut"], done=False), "truncated", "before [DONE]"),
+    "empty_reply": (Script(tokens=[]), "empty", "no text to speak"),
+    "only_reasoning": (Script(tokens=["<think>", "Let me think", " at length"]), "empty", "no text"),
 }
 
 
@@ -315,6 +317,42 @@ async def test_a_chat_server_that_refuses_connections_gets_an_apology(
     assert speeches[-1].text == APOLOGY
     assert errors == ["llm_connect"] and "cannot reach the chat server" in caplog.text
     assert API_KEY not in caplog.text
+    await agent.on_stop(call)
+
+
+@pytest.mark.parametrize(("tokens", "spoken"), [
+    (["Hello", " there", "."], ["Hello", " there", "."]),  # untouched, token by token
+    (["<th", "ink>", "The caller", " greets me.", "</th", "ink>", "\n\nHi", " there."],
+     ["\n\nHi", " there."]),
+    (["\n<think>x</think>Hi", "!"], ["Hi", "!"]),
+    (["<", "3 you"], ["<3 you"]),
+    (["<thi"], ["<thi"]),
+    (["<think>", "never closed"], []),
+    (["I think <think> is a tag."], ["I think <think> is a tag."]),
+])
+async def test_a_leading_reasoning_block_is_not_spoken(tokens: list[str], spoken: list[str]) -> None:
+    from telephony.agents.chat_stream import without_reasoning
+
+    async def stream() -> AsyncIterator[str]:
+        for token in tokens:
+            yield token
+
+    assert [t async for t in without_reasoning(stream())] == spoken
+
+
+async def test_a_reasoning_model_reply_is_spoken_without_its_thoughts(
+        chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
+    chat_standin.script(Script(tokens=["<think>", "\nThe caller", " says hi.", "\n</think>", "\n\n",
+                                       "Hello", "!"]))
+    agent = chat_agent(chat_standin, http)
+    call = await started(agent)
+    await agent.on_caller_speech(call, "Hi", final=True)
+    (reply,) = await call.wait_speeches(1)
+    assert reply.text == "Hello!"
+    await agent.on_caller_speech(call, "Bye", final=True)
+    second = await chat_standin.wait_requests(2)
+    assert second.messages[2] == {"role": "assistant", "content": "Hello!"}
+    await call.wait_speeches(2)
     await agent.on_stop(call)
 
 

@@ -131,6 +131,42 @@ async def stream_chat(http: httpx.AsyncClient, server: ChatServer,
         await response.aclose()
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+async def without_reasoning(tokens: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Drop a leading ``<think>…</think>`` block: reasoning models (Qwen3, DeepSeek-R1 distills)
+    served without a reasoning parser write their chain of thought into ``content``, and a caller
+    must not hear it. Anything else passes through unchanged, token by token; only the first few
+    characters wait until it is clear whether the reply opens with the tag."""
+    pending = ""
+    state = "start"  # start -> speaking, or start -> thinking -> speaking
+    async for token in tokens:
+        if state == "speaking":
+            yield token
+            continue
+        pending += token
+        if state == "start":
+            lead = pending.lstrip()
+            if len(lead) < len(THINK_OPEN) and THINK_OPEN.startswith(lead):
+                continue  # undecided (or only whitespace so far)
+            if not lead.startswith(THINK_OPEN):
+                state = "speaking"
+                yield pending
+                pending = ""
+                continue
+            state, pending = "thinking", lead[len(THINK_OPEN):]
+        end = pending.find(THINK_CLOSE)
+        if end < 0:
+            pending = pending[-(len(THINK_CLOSE) - 1):]  # a tag split across tokens
+            continue
+        state, rest, pending = "speaking", pending[end + len(THINK_CLOSE):].lstrip(), ""
+        if rest:
+            yield rest
+    if state == "start" and pending.strip():
+        yield pending
+
+
 async def _before(deadline: float, awaitable: Awaitable[T]) -> T:
     """Await with a deadline (loop time), in a scope that contains no ``yield``."""
     async with asyncio.timeout_at(deadline):
@@ -244,4 +280,4 @@ def _describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-__all__ = ["ChatError", "ChatServer", "stream_chat"]
+__all__ = ["ChatError", "ChatServer", "stream_chat", "without_reasoning"]

@@ -14,9 +14,11 @@ when played, the heard part when the caller interrupted it). The bridge speaks t
 itself; the agent records it from ``custom_parameters['greeting']`` and cuts it to the heard part on
 an interruption that comes before any reply.
 
-A failing chat server never leaves the caller in silence: every error or timeout is logged (never
-with the API key) and answered with a short spoken apology; the call goes on and the next turn
-tries again. Keypresses are passed to the model as a caller turn, e.g. "(the caller pressed 5)".
+A failing chat server never leaves the caller in silence: every error or timeout, and a reply
+with nothing to speak, is logged (never with the API key) and answered with a short spoken
+apology; the call goes on and the next turn tries again. A reasoning model's leading
+``<think>…</think>`` block is not spoken. Keypresses are passed to the model as a caller turn,
+e.g. "(the caller pressed 5)".
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import httpx
 
 from telephony.agents.base import Agent, CallControl, SpeechOutcome, SpeechResult
-from telephony.agents.chat_stream import ChatError, ChatServer, stream_chat
+from telephony.agents.chat_stream import ChatError, ChatServer, stream_chat, without_reasoning
 
 log = logging.getLogger("voice_bridge.llm")
 
@@ -212,7 +214,8 @@ class OpenAIChatAgent(Agent):
     async def _pump(self, turn: _Turn, messages: list[dict[str, str]], channel: _TokenChannel) -> None:
         """Stream the reply into the channel; errors are recorded for the apology, not raised."""
         try:
-            async with contextlib.aclosing(stream_chat(self.http, self.server, messages)) as tokens:
+            async with (contextlib.aclosing(stream_chat(self.http, self.server, messages)) as raw,
+                        contextlib.aclosing(without_reasoning(raw)) as tokens):
                 async for token in tokens:
                     if turn.first_token_ms is None:
                         turn.first_token_ms = (time.monotonic() - turn.started_at) * 1000
@@ -223,6 +226,8 @@ class OpenAIChatAgent(Agent):
                     turn.chars += len(token)
                     if not await channel.put(token):
                         break  # the speaker stopped listening (interrupted): stop the server too
+            if not turn.chars:
+                raise ChatError("empty", "the reply had no text to speak")
         except ChatError as exc:
             turn.error = exc
             log.warning("call %s: LLM %s (%s): %s", self._call_sid, exc.kind,
