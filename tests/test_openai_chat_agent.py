@@ -405,6 +405,8 @@ def test_llm_settings_are_read_and_the_api_key_never_shows() -> None:
     assert "phone call" in settings.llm_system_prompt  # the default prompt is a phone agent's
     assert API_KEY not in repr(settings) and API_KEY not in str(settings)
     assert API_KEY not in repr(ChatServer(base_url="http://x/v1", api_key=API_KEY))
+    with_password = ChatServer(base_url=f"https://user:{API_KEY}@llm.example.com:8443/v1")
+    assert with_password.display_url == "https://llm.example.com:8443/v1/chat/completions"
 
 
 def test_a_call_may_pick_openai_chat_only_when_the_operator_configured_an_llm() -> None:

@@ -231,7 +231,7 @@ class OpenAIChatAgent(Agent):
         except ChatError as exc:
             turn.error = exc
             log.warning("call %s: LLM %s (%s): %s", self._call_sid, exc.kind,
-                        self.server.completions_url, exc)
+                        self.server.display_url, exc)
             if self._on_error is not None:
                 self._on_error(f"llm_{exc.kind}")
         except Exception as exc:  # a bug here must still end in an apology, not silence
