@@ -409,12 +409,16 @@ def test_llm_settings_are_read_and_the_api_key_never_shows() -> None:
     assert with_password.display_url == "https://llm.example.com:8443/v1/chat/completions"
 
 
-def test_a_call_may_pick_openai_chat_only_when_the_operator_configured_an_llm() -> None:
-    from telephony.agents import per_call_agent_allowed
+async def test_a_call_may_pick_openai_chat_only_when_the_operator_configured_an_llm(
+        chat_standin: StandInChatServer) -> None:
+    from tests.bridge_harness import running_bridge
 
-    assert not per_call_agent_allowed("openai-chat", "demo")
-    assert per_call_agent_allowed("openai-chat", "demo", llm_configured=True)
-    assert per_call_agent_allowed("openai-chat", "openai-chat", llm_configured=True)
+    async with running_bridge() as rb, httpx.AsyncClient() as client:  # no LLM configured
+        response = await rb.webhook(client, "CA60", "?agentUrl=openai-chat")
+        assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_agent"
+    async with running_bridge(llm_url=chat_standin.url) as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA61", "?agentUrl=openai-chat")
+        assert response.status_code == 200 and 'value="openai-chat"' in response.text
 
 
 # ---- (7) end to end: the real bridge, the Twilio emulator as the caller's phone --------------------------
