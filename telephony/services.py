@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 REMOTE_CONNECTIONS_PER_SERVER = 64
+WARM_TTL_S = 60.0
+"""A webhook re-warms a voice and preset at most this often."""
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -75,6 +77,7 @@ class Bridge:
     calls: dict[str, Any] = field(default_factory=dict)
     """Live call sessions by streamSid."""
     max_background: int = 256
+    _warm_until: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
     async def start(cls, settings: Settings, engine: Engine | None = None) -> Bridge:
@@ -159,6 +162,22 @@ class Bridge:
         encoder.push(np.zeros(self.engine.sample_rate // 10, dtype=np.float32))
         encoder.flush()
         return voice_id, (time.perf_counter() - started) * 1000, targets
+
+    def prime(self, voice_id: str, preset: Preset) -> None:
+        """The webhook's warmup: at most once per voice and preset every ``WARM_TTL_S``.
+
+        Each warmup runs a synthesis on every engine target (every server of a remote fleet), so
+        one per incoming call would multiply a burst of calls by the fleet's size; kernels and
+        caches stay warm far longer than the TTL. ``/warmup`` always runs.
+        """
+        key = (voice_id, preset.name)
+        now = time.monotonic()
+        if self._warm_until.get(key, 0.0) > now:
+            return
+        self._warm_until[key] = now + WARM_TTL_S
+        if len(self._warm_until) > 1024:
+            self._warm_until = {k: t for k, t in self._warm_until.items() if t > now}
+        self.spawn(self.warmup(voice_id, preset), name="warmup")
 
     def prerender(self, voice_id: str, preset: Preset, text: str) -> None:
         """Start rendering ``text`` into the phrase cache in the background (webhook greeting)."""

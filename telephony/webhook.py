@@ -76,7 +76,7 @@ async def twiml(request: Request) -> Response:
     if greeting:
         bridge.prerender(voice, preset, greeting)  # loads the voice and runs the whole audio path
     else:
-        bridge.spawn(bridge.warmup(voice, preset), name="warmup")
+        bridge.prime(voice, preset)
 
     response = VoiceResponse()
     connect = Connect()

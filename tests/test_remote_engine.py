@@ -285,3 +285,19 @@ def test_settings_for_the_remote_engine_are_checked_at_start() -> None:
     assert settings.engine_urls() == ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]
     assert settings.engine_voice_names() == ["af_heart", "am_adam"]
     assert "sk-secret" not in repr(settings)
+
+
+async def test_webhooks_warm_the_fleet_once_per_voice_and_preset_not_once_per_call() -> None:
+    from tests.bridge_harness import running_bridge
+
+    async with standins(2) as [(a, url_a), (b, url_b)]:
+        engine = OpenAIRemoteEngine([url_a, url_b], voices=["alloy", "nova"])
+        async with running_bridge(engine=engine) as rb, httpx.AsyncClient() as client:
+            for i in range(5):
+                response = await rb.webhook(client, f"CA7{i}", "?voice=alloy&greeting=")
+                assert response.status_code == 200
+            await rb.webhook(client, "CA79", "?voice=nova&greeting=")
+            while rb.bridge.background:  # the warmups spawned by the webhooks
+                await asyncio.gather(*rb.bridge.background, return_exceptions=True)
+    voices = sorted(r["voice"] for r in a.requests + b.requests)
+    assert voices == ["alloy", "alloy", "nova", "nova"]  # each server once per voice, not per call
