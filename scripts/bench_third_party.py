@@ -149,6 +149,23 @@ def cpu_seconds(pid: int) -> float | None:
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+async def cpu_after(pid: int) -> dict[str, float]:
+    """Server CPU seconds 0.5-2.5 s and 2.5-5.5 s after a hang-up: a server that finishes the
+    piece it is rendering shows CPU in the first window only; one that renders on for nobody, in
+    both."""
+    report: dict[str, float] = {}
+    await asyncio.sleep(0.5)
+    marks = [cpu_seconds(pid)]
+    for window in (2.0, 3.0):
+        await asyncio.sleep(window)
+        marks.append(cpu_seconds(pid))
+    known = [m for m in marks if m is not None]
+    if len(known) == 3:
+        report["cpu_0.5-2.5s"] = round(known[1] - known[0], 2)
+        report["cpu_2.5-5.5s"] = round(known[2] - known[1], 2)
+    return report
+
+
 async def cancel_probe(engine: OpenAIRemoteEngine, preset: Any, voice: str,
                        server_pid: int | None) -> dict[str, Any]:
     """Start a long utterance, walk away after its first chunk, and see what the server does."""
@@ -174,15 +191,29 @@ async def cancel_probe(engine: OpenAIRemoteEngine, preset: Any, voice: str,
     report["close_s"] = round(time.perf_counter() - closing, 4)
     report["in_flight_after_close"] = engine.busy_slots
     if server_pid is not None:
-        await asyncio.sleep(0.5)  # let the server notice the closed socket
-        before = cpu_seconds(server_pid)
-        await asyncio.sleep(2.0)
-        after = cpu_seconds(server_pid)
-        if before is not None and after is not None:
-            report["server_cpu_2s_after_close"] = round(after - before, 2)
+        report["server_after_close"] = await cpu_after(server_pid)
     follow = await engine_utterance(engine, SpeechRequest(TEXTS[0], voice, preset))
     report["next_first_audio_s"] = _r(follow.first_audio_s)
     report["next_error"] = follow.error
+    return report
+
+
+async def early_disconnect_probe(client: httpx.AsyncClient, url: str, body: dict[str, Any],
+                                 server_pid: int | None) -> dict[str, Any]:
+    """Hang up 1 s into a long request, before its first byte in most servers (what our first-byte
+    timeout or a barge-in does), and see whether the server keeps rendering for nobody."""
+    if server_pid is None:
+        return {"skipped": "no --start or --server-pid: cannot watch the server's CPU"}
+    task = asyncio.create_task(raw_request(client, url, {**body, "input": LONG_TEXT}, 300.0))
+    await asyncio.sleep(1.0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    report: dict[str, Any] = {"server_after_hangup": await cpu_after(server_pid)}
+    started = time.perf_counter()
+    follow = await raw_request(client, url, body, 300.0)
+    report["next_first_byte_s"] = _r(follow.first_byte_s)
+    report["next_wait_s"] = round(time.perf_counter() - started, 3)
     return report
 
 
@@ -368,6 +399,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                               preset)),
                                             args.utterance_timeout)
                 cancel = await cancel_probe(engine, preset, args.voice, server_pid)
+                cancel["hangup_before_first_byte"] = await early_disconnect_probe(
+                    client, args.url, engine.request_body(SpeechRequest(TEXTS[0], args.voice,
+                                                                        preset)), server_pid)
             finally:
                 await engine.aclose()
         return print_report(args, engine, rows, probes, cancel)
