@@ -111,6 +111,8 @@ class StandinStats:
     cond_loads: int = 0
     chunks: int = 0
     closed: int = 0
+    closed_on_start_thread: list[bool] = field(default_factory=list)
+    """Per closed stream: whether it was closed on the thread it started on (inference mode's)."""
     calls: list[dict[str, Any]] = field(default_factory=list)
     """One entry per generate / generate_stream call: model id, kwargs, exaggeration in effect."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -243,6 +245,7 @@ class StandinStreamingTTS(StandinChatterboxTTS):
         finally:
             with self.stats.lock:
                 self.stats.closed += 1
+                self.stats.closed_on_start_thread.append(threading.get_ident() == thread)
 
 
 class StandinFixedFadeTTS(StandinStreamingTTS):

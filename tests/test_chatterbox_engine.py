@@ -125,6 +125,10 @@ async def test_a_voice_is_prepared_once_and_reloaded_from_disk_after_a_restart(t
     assert {call["emotion_adv"] for call in loader.stats.calls} == {0.5, 0.8}  # preset's, per call
     cached = list((tmp_path / "ckpt" / "conds").glob("alice-*.pt"))
     assert len(cached) == 1
+    # calls apply their preset's emotion to a copy: the shared cached conditioning stays as prepared
+    await speak(engine, "Excited now!", alice, preset=PRESETS.get("expressive"))
+    shared = engine.conditioning.get(alice, "cpu", prepare=lambda path: pytest.fail("prepared again"))
+    assert shared.t3.emotion_adv[0, 0, 0] == 0.5
     await engine.aclose()
 
     restarted_loader = StandinLoader()
@@ -326,7 +330,7 @@ async def test_cancelling_an_utterance_frees_its_replica_within_one_chunk(tmp_pa
     await anext(stream)
     await stream.aclose()
     assert await wait_until(lambda: engine.busy_slots == 0)
-    assert loader.stats.closed == 1
+    assert loader.stats.closed_on_start_thread == [True]  # closed at once, where it ran
     assert loader.stats.chunks <= 2  # the chunk in flight at most, no further one
     assert engine.stats.cancelled == 1
     assert await speak(engine, "Next caller.")  # the replica serves the next utterance
