@@ -75,8 +75,11 @@ async def warmup(request: Request) -> Response:
         return json_error(502, "voice_fetch_failed", str(exc))
     except EngineError as exc:
         return json_error(422 if "voice" in str(exc) else 500, "engine_error", str(exc))
-    return JSONResponse({"voice": voice_id, "preset": preset.name, "warmup_ms": round(warmup_ms, 2),
-                         "ready": True})
+    body = {"voice": voice_id, "preset": preset.name, "warmup_ms": round(warmup_ms, 2), "ready": True}
+    per_replica = getattr(bridge.engine, "last_warmup_ms", None)
+    if per_replica:  # engines with several model copies: each copy's own warmup time
+        body["replica_warmup_ms"] = per_replica
+    return JSONResponse(body)
 
 
 @router.post("/preload")

@@ -137,6 +137,8 @@ class Bridge:
         """Load the voice and push a minimal synthesis through engine, resampler and encoder."""
         started = time.perf_counter()
         voice_id, voice = await self.resolve_voice(voice_id)
+        if getattr(self.engine, "warms_each_replica", False):
+            await self.engine.warmup(voice_id, preset, voice)  # every model copy, not just one
         frames = await render_utterance(self.engine, "Hello.", voice_id=voice_id, preset=preset,
                                         voice=voice)
         if not frames:

@@ -438,3 +438,31 @@ def test_the_engine_is_created_by_name_without_torch(tmp_path: Path) -> None:
     assert engine.builtin_voices() == ["default"]
     with pytest.raises(EngineError, match="checkpoint directory"):
         ChatterboxEngine(None)
+
+
+# ---- through the bridge ---------------------------------------------------------------------------
+async def test_a_call_through_the_bridge_speaks_a_cloned_voice_with_valid_frames(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.bridge_harness import running_bridge
+    from tests.test_call_e2e import open_call
+    from tts_core.engines.conditioning import write_wav
+
+    voices_dir = tmp_path / "voices"
+    voices_dir.mkdir()
+    write_wav(voices_dir / "alice.wav", tone(200, 1.5, 16000), 16000)
+    loader = StandinLoader()
+    engine = make_engine(tmp_path, loader, replicas=2, warmup_on_load=True)
+    async with running_bridge(engine=engine, voices_dir=voices_dir) as rb, httpx.AsyncClient() as client:
+        warm = await client.post(f"{rb.base_url}/warmup", json={"voice": "alice"})
+        assert warm.status_code == 200, warm.text
+        assert set(warm.json()["replica_warmup_ms"]) == {"cpu#0", "cpu#1"}
+        call = await open_call(rb, client, "CA4242", "?voice=alice&greeting=Hello%20caller.")
+        assert await call.wait_for(lambda: call.played_utterances(), timeout=10)
+        await call.hang_up()
+    assert call.stats.invalid == []
+    utterance = call.played_utterances()[0]
+    assert utterance.frames >= 10 and utterance.underruns == 0
+    assert any(name.endswith("-end") for name in call.stats.mark_names)
+    assert any("caller" in c["text"] for c in loader.stats.calls)  # the greeting, by this engine
+    assert loader.stats.prepare_calls == 1  # warmup on both replicas and the call: prepared once

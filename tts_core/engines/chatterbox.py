@@ -174,6 +174,8 @@ class ChatterboxEngine(Engine):
 
     name = "chatterbox"
     supports_cloning = True
+    warms_each_replica = True
+    """/warmup calls ``warmup`` (every replica) before its end-to-end render."""
 
     def __init__(
         self,
