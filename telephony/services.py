@@ -47,6 +47,8 @@ def build_engine(settings: Settings) -> Engine:
     elif settings.engine == "chatterbox":
         options = {"checkpoint_dir": settings.checkpoint_dir, "device": settings.device,
                    "replicas": settings.engine_replicas}
+        if settings.voices_dir is not None:  # prepared voices cached beside the voices themselves
+            options["conds_dir"] = settings.voices_dir / ".chatterbox-conds"
     return create_engine(settings.engine, **options)
 
 

@@ -466,3 +466,18 @@ async def test_a_call_through_the_bridge_speaks_a_cloned_voice_with_valid_frames
     assert any(name.endswith("-end") for name in call.stats.mark_names)
     assert any("caller" in c["text"] for c in loader.stats.calls)  # the greeting, by this engine
     assert loader.stats.prepare_calls == 1  # warmup on both replicas and the call: prepared once
+
+
+def test_settings_build_the_engine_with_its_options(tmp_path: Path) -> None:
+    from telephony.config import settings_from_env
+    from telephony.services import build_engine
+
+    ckpt, voices = make_checkpoint(tmp_path / "ckpt"), tmp_path / "voices"
+    voices.mkdir()
+    env = {"VOICE_BRIDGE_CHECKPOINT_DIR": str(ckpt), "VOICE_BRIDGE_DEVICE": "cuda:1",
+           "VOICE_BRIDGE_ENGINE_REPLICAS": "3", "VOICE_BRIDGE_VOICES_DIR": str(voices)}
+    settings = settings_from_env(env, insecure_dev=True, engine="chatterbox")
+    engine = build_engine(settings)
+    assert isinstance(engine, ChatterboxEngine)
+    assert (engine.checkpoint_dir, engine.device, engine.replicas) == (ckpt, "cuda:1", 3)
+    assert engine.conditioning.cache_dir == voices / ".chatterbox-conds"
