@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from telephony import control_api, media_stream, webhook
+from telephony import control_api, media_stream, speech_api, webhook
 from telephony.config import ConfigError, Settings
 from telephony.errors import json_error
 from telephony.services import Bridge
@@ -37,6 +37,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             log.warning("=" * 72)
         log.info("voice-bridge ready: engine=%s voice=%s preset=%s", bridge.engine.name,
                  bridge.default_voice, settings.default_preset)
+        log.info(speech_api.access_summary(settings))
         try:
             yield
         finally:
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(webhook.router)
     app.include_router(control_api.router)
     app.include_router(media_stream.router)
+    app.include_router(speech_api.router)  # /v1: OpenAI-shaped errors of its own
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException):  # type: ignore[no-untyped-def]

@@ -16,6 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tts_core.presets import DEFAULT_PRESETS_PATH, PresetError, load_presets
 
+DEFAULT_LLM_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant on a phone call. Everything you write is spoken aloud by a "
+    "text-to-speech voice, so answer in one to three short, natural spoken sentences. Never use "
+    "markdown, lists, headings, emoji, URLs or code; spell out numbers and symbols as words when "
+    "that reads better aloud. If you did not understand the caller, ask them to repeat. Keep the "
+    "conversation moving with a short question when it helps."
+)
+
 
 class ConfigError(ValueError):
     """The configuration cannot work; the message says which setting and why."""
@@ -36,7 +44,7 @@ class Settings(BaseModel):
     """Refuse Media Streams handshakes without X-Twilio-Signature (instead of the webhook token)."""
 
     engine: Literal["piper", "synthetic", "openai", "chatterbox"] = "piper"
-    engine_concurrency: int = Field(2, ge=1, le=64)
+    engine_concurrency: int = Field(2, ge=1, le=1024)
     """Syntheses running at once (engine slots; for `openai`, utterances in flight per server)."""
     engine_scheduling: Literal["deadline", "fifo"] = "deadline"
     """Who gets a contended engine slot: the call whose audio runs out first, or first come."""
@@ -50,7 +58,7 @@ class Settings(BaseModel):
     """PCM rate the servers answer; default 24000 (OpenAI's), or a server's X-Sample-Rate header."""
     engine_voices: str | None = None
     """Voice names the servers offer, comma-separated; the first is the default."""
-    engine_stream_fields: str = "stream_format"
+    engine_stream_fields: str = "stream_format,speed"
     """Streaming flags sent in the body, comma-separated from: stream_format, stream, speed."""
     engine_send_preset_params: bool = False
     """Send preset generation keys (exaggeration, cfg_weight, ...) to servers that accept them."""
@@ -66,6 +74,12 @@ class Settings(BaseModel):
     engine_replicas: int = Field(1, ge=1, le=16)
     """Model copies per device (each serves one synthesis at a time)."""
 
+    # ---- the synthetic test engine (engine = "synthetic"): emulate a GPU server's pace ----------------
+    synthetic_first_chunk_ms: float = Field(0.0, ge=0, le=10_000)
+    synthetic_realtime_factor: float = Field(0.0, ge=0, le=10)
+    """Seconds of wall time per second of audio (0: instant). Benchmarks and tests set these to make
+    a loopback bridge behave like a remote GPU server that streams at its own pace."""
+
     api_key: str | None = Field(None, repr=False)
     """Bearer key for the OpenAI-compatible /v1 endpoints served by the bridge."""
 
@@ -78,8 +92,27 @@ class Settings(BaseModel):
     phrase_cache_mb: int = Field(64, ge=0, le=8192)
 
     default_agent: str = "demo"
-    """'demo', a ws(s):// ConversationRelay agent URL, or 'python:module:attr' (an Agent factory)."""
+    """'demo', 'openai-chat' (the built-in LLM agent), a ws(s):// ConversationRelay agent URL, or
+    'python:module:attr' (an Agent factory)."""
     default_greeting: str = "Hello! You are talking to voice bridge. Press any key and I will read it back."
+    # ---- built-in LLM agent (agent = "openai-chat") -----------------------------------------------
+    llm_url: str | None = None
+    """Base URL of an OpenAI-compatible chat server (vLLM, llama.cpp, Ollama, OpenAI), e.g.
+    http://localhost:8000/v1; the agent POSTs {llm_url}/chat/completions."""
+    llm_model: str | None = None
+    """Model name sent in the request (Ollama and OpenAI need one; vLLM and llama.cpp use theirs)."""
+    llm_api_key: str | None = Field(None, repr=False)
+    """Bearer token for the chat server (never logged)."""
+    llm_system_prompt: str = DEFAULT_LLM_SYSTEM_PROMPT
+    llm_max_tokens: int = Field(300, ge=0, le=8192)
+    """max_tokens per reply (0: not sent); a phone reply is a few sentences."""
+    llm_first_token_timeout_s: float = Field(8.0, gt=0, le=120)
+    """From the caller's turn to the reply's first token; past it the caller hears an apology."""
+    llm_stall_timeout_s: float = Field(5.0, gt=0, le=120)
+    """Longest wait between two tokens of a reply."""
+    llm_max_history: int = Field(24, ge=2, le=1000)
+    """Conversation messages (caller and agent turns) sent with each request, besides the system
+    prompt; older ones are dropped."""
 
     lead_ms: float = Field(240.0, ge=40.0, le=2000.0)
     """How far ahead of playback we keep Twilio's buffer (see telephony/playout.py)."""
@@ -122,6 +155,24 @@ class Settings(BaseModel):
                 raise ValueError(f"{url!r} must end in /v1 (the OpenAI API base)")
         return ",".join(urls)
 
+    @field_validator("llm_url")
+    @classmethod
+    def _llm_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        url = value.strip().rstrip("/")
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} must be an http(s):// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        if not parts.path:  # the usual slip: the server's root, so every request would be a 404
+            raise ValueError(f"{url!r} must include the API base path, e.g. {url}/v1")
+        return url
+
     @field_validator("engine_stream_fields")
     @classmethod
     def _stream_fields(cls, value: str) -> str:
@@ -146,9 +197,9 @@ class Settings(BaseModel):
     @field_validator("default_agent")
     @classmethod
     def _agent_spec(cls, value: str) -> str:
-        if value == "demo" or value.startswith(("ws://", "wss://", "python:")):
+        if value in ("demo", "openai-chat") or value.startswith(("ws://", "wss://", "python:")):
             return value
-        raise ValueError("must be 'demo', a ws:// or wss:// URL, or 'python:module:attr'")
+        raise ValueError("must be 'demo', 'openai-chat', a ws:// or wss:// URL, or 'python:module:attr'")
 
     @model_validator(mode="after")
     def _auth_required(self) -> Settings:
@@ -166,6 +217,10 @@ class Settings(BaseModel):
         if self.engine == "openai" and not self.engine_url:
             raise ValueError("VOICE_BRIDGE_ENGINE=openai needs VOICE_BRIDGE_ENGINE_URL "
                              "(e.g. http://gpu1:8000/v1,http://gpu2:8000/v1)")
+        if self.default_agent == "openai-chat" and not self.llm_url:
+            raise ValueError("VOICE_BRIDGE_DEFAULT_AGENT=openai-chat needs VOICE_BRIDGE_LLM_URL, the "
+                             "chat server's OpenAI API base (e.g. http://localhost:8000/v1 for vLLM, "
+                             "http://localhost:11434/v1 for Ollama)")
         if self.engine == "chatterbox" and self.checkpoint_dir is None:
             raise ValueError("VOICE_BRIDGE_ENGINE=chatterbox needs VOICE_BRIDGE_CHECKPOINT_DIR "
                              "(a local Chatterbox checkpoint directory; nothing downloads at run time)")

@@ -60,7 +60,7 @@ async def warmup(request: Request) -> Response:
     try:
         body = WarmupRequest.model_validate(await _json_body(request))
         preset = bridge.presets.get(body.preset or bridge.settings.default_preset)
-        voice_id, warmup_ms = await bridge.warmup(body.voice, preset)
+        voice_id, warmup_ms, targets = await bridge.warmup(body.voice, preset)
     except _BadRequest as exc:
         return exc.response
     except ValidationError as exc:
@@ -75,11 +75,8 @@ async def warmup(request: Request) -> Response:
         return json_error(502, "voice_fetch_failed", str(exc))
     except EngineError as exc:
         return json_error(422 if "voice" in str(exc) else 500, "engine_error", str(exc))
-    body = {"voice": voice_id, "preset": preset.name, "warmup_ms": round(warmup_ms, 2), "ready": True}
-    per_replica = getattr(bridge.engine, "last_warmup_ms", None)
-    if per_replica:  # engines with several model copies: each copy's own warmup time
-        body["replica_warmup_ms"] = per_replica
-    return JSONResponse(body)
+    return JSONResponse({"voice": voice_id, "preset": preset.name, "warmup_ms": round(warmup_ms, 2),
+                         "targets": targets, "ready": True})
 
 
 @router.post("/preload")
@@ -124,6 +121,11 @@ async def health(request: Request) -> Response:
         "presets": bridge.presets.names(),
         "phrase_cache": bridge.phrases.stats(),
     }
+    servers = bridge.engine.servers()
+    if servers:
+        body["engine"]["servers"] = servers  # type: ignore[index]
+        if not any(s["state"] != "backoff" for s in servers):
+            body["status"] = "degraded"
     if settings.insecure:
         body["warning"] = "running with --insecure-dev: anyone can open calls on this bridge"
     return JSONResponse(body)

@@ -109,7 +109,8 @@ async def media_stream(ws: WebSocket) -> None:
         voice_id, voice = await bridge.resolve_voice(params.get("voice"))
         voice_load_ms = (time.perf_counter() - voice_started) * 1000
         agent_spec = params.get("agentUrl") or settings.default_agent
-        if not per_call_agent_allowed(agent_spec, settings.default_agent):
+        if not per_call_agent_allowed(agent_spec, settings.default_agent,
+                                      llm_configured=settings.llm_url is not None):
             raise AgentError("agentUrl must be a ws:// or wss:// URL or 'demo'")
         agent = make_agent(agent_spec, bridge)
     except (PresetError, LookupError, ValueError, RuntimeError, AgentError) as exc:

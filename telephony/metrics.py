@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5)
 
@@ -35,8 +39,42 @@ class Metrics:
         self.webhook_seconds = Histogram("voice_bridge_webhook_seconds", "TwiML webhook handling time",
                                          buckets=LATENCY_BUCKETS, registry=r)
 
+    def watch_servers(self, snapshot: Callable[[], list[dict[str, object]]]) -> None:
+        """Export a remote engine's per-server state, read at scrape time (nothing on the hot path)."""
+        self.registry.register(_ServerCollector(snapshot))
+
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ServerCollector(Collector):
+    """``voice_bridge_engine_server_*{server}`` from the engine's fleet snapshot."""
+
+    def __init__(self, snapshot: Callable[[], list[dict[str, object]]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        prefix = "voice_bridge_engine_server"
+        in_flight = GaugeMetricFamily(f"{prefix}_in_flight", "Utterances streaming from the server",
+                                      labels=["server"])
+        up = GaugeMetricFamily(f"{prefix}_up", "1 while the server takes requests, 0 in back-off",
+                               labels=["server"])
+        requests = CounterMetricFamily(f"{prefix}_requests", "Requests sent", labels=["server"])
+        failures = CounterMetricFamily(f"{prefix}_failures", "Server failures", labels=["server"])
+        first_byte = GaugeMetricFamily(f"{prefix}_first_byte_seconds",
+                                       "Request to first audio byte, recent quantiles",
+                                       labels=["server", "quantile"])
+        for server in self._snapshot():
+            url = str(server["url"])
+            in_flight.add_metric([url], float(server["in_flight"]))  # type: ignore[arg-type]
+            up.add_metric([url], 0.0 if server["state"] == "backoff" else 1.0)
+            requests.add_metric([url], float(server["requests"]))  # type: ignore[arg-type]
+            failures.add_metric([url], float(server["failures"]))  # type: ignore[arg-type]
+            for quantile, key in (("0.5", "first_byte_ms_p50"), ("0.95", "first_byte_ms_p95")):
+                value = server[key]
+                if value is not None:
+                    first_byte.add_metric([url, quantile], float(value) / 1000)  # type: ignore[arg-type]
+        yield from (in_flight, up, requests, failures, first_byte)

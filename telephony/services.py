@@ -13,17 +13,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
 
 from telephony.config import ConfigError, Settings
 from telephony.metrics import Metrics
 from telephony.stream_auth import StreamTokens
+from tts_core.audio import MulawFrameEncoder
 from tts_core.engines import Engine, create_engine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.presets import Preset, PresetBook, load_presets
-from tts_core.render import render_utterance, utterance_frames
+from tts_core.render import utterance_frames
 from tts_core.voices import InvalidVoiceId, Voice, VoiceFetchError, VoiceNotFound, VoiceStore
 
 log = logging.getLogger(__name__)
+
+
+REMOTE_CONNECTIONS_PER_SERVER = 64
+WARM_TTL_S = 60.0
+"""A webhook re-warms a voice and preset at most this often."""
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -42,8 +49,13 @@ def build_engine(settings: Settings) -> Engine:
             "first_byte_timeout_s": settings.engine_first_byte_timeout_s,
             "stall_timeout_s": settings.engine_stall_timeout_s,
             "backoff_s": settings.engine_backoff_s,
-            "max_in_flight_per_server": settings.engine_concurrency,
+            # Connections per server: GPU servers batch many streams, so the default is generous.
+            "max_in_flight_per_server": settings.engine_concurrency
+            if "engine_concurrency" in settings.model_fields_set else REMOTE_CONNECTIONS_PER_SERVER,
         }
+    elif settings.engine == "synthetic":
+        options = {"first_chunk_delay_s": settings.synthetic_first_chunk_ms / 1000,
+                   "realtime_factor": settings.synthetic_realtime_factor}
     elif settings.engine == "chatterbox":
         options = {"checkpoint_dir": settings.checkpoint_dir, "device": settings.device,
                    "replicas": settings.engine_replicas}
@@ -67,6 +79,7 @@ class Bridge:
     calls: dict[str, Any] = field(default_factory=dict)
     """Live call sessions by streamSid."""
     max_background: int = 256
+    _warm_until: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
     async def start(cls, settings: Settings, engine: Engine | None = None) -> Bridge:
@@ -83,6 +96,8 @@ class Bridge:
             phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024),
             metrics=Metrics(), tokens=StreamTokens(ttl_s=settings.token_ttl_s), http=http,
         )
+        if engine.servers():
+            bridge.metrics.watch_servers(engine.servers)
         try:
             await bridge.resolve_voice(None)  # the default voice must exist: fail now, not per call
         except (LookupError, ValueError, VoiceFetchError) as exc:
@@ -135,17 +150,36 @@ class Bridge:
         return builtin + stored
 
     # ---- priming -----------------------------------------------------------------------------
-    async def warmup(self, voice_id: str | None, preset: Preset) -> tuple[str, float]:
-        """Load the voice and push a minimal synthesis through engine, resampler and encoder."""
+    async def warmup(self, voice_id: str | None, preset: Preset
+                     ) -> tuple[str, float, dict[str, float]]:
+        """Load the voice and run a minimal synthesis on every engine target (each server of a
+        remote fleet, each model replica), then prime the resampler and encoder.
+
+        Returns the voice, the total milliseconds and the milliseconds per target.
+        """
         started = time.perf_counter()
         voice_id, voice = await self.resolve_voice(voice_id)
-        if getattr(self.engine, "warms_each_replica", False):
-            await self.engine.warmup(voice_id, preset, voice)  # every model copy, not just one
-        frames = await render_utterance(self.engine, "Hello.", voice_id=voice_id, preset=preset,
-                                        voice=voice)
-        if not frames:
-            raise RuntimeError("warmup produced no audio")
-        return voice_id, (time.perf_counter() - started) * 1000
+        targets = await self.engine.warmup(voice_id, preset, voice)
+        encoder = MulawFrameEncoder(self.engine.sample_rate)
+        encoder.push(np.zeros(self.engine.sample_rate // 10, dtype=np.float32))
+        encoder.flush()
+        return voice_id, (time.perf_counter() - started) * 1000, targets
+
+    def prime(self, voice_id: str, preset: Preset) -> None:
+        """The webhook's warmup: at most once per voice and preset every ``WARM_TTL_S``.
+
+        Each warmup runs a synthesis on every engine target (every server of a remote fleet), so
+        one per incoming call would multiply a burst of calls by the fleet's size; kernels and
+        caches stay warm far longer than the TTL. ``/warmup`` always runs.
+        """
+        key = (voice_id, preset.name)
+        now = time.monotonic()
+        if self._warm_until.get(key, 0.0) > now:
+            return
+        self._warm_until[key] = now + WARM_TTL_S
+        if len(self._warm_until) > 1024:
+            self._warm_until = {k: t for k, t in self._warm_until.items() if t > now}
+        self.spawn(self.warmup(voice_id, preset), name="warmup")
 
     def prerender(self, voice_id: str, preset: Preset, text: str) -> None:
         """Start rendering ``text`` into the phrase cache in the background (webhook greeting)."""

@@ -88,6 +88,8 @@ class TwilioEmulator:
         self.stats = EmulatorStats()
         self.heard = bytearray()
         """What the caller heard, 8 kHz μ-law, silence included, from the start message on."""
+        self.received: list[bytes | str] = []
+        """Every media frame and mark name as received, in order (with ``keep_audio``)."""
         self.outbound_log: list[tuple[float, str]] = []
         self.start_sent_at: float | None = None
         self._ws: ClientConnection | None = None
@@ -238,10 +240,14 @@ class TwilioEmulator:
             elif self._buffer and isinstance(self._buffer[-1], str) and self._buffer[-1].endswith("-end"):
                 self._pending_starts.append(now)  # a new utterance queued behind the last one
             self._buffer.append(frame)
+            if self.keep_audio:
+                self.received.append(frame)
         elif event == "mark":
             self.stats.marks_received += 1
             self.stats.mark_names.append(message["mark"]["name"])
             self._buffer.append(message["mark"]["name"])
+            if self.keep_audio:
+                self.received.append(message["mark"]["name"])
         elif event == "clear":
             self.stats.clears += 1
             self.stats.clear_times.append(now)

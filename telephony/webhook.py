@@ -65,7 +65,8 @@ async def twiml(request: Request) -> Response:
         return json_error(422, "unknown_preset", str(exc))
     if len(greeting) > MAX_GREETING_CHARS:
         return json_error(422, "greeting_too_long", f"greeting exceeds {MAX_GREETING_CHARS} characters")
-    if not per_call_agent_allowed(agent, bridge.settings.default_agent):
+    if not per_call_agent_allowed(agent, bridge.settings.default_agent,
+                                  llm_configured=bridge.settings.llm_url is not None):
         return json_error(422, "invalid_agent", "agentUrl must be a ws:// or wss:// URL or 'demo'")
     if not bridge.voice_may_exist(voice):
         return json_error(422, "unknown_voice", f"no voice {voice!r} (not built in, not in the voices "
@@ -75,7 +76,7 @@ async def twiml(request: Request) -> Response:
     if greeting:
         bridge.prerender(voice, preset, greeting)  # loads the voice and runs the whole audio path
     else:
-        bridge.spawn(bridge.warmup(voice, preset), name="warmup")
+        bridge.prime(voice, preset)
 
     response = VoiceResponse()
     connect = Connect()

@@ -303,7 +303,8 @@ async def test_warmup_runs_on_every_replica_and_times_each(tmp_path: Path) -> No
 
     before = len(loader.stats.calls)
     alice = make_voice("alice", 200)
-    await engine.warmup("alice", BALANCED, alice)  # /warmup with a cloned voice
+    targets = await engine.warmup("alice", BALANCED, alice)  # /warmup with a cloned voice
+    assert set(targets) == {"cpu#0", "cpu#1", "cpu#2"} and all(ms > 0 for ms in targets.values())
     warm_calls = loader.stats.calls[before:]
     assert sorted(call["model"] for call in warm_calls) == sorted(id(m) for m in loader.models)
     assert loader.stats.prepare_calls == 1
@@ -456,7 +457,7 @@ async def test_a_call_through_the_bridge_speaks_a_cloned_voice_with_valid_frames
     async with running_bridge(engine=engine, voices_dir=voices_dir) as rb, httpx.AsyncClient() as client:
         warm = await client.post(f"{rb.base_url}/warmup", json={"voice": "alice"})
         assert warm.status_code == 200, warm.text
-        assert set(warm.json()["replica_warmup_ms"]) == {"cpu#0", "cpu#1"}
+        assert set(warm.json()["targets"]) == {"cpu#0", "cpu#1"}
         call = await open_call(rb, client, "CA4242", "?voice=alice&greeting=Hello%20caller.")
         assert await call.wait_for(lambda: call.played_utterances(), timeout=10)
         await call.hang_up()

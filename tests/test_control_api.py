@@ -64,7 +64,8 @@ async def test_warmup_answers_voice_preset_time_and_ready() -> None:
         response = await client.post("/warmup", json={"voice": "synthetic", "preset": "fast"})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert set(body) == {"voice", "preset", "warmup_ms", "ready"}
+        assert set(body) == {"voice", "preset", "warmup_ms", "targets", "ready"}
+        assert set(body["targets"]) == {"engine"}  # one target: the in-process synthetic engine
         assert body["voice"] == "synthetic" and body["preset"] == "fast" and body["ready"] is True
         assert isinstance(body["warmup_ms"], int | float) and body["warmup_ms"] > 0
 

@@ -3,6 +3,7 @@
 from tts_core.audio.frame_encoder import FRAME_BYTES, FRAME_MS, MulawFrameEncoder
 from tts_core.audio.inbound import MulawDecoder
 from tts_core.audio.mulaw import MULAW_SILENCE, TELEPHONY_RATE, mulaw_to_pcm16, pcm16_to_mulaw
+from tts_core.audio.pcm_encoder import Pcm16Encoder
 from tts_core.audio.resampler import StreamResampler
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "TELEPHONY_RATE",
     "MulawDecoder",
     "MulawFrameEncoder",
+    "Pcm16Encoder",
     "StreamResampler",
     "mulaw_to_pcm16",
     "pcm16_to_mulaw",

@@ -9,6 +9,7 @@ server and the embedded Piper voice are interchangeable.
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -129,12 +130,26 @@ class Engine(ABC):
     def _stream(self, request: SpeechRequest) -> AsyncIterator[np.ndarray]:
         """Engine-specific streaming; the base class validates and counts around it."""
 
-    async def warmup(self, voice_id: str, preset: Preset, voice: Voice | None = None) -> None:
-        """Run a minimal synthesis so kernels, caches and the voice are hot."""
+    async def warmup(self, voice_id: str, preset: Preset, voice: Voice | None = None
+                     ) -> dict[str, float]:
+        """Run a minimal synthesis so kernels, caches and the voice are hot.
+
+        Returns milliseconds per warmed target (a server of a remote fleet, a model replica);
+        engines with one target report it as ``{"engine": ms}``.
+        """
+        started = time.perf_counter()
         request = SpeechRequest(text="Hello.", voice_id=voice_id, preset=preset, voice=voice)
+        samples = 0
         async with aclosing(self.stream(request)) as chunks:
-            async for _ in chunks:
-                pass
+            async for chunk in chunks:
+                samples += chunk.size
+        if not samples:
+            raise EngineError(f"{self.name} warmup produced no audio")
+        return {"engine": round((time.perf_counter() - started) * 1000, 2)}
+
+    def servers(self) -> list[dict[str, object]]:
+        """Per-server state of a remote engine's fleet (for /health and /metrics); [] if local."""
+        return []
 
     def note_ignored_params(self, preset: Preset, understood: set[str]) -> None:
         """Log once per parameter that a preset sets but this engine does not use."""

@@ -174,8 +174,6 @@ class ChatterboxEngine(Engine):
 
     name = "chatterbox"
     supports_cloning = True
-    warms_each_replica = True
-    """/warmup calls ``warmup`` (every replica) before its end-to-end render."""
 
     def __init__(
         self,
@@ -367,9 +365,11 @@ class ChatterboxEngine(Engine):
                 "temperature": preset.temperature}
 
     # ---- warmup ----------------------------------------------------------------------------------
-    async def warmup(self, voice_id: str, preset: Preset, voice: Voice | None = None) -> None:
+    async def warmup(self, voice_id: str, preset: Preset, voice: Voice | None = None
+                     ) -> dict[str, float]:
         """Synthesise a short phrase on every replica at once (kernels, allocator, the voice's
-        conditioning on each device); each replica's time is kept in ``last_warmup_ms``."""
+        conditioning on each device). Returns each replica's milliseconds by ``device#index``
+        (also kept in ``last_warmup_ms``)."""
         await self.load()
         assert self._pool is not None
         if voice is None and voice_id not in self.builtin_voices():
@@ -395,6 +395,7 @@ class ChatterboxEngine(Engine):
             replica.last_warmup_ms = (time.perf_counter() - started) * 1000
 
         await _all(one(r) for r in pool.replicas)
+        return {r.name: round(r.last_warmup_ms or 0.0, 2) for r in pool.replicas}
 
 
 def chunk_size_for(preset: Preset, first_in_turn: bool) -> int:

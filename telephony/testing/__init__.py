@@ -1,0 +1,1 @@
+"""Tooling for tests, benchmarks and load tests: never imported by the server's call path."""
