@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -136,7 +137,8 @@ def main() -> int:
                         help="run twice with a fresh engine: the second loads the voice from disk")
     parser.add_argument("--conds-dir", help="prepared-voice cache (default: a temporary directory)")
     args = parser.parse_args()
-    report = asyncio.run(run(args))
+    with contextlib.redirect_stdout(sys.stderr):  # the package prints as it loads: keep stdout JSON
+        report = asyncio.run(run(args))
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0
