@@ -482,3 +482,16 @@ def test_settings_build_the_engine_with_its_options(tmp_path: Path) -> None:
     assert isinstance(engine, ChatterboxEngine)
     assert (engine.checkpoint_dir, engine.device, engine.replicas) == (ckpt, "cuda:1", 3)
     assert engine.conditioning.cache_dir == voices / ".chatterbox-conds"
+
+
+async def test_a_checkpoint_that_cannot_load_stops_the_server_with_the_files_named(tmp_path: Path) -> None:
+    from telephony.config import ConfigError, settings_from_env
+    from telephony.services import Bridge
+
+    ckpt = tmp_path / "empty"
+    ckpt.mkdir()
+    settings = settings_from_env({"VOICE_BRIDGE_CHECKPOINT_DIR": str(ckpt)}, insecure_dev=True,
+                                 engine="chatterbox")
+    engine = ChatterboxEngine(ckpt, device="cpu", model_loader=StandinLoader())
+    with pytest.raises(ConfigError, match=r"VOICE_BRIDGE_ENGINE=chatterbox: .*missing tokenizer.json"):
+        await Bridge.start(settings, engine=engine)

@@ -79,7 +79,7 @@ class ChatterboxLoader:
             from chatterbox import tts
         except ImportError as exc:
             raise EngineError(
-                "VOICE_BRIDGE_ENGINE=chatterbox needs the chatterbox extra: install torch for your "
+                "the chatterbox engine needs the chatterbox extra: install torch for your "
                 "machine first, then pip install -e '.[chatterbox]' (see README, 'Chatterbox'); "
                 f"import failed: {exc}") from exc
         return tts
