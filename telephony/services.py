@@ -19,7 +19,7 @@ from telephony.config import ConfigError, Settings
 from telephony.metrics import Metrics
 from telephony.stream_auth import StreamTokens
 from tts_core.audio import MulawFrameEncoder
-from tts_core.engines import Engine, create_engine
+from tts_core.engines import Engine, EngineError, create_engine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.presets import Preset, PresetBook, load_presets
 from tts_core.render import utterance_frames
@@ -59,6 +59,8 @@ def build_engine(settings: Settings) -> Engine:
     elif settings.engine == "chatterbox":
         options = {"checkpoint_dir": settings.checkpoint_dir, "device": settings.device,
                    "replicas": settings.engine_replicas}
+        if settings.voices_dir is not None:  # prepared voices cached beside the voices themselves
+            options["conds_dir"] = settings.voices_dir / ".chatterbox-conds"
     return create_engine(settings.engine, **options)
 
 
@@ -85,7 +87,10 @@ class Bridge:
         presets.get(settings.default_preset)  # unknown default preset: fail at start
         if engine is None:
             engine = build_engine(settings)
-        await engine.load()
+        try:
+            await engine.load()
+        except EngineError as exc:  # missing weights / extra / device: a configuration problem
+            raise ConfigError(f"VOICE_BRIDGE_ENGINE={settings.engine}: {exc}") from exc
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
         voices = VoiceStore(settings.voices_dir, remote_base_url=settings.voice_server_url,
                             http_client=http, memory_capacity=settings.voice_cache_size)
