@@ -103,6 +103,8 @@ class BargeInDetector:
         self._pending = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._pending_len = 0
         self._clock_ms = 0
+        self.last_frame_energy = 0.0
+        """Mean square (int16 units) of the last whole frame analysed."""
         self.last_frame_speech = False
         """Whether the last whole frame analysed counted as caller speech (the turn detector's
         input: the same decision barge-in uses)."""
@@ -128,6 +130,10 @@ class BargeInDetector:
     def speech_ms(self) -> int:
         """Speech accumulated in the current burst (gaps excluded)."""
         return self._speech_ms
+
+    def is_above_noise(self, energy: float) -> bool:
+        """Whether a level (mean square) stands ``noise_margin_db`` above the line's noise floor now."""
+        return energy >= min(self._block_min, *self._noise_blocks) * self._margin
 
     def reset(self) -> None:
         """Forget the current burst (e.g. the bot starts a new utterance).
@@ -194,6 +200,7 @@ class BargeInDetector:
         # The VAD sees every frame, quiet ones included, so its noise model keeps adapting.
         voiced = self._vad.is_speech(frame.tobytes(), SAMPLE_RATE)
         self.last_frame_speech = loud and voiced
+        self.last_frame_energy = energy
         if not (loud and voiced):
             if self._started_at is not None:
                 self._gap_ms += FRAME_MS

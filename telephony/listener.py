@@ -25,6 +25,7 @@ from telephony.turns import (
     PartialDue,
     Resumed,
     Speculate,
+    TurnDropped,
     TurnEnded,
     TurnEvent,
     TurnTracker,
@@ -107,6 +108,11 @@ class CallerListener:
             self._drop_speculation()
         elif isinstance(event, TurnEnded):
             self._end_turn(event)
+        elif isinstance(event, TurnDropped):
+            self._drop_speculation()
+            self.turn_log.append({"turn": event.turn, "end": "noise"})
+            if self._metrics is not None:
+                self._metrics.caller_turns.labels(outcome="noise").inc()
         elif isinstance(event, PartialDue):
             partial = self._partial
             recogniser = self.recogniser

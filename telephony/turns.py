@@ -61,8 +61,10 @@ class TurnSettings:
 
     @property
     def tail_ms(self) -> int:
-        """Silence after the last speech kept in the decoded audio."""
-        return self.speculative_ms or min(DEFAULT_TAIL_MS, self.endpoint_ms - FRAME_MS)
+        """Silence after the last speech kept in the decoded audio (whole frames: the speculative
+        decode starts on the first frame at or past ``speculative_ms``)."""
+        tail = self.speculative_ms or min(DEFAULT_TAIL_MS, self.endpoint_ms - FRAME_MS)
+        return -(-tail // FRAME_MS) * FRAME_MS
 
 
 # ---- events ------------------------------------------------------------------------------------------
@@ -107,7 +109,15 @@ class TurnEnded:
     """``audio`` is exactly the audio of this turn's last ``Speculate``: its decode is the final."""
 
 
-TurnEvent = BargeIn | TurnStarted | Speculate | Resumed | PartialDue | TurnEnded
+@dataclass(frozen=True)
+class TurnDropped:
+    """The turn was steady noise, not speech: by the time it ended, the line's noise floor had
+    risen to its level (hum or hiss starting mid-call passes for speech until the floor adapts)."""
+
+    turn: int
+
+
+TurnEvent = BargeIn | TurnStarted | Speculate | Resumed | PartialDue | TurnEnded | TurnDropped
 
 
 class TurnTracker:
@@ -128,6 +138,7 @@ class TurnTracker:
         self._last_speech_end_ms = 0
         self._speculated_frames: int | None = None
         self._last_partial_ms = 0
+        self._speech_levels: list[float] = []
 
     @property
     def in_turn(self) -> bool:
@@ -164,13 +175,14 @@ class TurnTracker:
         settings = self.settings
         if speech:
             self._last_speech_end_ms = now
+            self._speech_levels.append(detector.last_frame_energy)
             if self._speculated_frames is not None:
                 self._speculated_frames = None
                 events.append(Resumed(self._turn_id))
         silence = now - self._last_speech_end_ms
         if settings.speculative_ms and self._speculated_frames is None \
                 and silence >= settings.speculative_ms:
-            self._speculated_frames = len(frames) - (silence - settings.speculative_ms) // FRAME_MS
+            self._speculated_frames = len(frames) - (silence - settings.tail_ms) // FRAME_MS
             events.append(Speculate(self._turn_id, np.concatenate(frames[: self._speculated_frames])))
         if silence >= settings.endpoint_ms:
             if self._speculated_frames is not None:
@@ -196,11 +208,16 @@ class TurnTracker:
         self._last_speech_end_ms = now
         self._last_partial_ms = now
         self._speculated_frames = None
+        self._speech_levels = []
         events.append(TurnStarted(self._turn_id, speech_started_ms))
 
     def _close(self, audio: np.ndarray, reason: str, speculated: bool, events: list[TurnEvent]) -> None:
-        events.append(TurnEnded(self._turn_id, audio, self._last_speech_end_ms - self._first_speech_ms,
-                                reason, speculated))
+        levels = self._speech_levels
+        if levels and reason == "silence" and not self.detector.is_above_noise(float(np.median(levels))):
+            events.append(TurnDropped(self._turn_id))
+        else:
+            events.append(TurnEnded(self._turn_id, audio, self._last_speech_end_ms - self._first_speech_ms,
+                                    reason, speculated))
         self._frames = None
         self._speculated_frames = None
         # After max_length the caller is still inside a qualified burst: the next turn opens on
