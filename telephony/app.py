@@ -15,17 +15,20 @@ from telephony.config import ConfigError, Settings
 from telephony.errors import json_error
 from telephony.services import Bridge
 from tts_core.engines import Engine
+from tts_core.stt import Recogniser
 
 log = logging.getLogger("voice_bridge")
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
-    """Build the app. ``engine`` overrides the configured one (tests inject a synthetic engine)."""
+def create_app(settings: Settings, *, engine: Engine | None = None,
+               recogniser: Recogniser | None = None) -> FastAPI:
+    """Build the app. ``engine`` overrides the configured one (tests inject a synthetic engine);
+    ``recogniser`` likewise (tests share one loaded model; the app does not close it)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            bridge = await Bridge.start(settings, engine=engine)
+            bridge = await Bridge.start(settings, engine=engine, recogniser=recogniser)
         except ConfigError as exc:
             log.error("voice-bridge cannot start: %s", exc)
             raise

@@ -103,6 +103,11 @@ class BargeInDetector:
         self._pending = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._pending_len = 0
         self._clock_ms = 0
+        self.last_frame_energy = 0.0
+        """Mean square (int16 units) of the last whole frame analysed."""
+        self.last_frame_speech = False
+        """Whether the last whole frame analysed counted as caller speech (the turn detector's
+        input: the same decision barge-in uses)."""
         self._reset_burst()
 
     # ---- state ------------------------------------------------------------------------------------
@@ -126,6 +131,10 @@ class BargeInDetector:
         """Speech accumulated in the current burst (gaps excluded)."""
         return self._speech_ms
 
+    def is_above_noise(self, energy: float) -> bool:
+        """Whether a level (mean square) stands ``noise_margin_db`` above the line's noise floor now."""
+        return energy >= min(self._block_min, *self._noise_blocks) * self._margin
+
     def reset(self) -> None:
         """Forget the current burst (e.g. the bot starts a new utterance).
 
@@ -142,11 +151,13 @@ class BargeInDetector:
         self._fired = False
 
     # ---- analysis -----------------------------------------------------------------------------------
-    def feed(self, pcm16_frame: np.ndarray) -> BargeInEvent | None:
+    def feed(self, pcm16_frame: np.ndarray, *, echo_floor: float = 0.0) -> BargeInEvent | None:
         """Analyse caller audio of any length (8 kHz int16); return an event when barge-in fires.
 
         Audio is cut into 20 ms frames internally; a remainder waits for the next call. If one call
         carries several frames and completes more than one burst, the first event is returned.
+        ``echo_floor`` (a mean square of int16 samples, 0 = none) is the loudest the bot's own voice
+        can come back as echo right now: frames no louder than it are not caller speech.
         """
         samples = np.asarray(pcm16_frame)
         if samples.dtype != np.int16:
@@ -155,7 +166,7 @@ class BargeInDetector:
             samples = np.clip(samples, -32768, 32767).astype(np.int16)
         samples = samples.reshape(-1)
         if self._pending_len == 0 and samples.size == FRAME_SAMPLES:  # the usual Twilio frame
-            return self._analyse(samples)
+            return self._analyse(samples, echo_floor)
 
         event: BargeInEvent | None = None
         start = 0
@@ -167,9 +178,9 @@ class BargeInDetector:
             if self._pending_len < FRAME_SAMPLES:
                 return None
             self._pending_len = 0
-            event = self._analyse(self._pending)
+            event = self._analyse(self._pending, echo_floor)
         while samples.size - start >= FRAME_SAMPLES:
-            found = self._analyse(samples[start : start + FRAME_SAMPLES])
+            found = self._analyse(samples[start : start + FRAME_SAMPLES], echo_floor)
             event = event or found
             start += FRAME_SAMPLES
         rest = samples.size - start
@@ -178,16 +189,18 @@ class BargeInDetector:
             self._pending_len = rest
         return event
 
-    def _analyse(self, frame: np.ndarray) -> BargeInEvent | None:
+    def _analyse(self, frame: np.ndarray, echo_floor: float = 0.0) -> BargeInEvent | None:
         frame_start = self._clock_ms
         self._clock_ms += FRAME_MS
         floats = frame.astype(np.float32)
         energy = float(np.dot(floats, floats)) / FRAME_SAMPLES
         noise = min(self._block_min, *self._noise_blocks)
-        loud = energy >= self._floor_ms and energy >= noise * self._margin
+        loud = energy >= self._floor_ms and energy >= noise * self._margin and energy > echo_floor
         self._track_noise(energy)
         # The VAD sees every frame, quiet ones included, so its noise model keeps adapting.
         voiced = self._vad.is_speech(frame.tobytes(), SAMPLE_RATE)
+        self.last_frame_speech = loud and voiced
+        self.last_frame_energy = energy
         if not (loud and voiced):
             if self._started_at is not None:
                 self._gap_ms += FRAME_MS

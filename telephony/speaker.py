@@ -123,6 +123,8 @@ class SpeakerHooks:
     on_first_frame: Callable[[Utterance, float], None] | None = None
     on_underrun: Callable[[float], None] | None = None
     on_frames_sent: Callable[[int], None] | None = None
+    on_audio_sent: Callable[[list[bytes]], None] | None = None
+    """The μ-law frames themselves, as sent (the call's echo reference)."""
     on_engine_first_chunk: Callable[[float], None] | None = None
     on_finished: Callable[[Utterance], None] | None = None
     on_error: Callable[[str], None] | None = None
@@ -565,6 +567,8 @@ class Speaker:
                 self._room.set()
                 if self.hooks.on_frames_sent:
                     self.hooks.on_frames_sent(len(batch))
+                if self.hooks.on_audio_sent:
+                    self.hooks.on_audio_sent(batch)
             if utt.generation != self.generation:
                 continue
             if mark is not None:

@@ -20,8 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
+
+from tts_core.audio.mulaw import mulaw_to_pcm16, pcm16_to_mulaw
 
 FRAME_BYTES = 160
 FRAME_S = 0.020
@@ -152,6 +155,22 @@ class TwilioEmulator:
                 delay = started + (index // FRAME_BYTES + 1) * FRAME_S - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+
+    async def stream_echo(self, seconds: float, *, gain_db: float = -20.0, delay_ms: float = 60.0) -> None:
+        """Send, as the caller's audio, what the caller heard ``delay_ms`` ago at ``gain_db``: the
+        bot's own voice coming back over the line (a phone without echo cancellation). Needs
+        ``keep_audio``."""
+        gain = 10.0 ** (gain_db / 20.0)
+        delay_bytes = int(delay_ms / 1000 / FRAME_S) * FRAME_BYTES
+        started = time.monotonic()
+        for index in range(int(seconds / FRAME_S)):
+            position = len(self.heard) - delay_bytes - FRAME_BYTES
+            frame = bytes(self.heard[position : position + FRAME_BYTES]) if position >= 0 else SILENCE
+            pcm = (mulaw_to_pcm16(frame).astype(np.float32) * gain).astype(np.int16)
+            await self.send_media(pcm16_to_mulaw(pcm))
+            delay = started + (index + 1) * FRAME_S - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
 
     async def send_silence(self, seconds: float) -> None:
         await self.stream_audio(SILENCE * int(seconds / FRAME_S))

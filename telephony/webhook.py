@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 MAX_GREETING_CHARS = 500
-STREAM_PARAMETERS = ("voice", "preset", "greeting", "agentUrl")
+STREAM_PARAMETERS = ("voice", "preset", "greeting", "agentUrl", "partialPrompts")
 
 
 def public_request_url(bridge: Bridge, request: Request) -> str:
@@ -65,6 +65,9 @@ async def twiml(request: Request) -> Response:
         return json_error(422, "unknown_preset", str(exc))
     if len(greeting) > MAX_GREETING_CHARS:
         return json_error(422, "greeting_too_long", f"greeting exceeds {MAX_GREETING_CHARS} characters")
+    partial_prompts = query.get("partialPrompts", "false").strip().lower()
+    if partial_prompts not in {"true", "false"}:
+        return json_error(422, "invalid_partial_prompts", "partialPrompts must be true or false")
     if not per_call_agent_allowed(agent, bridge.settings.default_agent,
                                   llm_configured=bridge.settings.llm_url is not None):
         return json_error(422, "invalid_agent", "agentUrl must be a ws:// or wss:// URL or 'demo'")
@@ -82,7 +85,8 @@ async def twiml(request: Request) -> Response:
     connect = Connect()
     stream = connect.stream(url=stream_url(bridge.settings.stream_public_base()))
     for name, value in (("voice", voice), ("preset", preset.name), ("greeting", greeting),
-                        ("agentUrl", agent), ("from", params.get("From", "")),
+                        ("agentUrl", agent), ("partialPrompts", partial_prompts),
+                        ("from", params.get("From", "")),
                         ("to", params.get("To", "")), ("direction", params.get("Direction", "inbound")),
                         ("token", bridge.tokens.issue(call_sid))):
         stream.parameter(name=name, value=value)

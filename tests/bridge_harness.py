@@ -16,6 +16,7 @@ from telephony.config import Settings
 from telephony.net import listen_socket
 from telephony.services import Bridge
 from tts_core.engines import Engine
+from tts_core.stt import Recogniser
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 
@@ -45,16 +46,19 @@ class RunningBridge:
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(engine: Engine | None = None, **overrides: object) -> AsyncIterator[RunningBridge]:
+async def running_bridge(engine: Engine | None = None, *, recogniser: Recogniser | None = None,
+                         **overrides: object) -> AsyncIterator[RunningBridge]:
+    """The bridge on loopback. Speech recognition is off unless a test passes ``stt="local"``
+    (with the session's shared ``recogniser`` fixture, so the model loads once per run)."""
     values: dict[str, object] = {"twilio_auth_token": AUTH_TOKEN, "engine": "synthetic",
-                                 "port": 0, "start_timeout_s": 2.0}
+                                 "port": 0, "start_timeout_s": 2.0, "stt": "off"}
     values.update(overrides)
     # PUBLIC_URL must be known before the port is: bind first, then build settings with it.
     sock = listen_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     values.setdefault("public_url", f"http://127.0.0.1:{port}")
     settings = Settings(**{**values, "port": port})
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, engine=engine, recogniser=recogniser)
     config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio",
                             ws_per_message_deflate=False, lifespan="on")
     server = uvicorn.Server(config)

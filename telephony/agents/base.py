@@ -95,7 +95,10 @@ class Agent:
         """The caller talked over the agent; speech was cut after ``played_ms`` ms."""
 
     async def on_caller_speech(self, call: CallControl, text: str, final: bool) -> None:
-        """Recognised caller speech (needs a speech recogniser; none is built in yet)."""
+        """Recognised caller speech: ``final`` once per caller turn, when the caller has stopped
+        talking (VOICE_BRIDGE_STT_ENDPOINT_MS of silence); with partial prompts on, ``final=False``
+        with the words so far while they talk. Words spoken while interrupting the agent arrive
+        here too, after ``on_interrupt``."""
 
     async def on_stop(self, call: CallControl) -> None:
         """The call ended; release what the agent holds. Called exactly once."""
