@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--agent", dest="default_agent", default=None,
                        help="demo, openai-chat (needs VOICE_BRIDGE_LLM_URL), a ws(s):// "
                        "ConversationRelay agent URL, or python:module:attr")
+    serve.add_argument("--stt", default=None, choices=["local", "openai", "off"],
+                       help="speech recogniser: local (default, embedded Whisper), openai or off")
     serve.add_argument("--record-dir", default=None, help="record every call there (caller audio!)")
     serve.add_argument("--insecure-dev", action="store_true", default=None,
                        help="allow running without TWILIO_AUTH_TOKEN (no signature checks)")

@@ -113,6 +113,8 @@ async def health(request: Request) -> Response:
         "engine": {"name": bridge.engine.name, "sample_rate": bridge.engine.sample_rate,
                    "busy_slots": bridge.engine.busy_slots},
         "active_calls": len(bridge.calls),
+        "stt": {"name": bridge.recogniser.name, "busy_slots": bridge.recogniser.busy}
+        if bridge.recogniser is not None else None,
         "uptime_s": round(time.monotonic() - bridge.started_at, 1),
         "security": "INSECURE: no TWILIO_AUTH_TOKEN, signatures are not checked"
         if settings.insecure else "signatures checked",
@@ -128,7 +130,6 @@ async def health(request: Request) -> Response:
             body["status"] = "degraded"
     recogniser = bridge.recogniser
     if recogniser is not None:
-        body["stt"] = {"name": recogniser.name, "busy": recogniser.busy}
         stt_servers = recogniser.servers()
         if stt_servers:
             body["stt"]["servers"] = stt_servers  # type: ignore[index]

@@ -116,3 +116,18 @@ def test_speculation_must_be_shorter_than_the_endpoint() -> None:
                           insecure_dev=True)
     off = settings_from_env({"VOICE_BRIDGE_STT_SPECULATIVE_MS": "0"}, insecure_dev=True)
     assert off.stt_speculative_ms == 0
+
+
+def test_a_decode_that_loops_is_redone_in_the_full_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    recogniser = whisper_local.WhisperRecogniser()
+    windows: list[int] = []
+
+    def decode_window(audio: np.ndarray, language: str | None, window: int) -> tuple[str, str]:
+        windows.append(window)
+        return ("5 5 5 5 5 5 5 5 5 5 5" if window == 10 else "5 5"), "en"
+
+    monkeypatch.setattr(recogniser, "_decode_window", decode_window)
+    transcript = recogniser._decode(np.zeros(16000, np.float32), None)
+    assert transcript.text == "5 5" and windows == [10, 30]
+    assert not whisper_local._looping("Eight of spades, four of clubs, seven of hearts.")
+    assert whisper_local._looping("He might. He might. He might. He might.")

