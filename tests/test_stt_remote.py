@@ -194,3 +194,20 @@ async def test_a_bridge_shows_its_transcription_servers_in_health_and_metrics() 
             assert f'voice_bridge_stt_server_requests_total{{server="{urls[0]}"}} 2.0' in metrics
             assert f'voice_bridge_stt_server_up{{server="{dead}"}} 0.0' in metrics
             assert KEY not in metrics and KEY not in str(health)
+
+
+def test_settings_for_remote_recognition() -> None:
+    from telephony.config import ConfigError, settings_from_env
+
+    env = {"VOICE_BRIDGE_INSECURE_DEV": "true", "VOICE_BRIDGE_STT": "openai"}
+    with pytest.raises(ConfigError, match="VOICE_BRIDGE_STT_URL"):
+        settings_from_env(env)
+    with pytest.raises(ConfigError, match="must end in /v1"):
+        settings_from_env({**env, "VOICE_BRIDGE_STT_URL": "http://gpu1:8000"})
+    with pytest.raises(ConfigError, match="8000 or 16000"):
+        settings_from_env({**env, "VOICE_BRIDGE_STT_URL": "http://gpu1:8000/v1",
+                           "VOICE_BRIDGE_STT_UPLOAD_RATE": "44100"})
+    settings = settings_from_env({**env, "VOICE_BRIDGE_STT_URL": "http://gpu1:8000/v1/, http://gpu2:8000/v1",
+                                  "VOICE_BRIDGE_STT_API_KEY": KEY})
+    assert settings.stt_urls() == ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]
+    assert KEY not in repr(settings)
