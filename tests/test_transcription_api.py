@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import wave
 
 import httpx
@@ -180,3 +181,29 @@ def test_wav_reader_takes_common_encodings() -> None:
                 + tone.astype("<f4").tobytes())
     samples, rate = read_wav(streamed)
     assert rate == 16000 and np.array_equal(samples, tone)
+
+
+def test_a_mulaw_wav_as_phones_record_it_decodes_to_the_same_samples() -> None:
+    mulaw = speech_clip("go_forward_ten_meters")
+    fmt = b"fmt " + (18).to_bytes(4, "little") + np.array([7, 1], "<u2").tobytes() \
+        + np.array([8000, 8000], "<u4").tobytes() + np.array([1, 8, 0], "<u2").tobytes()
+    data = b"data" + len(mulaw).to_bytes(4, "little") + mulaw
+    wav = b"RIFF" + (4 + len(fmt) + len(data)).to_bytes(4, "little") + b"WAVE" + fmt + data
+    samples, rate = read_wav(wav)
+    assert rate == 8000
+    assert np.array_equal(samples, mulaw_to_pcm16(mulaw).astype(np.float32) / 32768)
+
+
+def test_long_audio_is_cut_into_windows_at_quiet_moments() -> None:
+    rng = np.random.default_rng(1)
+    audio = (0.3 * rng.standard_normal(16000 * 70)).astype(np.float32)
+    quiet = [27 * 16000, 55 * 16000]  # a 100 ms pause inside each piece's last 5 s
+    for q in quiet:
+        audio[q: q + 1600] *= 0.001
+    pieces = transcription_api.split_pieces(audio)
+    assert pieces[0][0] == 0 and pieces[-1][1] == audio.size
+    assert all(end - start <= 30 * 16000 for start, end in pieces)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+    for (_, cut), q in zip(pieces, quiet, strict=False):
+        assert q <= cut < q + 1600, (cut, q)
+    assert transcription_api.split_pieces(audio[: 16000 * 30]) == [(0, 16000 * 30)]
