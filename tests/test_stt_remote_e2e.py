@@ -57,3 +57,6 @@ async def test_a_caller_is_heard_through_a_second_bridges_recogniser() -> None:
                 await call.hang_up()
             servers = {s["url"]: s for s in rb.bridge.recogniser.servers()}
             assert servers[server.api_base]["requests"] >= 1 and servers[server.api_base]["failures"] == 0
+            # The first turn of a fresh fleet goes to the first URL (ties round-robin from it): the
+            # dead one, so the prompt above came through a failover.
+            assert servers[dead]["failures"] == 1 and servers[dead]["state"] == "backoff"
