@@ -305,6 +305,7 @@ async def main() -> None:
                         help="extra column: NAME=VAR=value,VAR=value")
     parser.add_argument("--capacity", default="", help="concurrent calls to try, e.g. 2,4,6,8")
     parser.add_argument("--capacity-seconds", type=float, default=30.0)
+    parser.add_argument("--capacity-only", action="store_true", help="skip the accuracy columns")
     parser.add_argument("--bridge-core", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -318,14 +319,14 @@ async def main() -> None:
     agent_url = f"ws://127.0.0.1:{agent_server.sockets[0].getsockname()[1]}/agent"
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
 
-    columns: list[tuple[str, dict[str, str]]] = [("default", {}),
-                                                 ("no-speculation", {"VOICE_BRIDGE_STT_SPECULATIVE_MS": "0"})]
+    columns: list[tuple[str, dict[str, str]]] = [] if args.capacity_only else [
+        ("default", {}), ("no-speculation", {"VOICE_BRIDGE_STT_SPECULATIVE_MS": "0"})]
     for spec in args.config:
         name, _, assignments = spec.partition("=")
         columns.append((name, dict(a.split("=", 1) for a in assignments.split(",") if a)))
     results: dict[str, object] = {}
     remote_bridge = None
-    if args.remote:
+    if args.remote and not args.capacity_only:
         remote_bridge = bridge(REMOTE_SERVER_ENV, None, logs / "bench_stt_remote_server.log")
         remote_base, _ = await remote_bridge.__aenter__()
         columns.append(("remote", {k: v.format(url=remote_base) for k, v in REMOTE_ENV.items()}))
@@ -367,7 +368,10 @@ async def main() -> None:
             await remote_bridge.__aexit__(None, None, None)
         agent_server.close()
 
-    print_report(results, columns, clips, args)
+    if columns:
+        print_report(results, columns, clips, args)
+    else:
+        print_capacity(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 
@@ -402,6 +406,10 @@ def print_report(results: dict, columns: list, clips: list[Clip], args: argparse
             print(f"\n{name}: {column['unavailable']}")
         elif column.get("errors"):
             print(f"\n{name} errors: " + "; ".join(f"{k}: {v!r}" for k, v in column["errors"].items()))
+    print_capacity(results)
+
+
+def print_capacity(results: dict) -> None:
     if "capacity" in results:
         print("\n| concurrent calls (talking half the time) | turns | without prompt | p50 (ms) | p95 (ms) "
               "| bridge CPU (of one core) |\n|---|---|---|---|---|---|")

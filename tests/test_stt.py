@@ -37,17 +37,29 @@ async def test_silence_and_noise_give_no_words(recogniser: Recogniser) -> None:
         assert (await recogniser.transcribe(audio)).text == ""
 
 
-async def test_concurrent_turns_are_served_earliest_deadline_first(recogniser: Recogniser) -> None:
+async def test_concurrent_turns_are_served_earliest_deadline_first(
+    recogniser: Recogniser, monkeypatch: pytest.MonkeyPatch
+) -> None:
     audio = telephone_clip("he_was_not_an_ill_disposed_young_man")
+    started: list[str] = []
+    decode = recogniser._decode  # type: ignore[attr-defined]
+
+    def recorded(samples: np.ndarray, language: str | None):  # type: ignore[no-untyped-def]
+        started.append(names[samples.size])
+        return decode(samples, language)
+
+    monkeypatch.setattr(recogniser, "_decode", recorded)
+    slots = whisper_local.default_concurrency()
+    names = {audio.size - i: f"b{i}" for i in range(slots)}
+    names[audio.size - slots] = "late"
+    names[audio.size - slots - 1] = "urgent"
     now = time.monotonic()
-    finished: list[str] = []
 
     async def turn(name: str, deadline: float) -> None:
-        transcript = await recogniser.transcribe(audio, deadline=deadline)
+        size = next(k for k, v in names.items() if v == name)
+        transcript = await recogniser.transcribe(audio[:size], deadline=deadline)
         assert word_errors("he was not an ill disposed young man", transcript.text)[0] <= 2
-        finished.append(name)
 
-    slots = whisper_local.default_concurrency()
     # fill every slot, then queue a late (partial-like) decode before an urgent one
     blockers = [asyncio.create_task(turn(f"b{i}", now)) for i in range(slots)]
     await asyncio.sleep(0)
@@ -55,7 +67,7 @@ async def test_concurrent_turns_are_served_earliest_deadline_first(recogniser: R
     await asyncio.sleep(0)
     urgent = asyncio.create_task(turn("urgent", now + 1))
     await asyncio.gather(*blockers, late, urgent)
-    assert finished.index("urgent") < finished.index("late"), finished
+    assert started.index("urgent") < started.index("late"), started
     assert recogniser.busy == 0
 
 

@@ -162,6 +162,22 @@ async def test_partial_prompts_parameter_is_carried_and_checked() -> None:
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_partial_prompts"
 
 
+async def test_a_newcomers_first_call_with_the_demo_agent_is_a_conversation(
+    recogniser: Recogniser,
+) -> None:
+    async with running_bridge(stt="local", recogniser=recogniser) as rb, httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA48", "?greeting=")
+        assert await wait_until(lambda: rb.bridge.calls)
+        session = session_of(rb, "CA48")
+        await say(call, speech_clip("go_forward_ten_meters"), 0.8)
+        assert await call.wait_for(lambda: call.played_utterances(), timeout=10)
+        spoken = session.turns[0]
+        assert spoken["outcome"] == "played"
+        # "You said: Go forward 10 meters." (31 characters); the log line keeps no words
+        assert 25 <= spoken["chars"] <= 40, spoken
+        await call.hang_up()
+
+
 class FakeCall:
     def __init__(self) -> None:
         self.said: list[str] = []
