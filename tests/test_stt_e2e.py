@@ -171,6 +171,7 @@ async def test_a_newcomers_first_call_with_the_demo_agent_is_a_conversation(
         session = session_of(rb, "CA48")
         await say(call, speech_clip("go_forward_ten_meters"), 0.8)
         assert await call.wait_for(lambda: call.played_utterances(), timeout=10)
+        assert await wait_until(lambda: session.turns)  # the end mark's echo reached the bridge
         spoken = session.turns[0]
         assert spoken["outcome"] == "played"
         # "You said: Go forward 10 meters." (31 characters); the log line keeps no words
