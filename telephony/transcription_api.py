@@ -15,11 +15,14 @@ Audio longer than the recogniser's 30 s window is recognised in pieces cut at qu
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import re
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import anyio
@@ -41,7 +44,9 @@ from telephony.speech_api import (
 from tts_core.audio.wav_file import AudioFileError, read_wav, to_rate
 from tts_core.stt import SAMPLE_RATE, Recogniser, RecogniserError
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
+T = TypeVar("T")
 
 MAX_FILE_BYTES = 25 * 1024 * 1024
 """OpenAI's limit on the uploaded file."""
@@ -91,7 +96,10 @@ async def create_transcription(request: Request) -> Response:
         language = _language(form.fields.get("language"))
         samples = await anyio.to_thread.run_sync(_decode, form.file)
         started = time.perf_counter()
-        pieces = await _recognise(recogniser, samples, language)
+        pieces = await _unless_client_leaves(request, _recognise(recogniser, samples, language))
+        if pieces is None:
+            log.info("transcription client left before its text was ready")
+            return Response(status_code=499)
     finally:
         release()
     duration = samples.size / SAMPLE_RATE
@@ -311,6 +319,29 @@ async def _recognise(recogniser: Recogniser, samples: np.ndarray, language: str 
         pieces.append({"start": round(start / SAMPLE_RATE, 3), "end": round(end / SAMPLE_RATE, 3),
                        "text": transcript.text, "language": transcript.language})
     return pieces
+
+
+async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or None once the client has disconnected (``work`` is then cancelled:
+    pieces not yet decoded are never started, a remote request is closed). The body has been read,
+    so the next ASGI message can only be the disconnect."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    working = asyncio.create_task(work, name="transcription")
+    watching = asyncio.create_task(disconnected(), name="transcription-disconnect-watch")
+    try:
+        await asyncio.wait({working, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not working.done():
+            working.cancel()
+        await asyncio.gather(working, watching, return_exceptions=True)
+    if working.cancelled():
+        return None
+    return working.result()
 
 
 def _in_flight(request: Request, bridge: Bridge) -> InFlight:

@@ -15,11 +15,13 @@ import pytest
 import soxr
 
 from telephony import transcription_api
+from telephony.speech_api import InFlight
 from tests.bridge_harness import running_bridge
 from tests.conftest import speech_clip
+from tests.test_relay_e2e import wait_until
 from tts_core.audio.mulaw import mulaw_to_pcm16
 from tts_core.audio.wav_file import read_wav
-from tts_core.stt import Recogniser
+from tts_core.stt import Recogniser, Transcript
 from tts_core.stt.wer import normalise, word_errors
 
 API_KEY = "sk-transcribe-test"
@@ -207,3 +209,48 @@ def test_long_audio_is_cut_into_windows_at_quiet_moments() -> None:
     for (_, cut), q in zip(pieces, quiet, strict=False):
         assert q <= cut < q + 1600, (cut, q)
     assert transcription_api.split_pieces(audio[: 16000 * 30]) == [(0, 16000 * 30)]
+
+
+class StuckRecogniser(Recogniser):
+    """Never finishes a decode; records that it was given up."""
+
+    name = "stuck"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def load(self) -> None:
+        pass
+
+    async def transcribe(self, audio: np.ndarray, *, language: str | None = None,
+                         deadline: float | None = None) -> Transcript:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_a_client_that_leaves_cancels_its_recognition(monkeypatch: pytest.MonkeyPatch) -> None:
+    limiters: list[InFlight] = []
+
+    class RecordedInFlight(InFlight):
+        def __init__(self, limit: int) -> None:
+            super().__init__(limit)
+            limiters.append(self)
+
+    monkeypatch.setattr(transcription_api, "InFlight", RecordedInFlight)
+    stuck = StuckRecogniser()
+    async with running_bridge(stt="local", recogniser=stuck, api_key=API_KEY) as rb, \
+            httpx.AsyncClient(timeout=30) as http:
+        request = asyncio.create_task(http.post(
+            f"{rb.base_url}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {API_KEY}"},
+            data={"model": "m"}, files={"file": ("a.wav", clip_wav("go_forward_ten_meters"))}))
+        await asyncio.wait_for(stuck.started.wait(), 10)
+        request.cancel()  # the client gives up: its connection closes
+        await asyncio.wait_for(stuck.cancelled.wait(), 5)
+        # its place is given back: the limit does not fill up with abandoned requests
+        assert await wait_until(lambda: limiters[0].count == 0)
