@@ -19,9 +19,10 @@ Columns (one bridge process each, pinned to one core with one recogniser slot; t
 on the other core):
   default           VOICE_BRIDGE_STT_* defaults (endpoint 550 ms, speculative decode at 250 ms)
   no-speculation    VOICE_BRIDGE_STT_SPECULATIVE_MS=0: the decode starts at the endpoint
-  remote            --remote: recognition by a second bridge over OpenAI's /v1/audio/transcriptions
-                    (VOICE_BRIDGE_STT=openai, see REMOTE_ENV); shown as unavailable until that
-                    recogniser exists in the build
+  remote            --remote: recognition by a second bridge process (not pinned, its embedded
+                    recogniser with one slot, VOICE_BRIDGE_API_KEY set) over OpenAI's
+                    /v1/audio/transcriptions: the bridge under test runs VOICE_BRIDGE_STT=openai
+                    pointed at it (REMOTE_ENV), so its own core only detects turns
 More columns: --config NAME=VAR=value,VAR=value.
 
 Capacity (--capacity 2,4,6): N concurrent calls for --capacity-seconds, each caller talking half
@@ -60,9 +61,12 @@ from tts_core.audio.mulaw import float_to_pcm16, mulaw_to_pcm16, pcm16_to_mulaw
 from tts_core.stt.wer import word_errors
 
 DATA_DIR = Path("/usr/share/pocketsphinx/test/data")
-REMOTE_ENV = {"VOICE_BRIDGE_STT": "openai", "VOICE_BRIDGE_STT_URL": "{url}/v1"}
-"""How the bridge under test reaches a second bridge's /v1/audio/transcriptions. Hook for the
-remote recogniser (VOICE_BRIDGE_STT=openai): adjust the variable names to what it reads."""
+REMOTE_KEY = "sk-bench-stt-remote"
+REMOTE_SERVER_ENV = {"VOICE_BRIDGE_API_KEY": REMOTE_KEY}
+REMOTE_ENV = {"VOICE_BRIDGE_STT": "openai", "VOICE_BRIDGE_STT_URL": "{url}/v1",
+              "VOICE_BRIDGE_STT_API_KEY": REMOTE_KEY}
+"""How the bridge under test reaches a second bridge's /v1/audio/transcriptions (the remote
+recogniser, tts_core/stt/openai_remote.py)."""
 
 
 @dataclass
@@ -323,7 +327,7 @@ async def main() -> None:
     results: dict[str, object] = {}
     remote_bridge = None
     if args.remote and not args.capacity_only:
-        remote_bridge = bridge({}, None, logs / "bench_stt_remote_server.log")
+        remote_bridge = bridge(REMOTE_SERVER_ENV, None, logs / "bench_stt_remote_server.log")
         remote_base, _ = await remote_bridge.__aenter__()
         columns.append(("remote", {k: v.format(url=remote_base) for k, v in REMOTE_ENV.items()}))
     try:

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from telephony import control_api, media_stream, speech_api, webhook
+from telephony import control_api, media_stream, speech_api, transcription_api, webhook
 from telephony.config import ConfigError, Settings
 from telephony.errors import json_error
 from telephony.services import Bridge
@@ -50,6 +50,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     app.include_router(webhook.router)
     app.include_router(control_api.router)
     app.include_router(media_stream.router)
+    app.include_router(transcription_api.router)  # /v1 too: before speech_api's /v1 catch-all
     app.include_router(speech_api.router)  # /v1: OpenAI-shaped errors of its own
 
     @app.exception_handler(StarletteHTTPException)

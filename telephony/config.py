@@ -139,6 +139,19 @@ class Settings(BaseModel):
     """How often a turn is re-decoded for partial prompts (when the webhook asks for them)."""
     stt_echo_margin_db: float = Field(16.0, ge=0.0, le=60.0)
     """Caller frames quieter than the bot's own recent output minus this are taken for echo (0: off)."""
+    # ---- remote recognition (stt = "openai") -----------------------------------------------------
+    stt_url: str | None = None
+    """One or more transcription servers' base URLs ending in /v1, comma-separated (the bridge POSTs
+    {url}/audio/transcriptions); VOICE_BRIDGE_STT_MODEL is then the model name sent (default whisper-1)."""
+    stt_api_key: str | None = Field(None, repr=False)
+    """Bearer token for the transcription servers (never logged)."""
+    stt_timeout_s: float = Field(5.0, gt=0, le=120)
+    """Longest wait for one server's transcript of a turn; past it the turn is retried once elsewhere."""
+    stt_backoff_s: float = Field(5.0, gt=0, le=600)
+    """A failing transcription server is skipped for this long, then probed again."""
+    stt_upload_rate: int = Field(16000)
+    """Sample rate of the WAV sent per turn: 16000 (Whisper's) or 8000 (half the upload; phone audio
+    holds nothing above 4 kHz anyway)."""
     start_timeout_s: float = Field(10.0, gt=0, le=60)
     token_ttl_s: float = Field(120.0, gt=0, le=3600)
     max_calls: int = Field(500, ge=1, le=100_000)
@@ -163,7 +176,7 @@ class Settings(BaseModel):
             raise ValueError("must name a host, e.g. https://bridge.example.com")
         return value.rstrip("/")
 
-    @field_validator("engine_url")
+    @field_validator("engine_url", "stt_url")
     @classmethod
     def _engine_urls(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
@@ -238,6 +251,11 @@ class Settings(BaseModel):
         if self.engine == "openai" and not self.engine_url:
             raise ValueError("VOICE_BRIDGE_ENGINE=openai needs VOICE_BRIDGE_ENGINE_URL "
                              "(e.g. http://gpu1:8000/v1,http://gpu2:8000/v1)")
+        if self.stt == "openai" and not self.stt_url:
+            raise ValueError("VOICE_BRIDGE_STT=openai needs VOICE_BRIDGE_STT_URL, the transcription "
+                             "servers' OpenAI API base(s) (e.g. http://gpu1:8000/v1,http://gpu2:8000/v1)")
+        if self.stt_upload_rate not in (8000, 16000):
+            raise ValueError(f"stt_upload_rate must be 8000 or 16000, not {self.stt_upload_rate}")
         if self.default_agent == "openai-chat" and not self.llm_url:
             raise ValueError("VOICE_BRIDGE_DEFAULT_AGENT=openai-chat needs VOICE_BRIDGE_LLM_URL, the "
                              "chat server's OpenAI API base (e.g. http://localhost:8000/v1 for vLLM, "
@@ -265,6 +283,9 @@ class Settings(BaseModel):
 
     def engine_urls(self) -> list[str]:
         return self.engine_url.split(",") if self.engine_url else []
+
+    def stt_urls(self) -> list[str]:
+        return self.stt_url.split(",") if self.stt_url else []
 
     def engine_voice_names(self) -> list[str]:
         return [v.strip() for v in (self.engine_voices or "").split(",") if v.strip()]

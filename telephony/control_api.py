@@ -128,6 +128,13 @@ async def health(request: Request) -> Response:
         body["engine"]["servers"] = servers  # type: ignore[index]
         if not any(s["state"] != "backoff" for s in servers):
             body["status"] = "degraded"
+    recogniser = bridge.recogniser
+    if recogniser is not None:
+        stt_servers = recogniser.servers()
+        if stt_servers:
+            body["stt"]["servers"] = stt_servers  # type: ignore[index]
+            if not any(s["state"] != "backoff" for s in stt_servers):
+                body["status"] = "degraded"
     if settings.insecure:
         body["warning"] = "running with --insecure-dev: anyone can open calls on this bridge"
     return JSONResponse(body)

@@ -50,9 +50,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
 
-    def watch_servers(self, snapshot: Callable[[], list[dict[str, object]]]) -> None:
-        """Export a remote engine's per-server state, read at scrape time (nothing on the hot path)."""
-        self.registry.register(_ServerCollector(snapshot))
+    def watch_servers(self, snapshot: Callable[[], list[dict[str, object]]],
+                      prefix: str = "voice_bridge_engine_server") -> None:
+        """Export a remote fleet's per-server state, read at scrape time (nothing on the hot path):
+        the engine's TTS servers, or (``prefix="voice_bridge_stt_server"``) the recogniser's."""
+        self.registry.register(_ServerCollector(snapshot, prefix))
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
@@ -62,21 +64,23 @@ class Metrics:
 
 
 class _ServerCollector(Collector):
-    """``voice_bridge_engine_server_*{server}`` from the engine's fleet snapshot."""
+    """``<prefix>_*{server}`` from a fleet snapshot (for a recogniser's fleet, "first byte" is the
+    whole transcript: it arrives in one piece)."""
 
-    def __init__(self, snapshot: Callable[[], list[dict[str, object]]]) -> None:
+    def __init__(self, snapshot: Callable[[], list[dict[str, object]]], prefix: str) -> None:
         self._snapshot = snapshot
+        self._prefix = prefix
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        prefix = "voice_bridge_engine_server"
-        in_flight = GaugeMetricFamily(f"{prefix}_in_flight", "Utterances streaming from the server",
+        prefix = self._prefix
+        in_flight = GaugeMetricFamily(f"{prefix}_in_flight", "Requests in flight on the server",
                                       labels=["server"])
         up = GaugeMetricFamily(f"{prefix}_up", "1 while the server takes requests, 0 in back-off",
                                labels=["server"])
         requests = CounterMetricFamily(f"{prefix}_requests", "Requests sent", labels=["server"])
         failures = CounterMetricFamily(f"{prefix}_failures", "Server failures", labels=["server"])
         first_byte = GaugeMetricFamily(f"{prefix}_first_byte_seconds",
-                                       "Request to first audio byte, recent quantiles",
+                                       "Request to first byte (of a transcript: all of it), recent quantiles",
                                        labels=["server", "quantile"])
         for server in self._snapshot():
             url = str(server["url"])

@@ -72,7 +72,11 @@ def build_recogniser(settings: Settings) -> Recogniser | None:
     if settings.stt == "local":
         return create_recogniser("local", model=settings.stt_model,
                                  concurrency=settings.stt_concurrency)
-    return create_recogniser(settings.stt, settings=settings)
+    return create_recogniser(
+        "openai", urls=settings.stt_urls(), model=settings.stt_model, api_key=settings.stt_api_key,
+        upload_rate=settings.stt_upload_rate, timeout_s=settings.stt_timeout_s,
+        backoff_s=settings.stt_backoff_s,
+        max_in_flight_per_server=settings.stt_concurrency or REMOTE_CONNECTIONS_PER_SERVER)
 
 
 @dataclass
@@ -133,6 +137,8 @@ class Bridge:
         )
         if engine.servers():
             bridge.metrics.watch_servers(engine.servers)
+        if recogniser is not None and recogniser.servers():
+            bridge.metrics.watch_servers(recogniser.servers, prefix="voice_bridge_stt_server")
         try:
             await bridge.resolve_voice(None)  # the default voice must exist: fail now, not per call
         except (LookupError, ValueError, VoiceFetchError) as exc:

@@ -64,6 +64,10 @@ class Recogniser(abc.ABC):
         """Decodes in progress (for /health)."""
         return 0
 
+    def servers(self) -> list[dict[str, object]]:
+        """Per-server state of a remote recogniser's fleet (for /health and /metrics); [] if local."""
+        return []
+
     async def aclose(self) -> None:  # noqa: B027 (optional hook: most recognisers hold something)
         """Release pools and connections. Idempotent."""
 
