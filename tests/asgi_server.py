@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,11 +14,16 @@ from telephony.net import listen_socket
 
 
 @contextlib.asynccontextmanager
-async def serve_asgi(app: Any) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port; yields its base URL (http://127.0.0.1:N)."""
-    sock = listen_socket("127.0.0.1", 0)
+async def serve_asgi(app: Any, sock: socket.socket | None = None, *, force_exit: bool = True,
+                     **config: Any) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn on ``sock`` (default: a free loopback port); yields its base URL.
+
+    ``force_exit`` stops without waiting for streams a test left hanging (stand-ins); the bridge
+    itself is given its graceful shutdown. ``config`` goes to ``uvicorn.Config``.
+    """
+    sock = sock or listen_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, **{"log_level": "warning", "lifespan": "off", **config}))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         for _ in range(500):
@@ -26,13 +32,13 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        assert server.started, "stand-in server did not start"
+        assert server.started, "server did not start"
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        server.force_exit = True  # do not wait for streams a test left hanging
+        server.force_exit = force_exit
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 5)
+            await asyncio.wait_for(task, 10)
         sock.close()
 
 

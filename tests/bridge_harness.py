@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-import uvicorn
 from twilio.request_validator import RequestValidator
 
 from telephony.app import create_app
 from telephony.config import Settings
 from telephony.net import listen_socket
 from telephony.services import Bridge
+from tests.asgi_server import serve_asgi
 from tts_core.engines import Engine
 from tts_core.stt import Recogniser
 
@@ -59,22 +58,6 @@ async def running_bridge(engine: Engine | None = None, *, recogniser: Recogniser
     values.setdefault("public_url", f"http://127.0.0.1:{port}")
     settings = Settings(**{**values, "port": port})
     app = create_app(settings, engine=engine, recogniser=recogniser)
-    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio",
-                            ws_per_message_deflate=False, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):
-            if server.started:
-                break
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        assert server.started, "bridge did not start"
-        yield RunningBridge(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}",
-                            app.state.bridge, settings)
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-        sock.close()
+    async with serve_asgi(app, sock, force_exit=False, ws="websockets-sansio",
+                          ws_per_message_deflate=False, lifespan="on") as base_url:
+        yield RunningBridge(base_url, base_url.replace("http://", "ws://"), app.state.bridge, settings)
