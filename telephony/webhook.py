@@ -81,10 +81,12 @@ async def twiml(request: Request) -> Response:
     response = VoiceResponse()
     connect = Connect()
     stream = connect.stream(url=stream_url(bridge.settings.stream_public_base()))
-    for name, value in (("voice", voice), ("preset", preset.name), ("greeting", greeting),
-                        ("agentUrl", agent), ("from", params.get("From", "")),
-                        ("to", params.get("To", "")), ("direction", params.get("Direction", "inbound")),
-                        ("token", bridge.tokens.issue(call_sid))):
+    parameters = {"voice": voice, "preset": preset.name, "greeting": greeting, "agentUrl": agent,
+                  "from": params.get("From", ""), "to": params.get("To", ""),
+                  "direction": params.get("Direction", "inbound")}
+    # the token covers the CallSid and every parameter above: a stream may change none of them
+    parameters["token"] = bridge.tokens.issue(call_sid, parameters)
+    for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.append(connect)
     bridge.metrics.webhook_seconds.observe(time.perf_counter() - started)

@@ -47,7 +47,9 @@ class RunningBridge:
 @contextlib.asynccontextmanager
 async def running_bridge(engine: Engine | None = None, **overrides: object) -> AsyncIterator[RunningBridge]:
     values: dict[str, object] = {"twilio_auth_token": AUTH_TOKEN, "engine": "synthetic",
-                                 "port": 0, "start_timeout_s": 2.0}
+                                 "port": 0, "start_timeout_s": 2.0,
+                                 # agents and play servers of the tests listen on loopback
+                                 "agent_allow_hosts": "127.0.0.1"}
     values.update(overrides)
     # PUBLIC_URL must be known before the port is: bind first, then build settings with it.
     sock = listen_socket("127.0.0.1", 0)
