@@ -60,7 +60,7 @@ def address_category(ip: IPAddress) -> str | None:
         return "tunnel"  # an IPv4 address inside, which may be anything
     checks = (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
               ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-              ("private", ip.is_private), ("reserved", ip.is_reserved))
+              ("reserved", ip.is_reserved), ("private", ip.is_private))
     for name, hit in checks:
         if hit:
             return name
