@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 import websockets
 from twilio.request_validator import RequestValidator
 
@@ -69,19 +70,27 @@ async def test_a_changed_agent_url_in_start_is_refused_and_never_dialled() -> No
         await real.hang_up()
 
 
-async def test_every_parameter_is_covered() -> None:
+@pytest.mark.parametrize("name", ["voice", "preset", "greeting", "agentUrl", "from", "to", "direction",
+                                  "partialPrompts", "-greeting"])
+async def test_every_parameter_is_covered(name: str) -> None:
+    """Each call gets its own token; changing (adding, removing) any one parameter voids it."""
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA32", "?greeting=Hi.")
         url, params = twiml_parameters(response.text)
         assert set(params) == {"voice", "preset", "greeting", "agentUrl", "from", "to", "direction",
                                "token"}
-        for name, value in [*((k, params[k] + "x") for k in params if k != "token"),
-                            ("partialPrompts", "true")]:
-            changed = TwilioEmulator(url, call_sid="CA32", stream_sid=f"MZ32{name}",
-                                     custom_parameters={**params, name: value})
-            await changed.connect()
-            assert await changed.wait_closed(5), name
-            assert changed.stats.close_code == 1008, name
+        changed = dict(params)
+        if name.startswith("-"):
+            del changed[name[1:]]
+        else:
+            changed[name] = params.get(name, "true") + ("x" if name in params else "")
+        if name == "preset":
+            changed[name] = "fast" if params[name] != "fast" else "balanced"
+        call = TwilioEmulator(url, call_sid="CA32", stream_sid="MZ32", custom_parameters=changed)
+        await call.connect()
+        assert await call.wait_closed(5)
+        assert call.stats.close_code == 1008
+        assert call.stats.close_reason == "invalid or expired stream token"
 
 
 async def test_a_call_already_live_is_refused_even_with_another_valid_token() -> None:
