@@ -28,6 +28,7 @@ import socket
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -94,7 +95,23 @@ class EgressPolicy:
         nets = parse_nets(settings.agent_allow_nets)
         if settings.insecure_dev:  # local development: a loopback agent works without settings
             nets = nets + LOOPBACK_NETS
-        return cls(allow_hosts=parse_hosts(settings.agent_allow_hosts), allow_nets=nets)
+        hosts = parse_hosts(settings.agent_allow_hosts)
+        default_host = _ws_host(settings.default_agent)
+        if default_host:  # the operator named this host in the configuration: trusted
+            hosts = hosts | {default_host.lower().rstrip(".")}
+        return cls(allow_hosts=hosts, allow_nets=nets)
+
+    def literal_refused(self, url: str) -> bool:
+        """True when ``url``'s host is an IP literal this policy refuses: known without DNS, so
+        the webhook can answer 422 at once (names are checked when the call connects)."""
+        host = _ws_host(url) or ""
+        if not host or self.host_trusted(host):
+            return False
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return not self.address_allowed(ip)
 
     def host_trusted(self, host: str) -> bool:
         return host.lower().rstrip(".") in self.allow_hosts
@@ -140,6 +157,15 @@ class EgressPolicy:
                 raise EgressRefused(f"{host} resolves to {ip} ({address_category(ip)}), which is not "
                                     "allowed (VOICE_BRIDGE_AGENT_ALLOW_NETS/_ALLOW_HOSTS)")
         return [str(ip) for ip in addresses]
+
+
+def _ws_host(url: str) -> str | None:
+    if not url.startswith(("ws://", "wss://", "http://", "https://")):
+        return None
+    try:
+        return urlsplit(url).hostname or None
+    except ValueError:
+        return None
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):

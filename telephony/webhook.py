@@ -68,6 +68,9 @@ async def twiml(request: Request) -> Response:
     if not per_call_agent_allowed(agent, bridge.settings.default_agent,
                                   llm_configured=bridge.settings.llm_url is not None):
         return json_error(422, "invalid_agent", "agentUrl must be a ws:// or wss:// URL or 'demo'")
+    if agent != bridge.settings.default_agent and bridge.egress.literal_refused(agent):
+        return json_error(422, "agent_refused", "agentUrl names an address that is not allowed "
+                          "(loopback, private, link-local, metadata; see VOICE_BRIDGE_AGENT_ALLOW_NETS)")
     if not bridge.voice_may_exist(voice):
         return json_error(422, "unknown_voice", f"no voice {voice!r} (not built in, not in the voices "
                           "directory, and no voice server is configured)")

@@ -206,3 +206,21 @@ async def test_an_internal_play_source_is_refused_and_errors_name_nothing_inside
     assert str(failed.value) == "download failed: cannot connect"
     for text in (str(refused.value), str(failed.value)):
         assert "127.0.0.1" not in text and "Errno" not in text and closed.rsplit(":", 1)[1] not in text
+
+
+@pytest.mark.parametrize("url", ["ws://10.0.0.5:8080/relay", "ws://[::1]:9000/", "wss://169.254.169.254/x",
+                                 "ws://192.168.1.20/agent"])
+async def test_a_webhook_agent_url_on_a_refused_address_literal_is_a_422(url: str) -> None:
+    async with running_bridge() as rb, httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA53", f"?agentUrl={url}")
+        assert response.status_code == 422 and response.json()["error"]["code"] == "agent_refused"
+        assert rb.bridge.calls == {}
+
+
+def test_the_configured_default_agent_host_is_trusted() -> None:
+    settings = settings_from_env({"VOICE_BRIDGE_DEFAULT_AGENT": "ws://agents.internal:9000/relay"},
+                                 insecure_dev=True)
+    policy = EgressPolicy.from_settings(settings)
+    assert policy.host_trusted("agents.internal")
+    plain = EgressPolicy.from_settings(settings_from_env({}, insecure_dev=True))
+    assert not plain.host_trusted("agents.internal")
