@@ -5,7 +5,9 @@ For every call it POSTs /twiml (signed with --auth-token, or unsigned for a brid
 --insecure-dev), opens the Media Stream it is told to, plays Twilio's side with the TwilioEmulator
 (caller audio, DTMF and stop on their recorded timing; playback emulated at 160 bytes per 20 ms;
 marks echoed; every outbound message validated), and serves the call's recorded agent turns from
-one loopback ConversationRelay agent server (agentUrl=ws://127.0.0.1:<port>/<call-id>).
+one loopback ConversationRelay agent server (agentUrl=ws://127.0.0.1:<port>/<call-id>). A bridge
+with an auth token refuses loopback agents unless told: start it with
+VOICE_BRIDGE_AGENT_ALLOW_HOSTS=127.0.0.1 (under --insecure-dev loopback is allowed).
 
 Measured, overall and per call:
 * TTFA per turn: from the agent's first token being sent (for the greeting: from ``start``) to the

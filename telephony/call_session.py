@@ -156,8 +156,9 @@ class CallSession:
         return tokens()
 
     async def play_audio(self, audio: np.ndarray, sample_rate: int, *, label: str = "audio",
-                         interruptible: bool = True, preemptible: bool = False) -> SpeechResult:
-        clip = AudioClip(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, label)
+                         interruptible: bool = True, preemptible: bool = False,
+                         loops: int = 1) -> SpeechResult:
+        clip = AudioClip(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, label, loops)
         if self.recorder is not None:
             self.recorder.agent_message({"type": "play", "source": label})
         return await self.speaker.say(clip, interruptible=interruptible, preemptible=preemptible)

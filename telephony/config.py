@@ -94,6 +94,14 @@ class Settings(BaseModel):
     default_agent: str = "demo"
     """'demo', 'openai-chat' (the built-in LLM agent), a ws(s):// ConversationRelay agent URL, or
     'python:module:attr' (an Agent factory)."""
+    agent_allow_hosts: str | None = None
+    """Host names an agentUrl or a play URL may name even though they resolve to loopback/private
+    addresses, comma-separated (see telephony/egress.py)."""
+    agent_allow_nets: str | None = None
+    """CIDRs whose addresses agents and play downloads may reach, comma-separated, e.g. 10.0.0.0/8."""
+    play_max_decoded_mb: float = Field(32.0, gt=0, le=4096)
+    """Decoded audio one call's ``play`` clips may hold at once (float32 samples); a play past it is
+    refused. A loop plays the same buffer again and costs nothing more."""
     default_greeting: str = ("Hello! You are talking to voice bridge. Say something, or press a key, and I "
                              "will answer.")
     # ---- built-in LLM agent (agent = "openai-chat") -----------------------------------------------
@@ -207,6 +215,17 @@ class Settings(BaseModel):
             raise ValueError(f"{url!r} must include the API base path, e.g. {url}/v1")
         return url
 
+    @field_validator("agent_allow_nets")
+    @classmethod
+    def _allow_nets(cls, value: str | None) -> str | None:
+        from telephony.egress import parse_nets
+
+        try:
+            parse_nets(value)
+        except ValueError as exc:
+            raise ValueError(f"must be comma-separated CIDRs or addresses: {exc}") from None
+        return value
+
     @field_validator("engine_stream_fields")
     @classmethod
     def _stream_fields(cls, value: str) -> str:
@@ -231,7 +250,11 @@ class Settings(BaseModel):
     @field_validator("default_agent")
     @classmethod
     def _agent_spec(cls, value: str) -> str:
-        if value in ("demo", "openai-chat") or value.startswith(("ws://", "wss://", "python:")):
+        if value.startswith(("ws://", "wss://")):
+            if not _url_host(value):
+                raise ValueError(f"{value!r} must name a host, e.g. wss://agent.example.com/relay")
+            return value
+        if value in ("demo", "openai-chat") or value.startswith("python:"):
             return value
         raise ValueError("must be 'demo', 'openai-chat', a ws:// or wss:// URL, or 'python:module:attr'")
 
@@ -292,6 +315,14 @@ class Settings(BaseModel):
 
     def stream_public_base(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+
+def _url_host(url: str) -> str | None:
+    """The host of ``url``, or None when it has none or cannot be parsed (``ws://``, ``ws://:80``)."""
+    try:
+        return urlsplit(url).hostname or None
+    except ValueError:
+        return None
 
 
 # Environment variable -> setting. Twilio's conventional names are accepted as they are.

@@ -1,12 +1,15 @@
 """``WS /media-stream``: Twilio's bidirectional Media Streams socket, authenticated, then a call.
 
-Authentication (Twilio's docs disagree on whether the upgrade is signed, so we accept both ways):
+Authentication (with an auth token; --insecure-dev checks nothing):
 1. a handshake carrying ``X-Twilio-Signature`` is checked against exactly the stream URL (the wss://
-   form of PUBLIC_URL + /media-stream, no params) and refused if invalid;
-2. a handshake without it is accepted only if ``start`` arrives within ``start_timeout_s`` with an
-   unused, unexpired token (a ``<Parameter>`` the signed webhook issued) bound to start.callSid;
+   form of PUBLIC_URL + /media-stream, no params) and refused if invalid. A valid one is not enough
+   on its own: it signs only that fixed URL, the same for every call, so it can be replayed;
+2. every stream's ``start`` must arrive within ``start_timeout_s`` with the token the signed webhook
+   issued (a ``<Parameter>``), valid for start.callSid and for exactly the parameters the webhook
+   answered (see ``StreamTokens``: stateless, so any process with the auth token verifies it),
+   unexpired and not yet used in this process; a CallSid or streamSid already live is refused;
 3. anything else is closed with 1008 before any engine work starts. ``require_stream_signature``
-   makes (1) mandatory. Whether the header was present is logged: the first real call settles it.
+   makes (1) mandatory too. Whether the header was present is logged.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ async def media_stream(ws: WebSocket) -> None:
                 log.warning("media stream refused: invalid X-Twilio-Signature for %s", url)
                 await _close(ws, POLICY_VIOLATION, "invalid signature")
                 return
-            auth_mode = "signature"
+            auth_mode = "signature+token"
         elif settings.require_stream_signature:
             bridge.metrics.error("stream_unsigned")
             await _close(ws, POLICY_VIOLATION, "X-Twilio-Signature required")
@@ -77,13 +80,14 @@ async def media_stream(ws: WebSocket) -> None:
         await _close(ws, POLICY_VIOLATION, f"protocol error before start: {exc.kind}")
         return
 
-    token = start.custom_parameters.get("token", "")
     if settings.twilio_auth_token:
-        redeemed = bool(token) and bridge.tokens.redeem(token, start.call_sid)
-        if auth_mode == "token" and not redeemed:
+        called = {k: v for k, v in start.custom_parameters.items() if k != "token"}
+        token = start.custom_parameters.get("token", "")
+        problem = bridge.tokens.redeem(token, start.call_sid, called) if token else "missing"
+        if problem is not None:
             bridge.metrics.error("stream_token")
-            log.warning("media stream %s refused: no valid token for call %s",
-                        start.stream_sid, start.call_sid)
+            log.warning("media stream %s refused: stream token %s for call %s",
+                        start.stream_sid, problem, start.call_sid)
             await _close(ws, POLICY_VIOLATION, "invalid or expired stream token")
             return
     if not start.is_supported_format():
@@ -96,6 +100,11 @@ async def media_stream(ws: WebSocket) -> None:
         bridge.metrics.error("duplicate_stream")
         log.warning("media stream %s refused: that streamSid is already live", start.stream_sid)
         await _close(ws, POLICY_VIOLATION, "streamSid already in use")
+        return
+    if any(call.info.call_sid == start.call_sid for call in bridge.calls.values()):
+        bridge.metrics.error("duplicate_call")
+        log.warning("media stream %s refused: call %s is already live", start.stream_sid, start.call_sid)
+        await _close(ws, POLICY_VIOLATION, "call already live")
         return
     if len(bridge.calls) >= settings.max_calls:
         bridge.metrics.error("capacity")

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 
 from telephony.config import ConfigError, Settings
+from telephony.egress import EgressPolicy, guarded_client
 from telephony.metrics import Metrics
 from telephony.stream_auth import StreamTokens
 from tts_core.audio import MulawFrameEncoder
@@ -89,6 +90,10 @@ class Bridge:
     metrics: Metrics
     tokens: StreamTokens
     http: httpx.AsyncClient
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
+    """Where calls' agents and play downloads may connect (telephony/egress.py)."""
+    play_http: httpx.AsyncClient | None = None
+    """The client for play downloads: every connection checked against ``egress``."""
     started_at: float = field(default_factory=time.monotonic)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     calls: dict[str, Any] = field(default_factory=dict)
@@ -132,9 +137,12 @@ class Bridge:
         bridge = cls(
             settings=settings, engine=engine, presets=presets, voices=voices,
             phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024),
-            metrics=Metrics(), tokens=StreamTokens(ttl_s=settings.token_ttl_s), http=http,
+            metrics=Metrics(), http=http,
+            tokens=StreamTokens(settings.twilio_auth_token, ttl_s=settings.token_ttl_s),
             recogniser=recogniser, owns_recogniser=owns_recogniser,
         )
+        bridge.egress = EgressPolicy.from_settings(settings)
+        bridge.play_http = guarded_client(bridge.egress)
         if engine.servers():
             bridge.metrics.watch_servers(engine.servers)
         if recogniser is not None and recogniser.servers():
@@ -153,6 +161,8 @@ class Bridge:
         await self.phrases.aclose()
         await self.voices.aclose()
         await self.http.aclose()
+        if self.play_http is not None:
+            await self.play_http.aclose()
         await self.engine.aclose()
         if self.recogniser is not None and self.owns_recogniser:
             await self.recogniser.aclose()

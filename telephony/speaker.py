@@ -45,6 +45,8 @@ class AudioClip:
     audio: np.ndarray
     sample_rate: int
     label: str
+    loops: int = 1
+    """Times ``audio`` is played back to back: the same buffer again, never a copy."""
 
 
 @dataclass(eq=False)
@@ -393,10 +395,13 @@ class Speaker:
         if isinstance(source, AudioClip):
             # A second at a time: resampling a long clip in one go would hold the event loop, and
             # its frames would bypass the queue's bound.
+            # Loops run the same buffer through one encoder: its resampler state carries over,
+            # exactly as if the loops were one long clip, without that clip ever existing.
             encoder = MulawFrameEncoder(source.sample_rate)
-            for start in range(0, source.audio.size, source.sample_rate):
-                await self._put(utt, encoder.push(source.audio[start : start + source.sample_rate]))
-                await asyncio.sleep(0)
+            for _ in range(max(1, source.loops)):
+                for start in range(0, source.audio.size, source.sample_rate):
+                    await self._put(utt, encoder.push(source.audio[start : start + source.sample_rate]))
+                    await asyncio.sleep(0)
             await self._put(utt, encoder.flush(), end=True)
             return
         if isinstance(source, str) and await self._render_phrase(utt, source):

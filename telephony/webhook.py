@@ -71,6 +71,9 @@ async def twiml(request: Request) -> Response:
     if not per_call_agent_allowed(agent, bridge.settings.default_agent,
                                   llm_configured=bridge.settings.llm_url is not None):
         return json_error(422, "invalid_agent", "agentUrl must be a ws:// or wss:// URL or 'demo'")
+    if agent != bridge.settings.default_agent and bridge.egress.literal_refused(agent):
+        return json_error(422, "agent_refused", "agentUrl names an address that is not allowed "
+                          "(loopback, private, link-local, metadata; see VOICE_BRIDGE_AGENT_ALLOW_NETS)")
     if not bridge.voice_may_exist(voice):
         return json_error(422, "unknown_voice", f"no voice {voice!r} (not built in, not in the voices "
                           "directory, and no voice server is configured)")
@@ -84,11 +87,13 @@ async def twiml(request: Request) -> Response:
     response = VoiceResponse()
     connect = Connect()
     stream = connect.stream(url=stream_url(bridge.settings.stream_public_base()))
-    for name, value in (("voice", voice), ("preset", preset.name), ("greeting", greeting),
-                        ("agentUrl", agent), ("partialPrompts", partial_prompts),
-                        ("from", params.get("From", "")),
-                        ("to", params.get("To", "")), ("direction", params.get("Direction", "inbound")),
-                        ("token", bridge.tokens.issue(call_sid))):
+    parameters = {"voice": voice, "preset": preset.name, "greeting": greeting, "agentUrl": agent,
+                  "partialPrompts": partial_prompts,
+                  "from": params.get("From", ""), "to": params.get("To", ""),
+                  "direction": params.get("Direction", "inbound")}
+    # the token covers the CallSid and every parameter above: a stream may change none of them
+    parameters["token"] = bridge.tokens.issue(call_sid, parameters)
+    for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.append(connect)
     bridge.metrics.webhook_seconds.observe(time.perf_counter() - started)

@@ -50,7 +50,9 @@ async def running_bridge(engine: Engine | None = None, *, recogniser: Recogniser
     """The bridge on loopback. Speech recognition is off unless a test passes ``stt="local"``
     (with the session's shared ``recogniser`` fixture, so the model loads once per run)."""
     values: dict[str, object] = {"twilio_auth_token": AUTH_TOKEN, "engine": "synthetic",
-                                 "port": 0, "start_timeout_s": 2.0, "stt": "off"}
+                                 "port": 0, "start_timeout_s": 2.0,
+                                 # agents and play servers of the tests listen on loopback
+                                 "agent_allow_hosts": "127.0.0.1", "stt": "off"}
     values.update(overrides)
     # PUBLIC_URL must be known before the port is: bind first, then build settings with it.
     sock = listen_socket("127.0.0.1", 0)

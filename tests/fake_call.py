@@ -70,7 +70,8 @@ class FakeCall:
         return await asyncio.shield(speech.future)
 
     async def play_audio(self, audio: np.ndarray, sample_rate: int, *, label: str = "audio",
-                         interruptible: bool = True, preemptible: bool = False) -> SpeechResult:
+                         interruptible: bool = True, preemptible: bool = False,
+                         loops: int = 1) -> SpeechResult:
         return SpeechResult(label, SpeechOutcome.PLAYED)
 
     async def end(self, reason: str = "agent ended") -> None:

@@ -96,9 +96,11 @@ async def test_a_request_cannot_make_the_server_import_python_code() -> None:
         # nor through the stream's parameters, which a client could write itself
         call = await open_call(rb, client, "CA2", "?greeting=")
         await call.hang_up()
+        forged_params = {k: v for k, v in call.custom_parameters.items() if k != "token"}
+        forged_params["agentUrl"] = "python:os:abort"  # even with a token that covers it
         forged = TwilioEmulator(call.url, call_sid="CA2", stream_sid="MZ2",
-                                custom_parameters={**call.custom_parameters, "agentUrl": "python:os:abort",
-                                                   "token": rb.bridge.tokens.issue("CA2")})
+                                custom_parameters={**forged_params,
+                                                   "token": rb.bridge.tokens.issue("CA2", forged_params)})
         await forged.connect()
         assert await forged.wait_closed(5)
         assert forged.stats.close_code == 1008

@@ -22,9 +22,12 @@ from telephony.agents import relay_client as rc
 from telephony.agents.audio_fetch import AudioFetchError, decode_wav, fetch_audio
 from telephony.agents.base import AgentError, CallInfo, SpeechOutcome, SpeechResult
 from telephony.agents.relay_client import RelayAgent
+from telephony.egress import EgressPolicy
 from tts_core.audio import pcm16_to_mulaw
 
 AUTH_TOKEN = "12345678901234567890123456789012"
+LOOPBACK = EgressPolicy(allow_hosts=frozenset({"127.0.0.1"}))
+"""The agent apps here listen on loopback, which the bridge refuses unless allow-listed."""
 WAIT_S = 3.0
 
 
@@ -47,6 +50,10 @@ class FakeCall:
         self.events: list[tuple[Any, ...]] = []
         self.outcome = SpeechOutcome.PLAYED
         self.ended = asyncio.Event()
+        self.loops: list[int] = []
+        self.play_gate = asyncio.Event()
+        """Plays "play" until this is set (set by default): a test holds plays to fill the budget."""
+        self.play_gate.set()
 
     async def say(
         self, text: str | AsyncIterator[str], *, interruptible: bool = True, preemptible: bool = False
@@ -74,9 +81,11 @@ class FakeCall:
 
     async def play_audio(
         self, audio: np.ndarray, sample_rate: int, *, label: str = "audio", interruptible: bool = True,
-        preemptible: bool = False,
+        preemptible: bool = False, loops: int = 1,
     ) -> SpeechResult:
         self.events.append(("play", audio, sample_rate, label, interruptible))
+        self.loops.append(loops)
+        await self.play_gate.wait()
         return SpeechResult(label, SpeechOutcome.PLAYED)
 
     async def end(self, reason: str = "agent ended") -> None:
@@ -168,7 +177,7 @@ async def started(
 ) -> RelayAgent:
     agent = RelayAgent(
         app.url, auth_token=kwargs.pop("auth_token", AUTH_TOKEN),
-        http_client=http or media_client({}), **kwargs,
+        http_client=http or media_client({}), egress=kwargs.pop("egress", LOOPBACK), **kwargs,
     )
     await agent.on_start(call)
     await app.next("setup")
@@ -186,7 +195,7 @@ async def until(predicate: Any, within_s: float = WAIT_S) -> None:
 # ---- connection and setup -------------------------------------------------------------------------
 async def test_setup_message_and_signed_handshake(app: AgentApp) -> None:
     call = FakeCall()
-    agent = RelayAgent(app.url, auth_token=AUTH_TOKEN, http_client=media_client({}))
+    agent = RelayAgent(app.url, auth_token=AUTH_TOKEN, http_client=media_client({}), egress=LOOPBACK)
     await agent.on_start(call)
     setup = await app.next("setup")
     assert setup["sessionId"].startswith("VX") and len(setup["sessionId"]) == 34
@@ -216,7 +225,8 @@ async def test_connect_refused_raises_agent_error_fast() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    agent = RelayAgent(f"ws://127.0.0.1:{port}/x", auth_token=None, http_client=media_client({}))
+    agent = RelayAgent(f"ws://127.0.0.1:{port}/x", auth_token=None, http_client=media_client({}),
+                       egress=LOOPBACK)
     t0 = time.monotonic()
     with pytest.raises(AgentError, match="cannot connect"):
         await agent.on_start(FakeCall())
@@ -232,7 +242,7 @@ async def test_connect_timeout_raises_agent_error() -> None:
         port = server.getsockname()[1]
         agent = RelayAgent(
             f"ws://127.0.0.1:{port}/x", auth_token=None, http_client=media_client({}),
-            connect_timeout_s=0.3,
+            connect_timeout_s=0.3, egress=LOOPBACK,
         )
         t0 = time.monotonic()
         with pytest.raises(AgentError):

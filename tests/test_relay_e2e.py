@@ -182,7 +182,7 @@ async def test_play_and_text_sent_before_the_agent_disconnects_are_spoken() -> N
         return httpx.Response(200, content=body)
 
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
-        rb.bridge.http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+        rb.bridge.play_http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
         call = await open_call(rb, client, "CA93", f"?greeting=&agentUrl={agent.url}")
         assert await wait_until(lambda: agent.of_type("setup"))
         await agent.send(type="play", source="https://media.example/hold.wav")

@@ -12,6 +12,7 @@ from telephony.stream_auth import (
     StreamTokens,
     sign,
     stream_url,
+    token_key,
     validate_stream_handshake,
     validate_webhook,
 )
@@ -24,7 +25,7 @@ PARAMS = {"CallSid": "CA1234567890ABCDE", "Caller": "+12349013030", "From": "+12
 
 class FakeClock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 1_800_000_000.0  # wall-clock seconds: tokens must agree across hosts
 
     def __call__(self) -> float:
         return self.now
@@ -35,89 +36,110 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+CALL = {"voice": "amy", "preset": "balanced", "greeting": "Hello!", "agentUrl": "wss://agent.example/a",
+        "from": "+15550001111", "to": "+15550002222", "direction": "inbound"}
+
+
 @pytest.fixture
 def tokens(clock: FakeClock) -> StreamTokens:
-    return StreamTokens(ttl_s=60.0, clock=clock)
+    return StreamTokens(AUTH_TOKEN, ttl_s=60.0, clock=clock)
 
 
 # ---- stream tokens -------------------------------------------------------------------------------
 def test_default_ttl_is_a_minute():
-    assert StreamTokens().ttl_s == 60.0
+    assert StreamTokens(AUTH_TOKEN).ttl_s == 60.0
 
 
-def test_tokens_are_url_safe_and_unguessable(tokens):
-    issued = {tokens.issue("CA1") for _ in range(100)}
+def test_tokens_are_url_safe_and_unique(tokens):
+    issued = {tokens.issue("CA1", CALL) for _ in range(100)}
     assert len(issued) == 100
     for token in issued:
         assert len(token) >= 32
-        assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
 def test_a_token_redeems_once(tokens):
-    token = tokens.issue("CA1")
-    assert tokens.redeem(token, "CA1")
-    assert not tokens.redeem(token, "CA1")
-    assert len(tokens) == 0
+    token = tokens.issue("CA1", CALL)
+    assert tokens.redeem(token, "CA1", CALL) is None
+    assert tokens.redeem(token, "CA1", CALL) == "used"
+    assert len(tokens) == 1  # remembered as used until it expires
 
 
-def test_unknown_token_fails(tokens):
-    tokens.issue("CA1")
-    assert not tokens.redeem("made-up", "CA1")
-    assert not tokens.redeem("", "CA1")
+@pytest.mark.parametrize("made_up", ["", "made-up", "v1.x.y.z", "v1.99999999999.n.m", "v2.1.a.b",
+                                     "v1.9999999999.AAAA.\udcff", "v1.1.a.b.c"])
+def test_malformed_or_forged_tokens_fail(tokens, made_up):
+    assert tokens.redeem(made_up, "CA1", CALL) in ("malformed", "mismatch")
 
 
-def test_token_expires(tokens, clock):
-    token = tokens.issue("CA1")
-    clock.now += 59.9
-    assert tokens.redeem(token, "CA1")
-    late = tokens.issue("CA2")
-    clock.now += 60.0
-    assert not tokens.redeem(late, "CA2")
-    assert len(tokens) == 0  # the expired token was dropped
+def test_token_expires_at_its_ttl(tokens, clock):
+    token = tokens.issue("CA1", CALL)
+    late = tokens.issue("CA2", CALL)
+    clock.now += 59.0
+    assert tokens.redeem(token, "CA1", CALL) is None
+    clock.now += 1.5
+    assert tokens.redeem(late, "CA2", CALL) == "expired"
 
 
-def test_token_expires_exactly_at_its_ttl(tokens, clock):
-    token = tokens.issue("CA1")
-    clock.now += 60.0
-    assert not tokens.redeem(token, "CA1")
+@pytest.mark.parametrize("change", [*CALL, "added", "removed", "callSid", "unicode"])
+def test_any_changed_parameter_voids_the_token_without_consuming_it(tokens, change):
+    """A start that changes the agentUrl (or anything else the webhook answered) is refused, and a
+    forged start must not burn the real call's token either."""
+    token = tokens.issue("CA1", CALL)
+    params, call_sid = dict(CALL), "CA1"
+    if change == "added":
+        params["partialPrompts"] = "true"
+    elif change == "removed":
+        del params["greeting"]
+    elif change == "callSid":
+        call_sid = "CA2"
+    elif change == "unicode":
+        params["greeting"] = "Hello!\udcff"  # a lone surrogate is refused, not an exception
+    else:
+        params[change] = params[change] + "x"
+    assert tokens.redeem(token, call_sid, params) == "mismatch"
+    assert tokens.redeem(token, "CA1", CALL) is None
 
 
-def test_wrong_call_sid_fails_without_consuming_the_token(tokens):
-    """A forged start naming another call must not burn the real call's token."""
-    token = tokens.issue("CA1")
-    assert not tokens.redeem(token, "CA2")
-    assert not tokens.redeem(token, "CAé")  # non-ASCII input is refused, not an exception
-    assert tokens.redeem(token, "CA1")
+def test_a_token_verifies_in_another_process_with_the_same_auth_token(clock):
+    """No shared memory: a second instance (another process, another host) verifies what the
+    first issued; a different auth token does not."""
+    issuer = StreamTokens(AUTH_TOKEN, clock=clock)
+    other_host = StreamTokens(AUTH_TOKEN, clock=clock)
+    stranger = StreamTokens("54321", clock=clock)
+    token = issuer.issue("CA1", CALL)
+    assert stranger.redeem(token, "CA1", CALL) == "mismatch"
+    assert other_host.redeem(token, "CA1", CALL) is None
+    assert other_host.redeem(token, "CA1", CALL) == "used"
 
 
-def test_tokens_are_bound_to_their_own_call(tokens):
-    a, b = tokens.issue("CA1"), tokens.issue("CA2")
-    assert not tokens.redeem(a, "CA2")
-    assert tokens.redeem(b, "CA2")
-    assert tokens.redeem(a, "CA1")
+def test_the_key_is_derived_not_the_auth_token_itself():
+    assert token_key(AUTH_TOKEN) == hmac.new(AUTH_TOKEN.encode(), b"voice-bridge stream token v1",
+                                             hashlib.sha256).digest()
 
 
-def test_issue_prunes_expired_tokens(tokens, clock):
+def test_without_an_auth_token_the_key_is_random_per_process(clock):
+    a, b = StreamTokens(None, clock=clock), StreamTokens(None, clock=clock)
+    assert b.redeem(a.issue("CA1", CALL), "CA1", CALL) == "mismatch"
+
+
+def test_used_tokens_are_forgotten_when_they_expire(tokens, clock):
     for i in range(50):
-        tokens.issue(f"CA{i}")
+        assert tokens.redeem(tokens.issue(f"CA{i}", CALL), f"CA{i}", CALL) is None
     assert len(tokens) == 50
     clock.now += 61.0
-    fresh = tokens.issue("CAnew")
+    assert tokens.redeem(tokens.issue("CAnew", CALL), "CAnew", CALL) is None
     assert len(tokens) == 1
-    assert tokens.redeem(fresh, "CAnew")
 
 
-def test_outstanding_tokens_are_bounded_oldest_first(clock):
-    tokens = StreamTokens(ttl_s=60.0, max_outstanding=3, clock=clock)
-    issued = [tokens.issue(f"CA{i}") for i in range(5)]
+def test_used_tokens_are_bounded_oldest_first(clock):
+    tokens = StreamTokens(AUTH_TOKEN, ttl_s=60.0, max_used=3, clock=clock)
+    for i in range(5):
+        assert tokens.redeem(tokens.issue(f"CA{i}", CALL), f"CA{i}", CALL) is None
     assert len(tokens) == 3
-    assert not tokens.redeem(issued[0], "CA0")
-    assert not tokens.redeem(issued[1], "CA1")
-    assert all(tokens.redeem(issued[i], f"CA{i}") for i in (2, 3, 4))
 
 
 def test_default_bound_is_large():
-    assert StreamTokens().max_outstanding == 100_000
+    assert StreamTokens(AUTH_TOKEN).max_used == 100_000
 
 
 # ---- <Stream url> --------------------------------------------------------------------------------

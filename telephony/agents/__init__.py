@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from telephony.agents.base import Agent, AgentError, CallControl, CallInfo, SpeechOutcome, SpeechResult
 
@@ -17,8 +18,16 @@ def per_call_agent_allowed(spec: str, configured: str, *, llm_configured: bool =
     configured default, or ``openai-chat`` when the operator configured an LLM server (the request
     picks the agent, never the server it talks to). A ``python:`` factory is code the server
     imports and runs, so only the operator's own configuration may name one, never a request."""
-    return (spec == "demo" or spec.startswith(("ws://", "wss://")) or spec == configured
-            or (spec == "openai-chat" and llm_configured))
+    return (spec == "demo" or (spec.startswith(("ws://", "wss://")) and _has_host(spec))
+            or spec == configured or (spec == "openai-chat" and llm_configured))
+
+
+def _has_host(url: str) -> bool:
+    """``ws://`` or ``ws://:80/x`` names no host: invalid, not "this machine"."""
+    try:
+        return bool(urlsplit(url).hostname)
+    except ValueError:
+        return False
 
 
 def make_agent(spec: str, bridge: Bridge) -> Agent:
@@ -37,7 +46,9 @@ def make_agent(spec: str, bridge: Bridge) -> Agent:
     if spec.startswith(("ws://", "wss://")):
         from telephony.agents.relay_client import RelayAgent
 
-        return RelayAgent(spec, auth_token=bridge.settings.twilio_auth_token, http_client=bridge.http)
+        return RelayAgent(spec, auth_token=bridge.settings.twilio_auth_token, http_client=bridge.play_http,
+                          egress=bridge.egress,
+                          play_budget_bytes=int(bridge.settings.play_max_decoded_mb * 1024 * 1024))
     if spec.startswith("python:"):
         module_name, _, attr = spec[len("python:"):].partition(":")
         try:

@@ -68,9 +68,10 @@ class CallControl(Protocol):
 
     async def play_audio(
         self, audio: np.ndarray, sample_rate: int, *, label: str = "audio", interruptible: bool = True,
-        preemptible: bool = False,
+        preemptible: bool = False, loops: int = 1,
     ) -> SpeechResult:
-        """Play float32 mono audio through the same encoder and pacer as speech.
+        """Play float32 mono audio through the same encoder and pacer as speech, ``loops`` times
+        (the same buffer again: a loop costs no memory).
 
         Like ``say``, it is queued the moment it is called (before its first await), so calls made
         in order play in order."""

@@ -37,12 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
 
-from telephony.agents.audio_fetch import AudioFetchError, fetch_audio
+from telephony.agents.audio_fetch import AudioFetchError, decode_wav, decoded_bytes, download_audio
 from telephony.agents.base import Agent, AgentError, CallControl, SpeechOutcome, SpeechResult
+from telephony.agents.play_budget import PlayBudget, megabytes
+from telephony.egress import EgressPolicy, EgressRefused
 from telephony.relay_protocol import (
     Dtmf,
     End,
@@ -114,6 +116,8 @@ class RelayAgent(Agent):
         connect_timeout_s: float = 5.0,
         max_message_bytes: int = 64 * 1024,
         play_max_bytes: int = 5 * 1024 * 1024,
+        egress: EgressPolicy | None = None,
+        play_budget_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.url = url
         self.auth_token = auth_token
@@ -121,6 +125,9 @@ class RelayAgent(Agent):
         self.connect_timeout_s = connect_timeout_s
         self.max_message_bytes = max_message_bytes
         self.play_max_bytes = play_max_bytes
+        self.egress = egress if egress is not None else EgressPolicy()
+        """Where the agent's URL may point (``play`` downloads are checked by ``http_client``)."""
+        self.play_budget = PlayBudget(play_budget_bytes)
         self.session_id = "VX" + uuid.uuid4().hex
         self._ws: ClientConnection | None = None
         self._call: CallControl | None = None
@@ -141,15 +148,11 @@ class RelayAgent(Agent):
             headers["X-Twilio-Signature"] = sign(self.auth_token, self.url, {})
         try:
             async with asyncio.timeout(self.connect_timeout_s + 1.0):
-                self._ws = await connect(
-                    self.url,
-                    additional_headers=headers,
-                    open_timeout=self.connect_timeout_s,
-                    close_timeout=CLOSE_TIMEOUT_S,
-                    max_size=self.max_message_bytes * HARD_SIZE_FACTOR,
-                    user_agent_header="voice-bridge ConversationRelay",
-                )
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+                self._ws = await self._connect(headers)
+        except EgressRefused as exc:
+            log.warning("agent %s refused: %s", self.url, exc)
+            raise AgentError(f"agent URL refused: {EgressRefused.PUBLIC_MESSAGE}") from None
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ValueError) as exc:
             raise AgentError(f"cannot connect to agent {self.url}: {_describe(exc)}") from None
         info = call.info
         setup = Setup(
@@ -169,6 +172,31 @@ class RelayAgent(Agent):
             await self._close_ws()
             raise AgentError(f"agent {self.url} closed the connection at setup: {exc}") from None
         self._reader = asyncio.create_task(self._read_loop(), name=f"relay-reader:{info.call_sid}")
+
+    async def _connect(self, headers: dict[str, str]) -> ClientConnection:
+        """Resolve the agent's host, check every address (``EgressPolicy``), then connect to a
+        checked address, never to a second DNS answer. The URL still gives the Host header and,
+        for wss://, the TLS server name; no proxy from the environment is used."""
+        uri = parse_uri(self.url)
+        addresses = await self.egress.resolve(uri.host, uri.port)
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await connect(
+                    self.url,
+                    host=address,
+                    port=uri.port,
+                    proxy=None,
+                    additional_headers=headers,
+                    open_timeout=self.connect_timeout_s,
+                    close_timeout=CLOSE_TIMEOUT_S,
+                    max_size=self.max_message_bytes * HARD_SIZE_FACTOR,
+                    user_agent_header="voice-bridge ConversationRelay",
+                )
+            except OSError as exc:  # this address does not answer: try the next checked one
+                last = exc
+        assert last is not None
+        raise last
 
     async def on_dtmf(self, call: CallControl, digit: str) -> None:
         await self._new_exchange()
@@ -316,29 +344,55 @@ class RelayAgent(Agent):
     def _on_play(self, message: Play) -> None:
         source = message.source
         loops = message.loop if message.loop is not None else 1
+        held = 0  # this play's share of the call's play budget, given back when the job ends
+
+        def release() -> None:
+            nonlocal held
+            self.play_budget.release(held)
+            held = 0
 
         async def prepare() -> Callable[[CallControl], Awaitable[SpeechResult]] | None:
             # runs in the play's speech job: the download overlaps speech queued before it
+            nonlocal held
             try:
                 async with self._downloads:
-                    audio, rate = await fetch_audio(self.http, source, max_bytes=self.play_max_bytes)
+                    body = await download_audio(self.http, source, max_bytes=self.play_max_bytes)
+                need = decoded_bytes(body)
+                if not self.play_budget.reserve(need):
+                    await self._error(
+                        f"play {source}: refused: this call's play audio would exceed its budget "
+                        f"({megabytes(self.play_budget.held_bytes)} held, {megabytes(need)} more "
+                        f"asked, limit {megabytes(self.play_budget.limit_bytes)})")
+                    return None
+                held = need
+                audio, rate = await asyncio.to_thread(decode_wav, body, source=source)
+                del body
+                # the header's promise, corrected to what decoding really holds
+                if audio.nbytes != held:
+                    self.play_budget.release(held)
+                    held = 0
+                    if not self.play_budget.reserve(audio.nbytes):
+                        await self._error(f"play {source}: refused: this call's play audio would "
+                                          "exceed its budget")
+                        return None
+                    held = audio.nbytes
             except AudioFetchError as exc:
                 await self._error(f"play {source}: {exc}")
                 return None
-            except Exception as exc:
+            except Exception:
                 log.exception("fetching %s failed", source)
-                await self._error(f"play {source}: {_describe(exc)}")
+                await self._error(f"play {source}: download failed")
                 return None
             n = loops if 1 <= loops <= MAX_PLAY_LOOPS else MAX_PLAY_LOOPS
             if n != loops:
                 await self._error(f"play {source}: loop={loops} is not supported; playing {n} times")
-            clip = np.tile(audio, n) if n > 1 else audio
+            # one buffer, played n times: a loop costs no memory
             return lambda call: call.play_audio(
-                clip, rate, label=source, interruptible=message.interruptible,
-                preemptible=message.preemptible,
+                audio, rate, label=source, interruptible=message.interruptible,
+                preemptible=message.preemptible, loops=n,
             )
 
-        self._start_job(None, text=f"play {source}", prepare=prepare)
+        self._start_job(None, text=f"play {source}", prepare=prepare, cleanup=release)
 
     async def _on_end(self, message: End) -> None:
         await self._close_turn()
@@ -369,6 +423,7 @@ class RelayAgent(Agent):
         turn: _Turn | None = None,
         prepare: Callable[[], Awaitable[Callable[[CallControl], Awaitable[SpeechResult]] | None]]
         | None = None,
+        cleanup: Callable[[], None] | None = None,
     ) -> None:
         previous = self._last_submitted
         submitted = asyncio.Event()
@@ -392,6 +447,8 @@ class RelayAgent(Agent):
                 await self._report(result, text=text if turn is None else "".join(turn.text), turn=turn)
             finally:
                 submitted.set()  # never hold up the jobs behind this one
+                if cleanup is not None:
+                    cleanup()
 
         task = asyncio.create_task(job(), name="relay-speech")
         self._jobs.add(task)
