@@ -77,8 +77,8 @@ async def test_every_parameter_is_covered(name: str) -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA32", "?greeting=Hi.")
         url, params = twiml_parameters(response.text)
-        assert set(params) == {"voice", "preset", "greeting", "agentUrl", "from", "to", "direction",
-                               "token"}
+        assert set(params) == {"voice", "preset", "greeting", "agentUrl", "partialPrompts", "from", "to",
+                               "direction", "token"}
         changed = dict(params)
         if name.startswith("-"):
             del changed[name[1:]]
