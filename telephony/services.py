@@ -18,6 +18,7 @@ import numpy as np
 from telephony.config import ConfigError, Settings
 from telephony.metrics import Metrics
 from telephony.stream_auth import StreamTokens
+from telephony.twilio_rest import TwilioCalls
 from tts_core.audio import MulawFrameEncoder
 from tts_core.engines import Engine, EngineError, create_engine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
@@ -98,6 +99,8 @@ class Bridge:
     recogniser: Recogniser | None = None
     """Shared by every call to hear callers; None when VOICE_BRIDGE_STT=off."""
     owns_recogniser: bool = True
+    twilio: TwilioCalls | None = None
+    """Twilio's REST API for hang-ups; None without TWILIO_ACCOUNT_SID (hang-ups close the stream)."""
 
     @classmethod
     async def start(cls, settings: Settings, engine: Engine | None = None,
@@ -134,6 +137,7 @@ class Bridge:
             phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024),
             metrics=Metrics(), tokens=StreamTokens(ttl_s=settings.token_ttl_s), http=http,
             recogniser=recogniser, owns_recogniser=owns_recogniser,
+            twilio=TwilioCalls.from_settings(settings),
         )
         if engine.servers():
             bridge.metrics.watch_servers(engine.servers)
@@ -153,6 +157,8 @@ class Bridge:
         await self.phrases.aclose()
         await self.voices.aclose()
         await self.http.aclose()
+        if self.twilio is not None:
+            self.twilio.close()
         await self.engine.aclose()
         if self.recogniser is not None and self.owns_recogniser:
             await self.recogniser.aclose()

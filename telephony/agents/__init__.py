@@ -6,7 +6,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from telephony.agents.base import Agent, AgentError, CallControl, CallInfo, SpeechOutcome, SpeechResult
+from telephony.agents.base import (
+    Agent,
+    AgentError,
+    CallControl,
+    CallInfo,
+    EndResult,
+    SpeechOutcome,
+    SpeechResult,
+)
 
 if TYPE_CHECKING:
     from telephony.services import Bridge
@@ -37,7 +45,8 @@ def make_agent(spec: str, bridge: Bridge) -> Agent:
     if spec.startswith(("ws://", "wss://")):
         from telephony.agents.relay_client import RelayAgent
 
-        return RelayAgent(spec, auth_token=bridge.settings.twilio_auth_token, http_client=bridge.http)
+        return RelayAgent(spec, auth_token=bridge.settings.twilio_auth_token, http_client=bridge.http,
+                          end_hangs_up=bridge.settings.end_hangs_up)
     if spec.startswith("python:"):
         module_name, _, attr = spec[len("python:"):].partition(":")
         try:
@@ -67,5 +76,5 @@ def _openai_chat_agent(bridge: Bridge) -> Agent:
                            max_history=settings.llm_max_history, on_error=bridge.metrics.error)
 
 
-__all__ = ["Agent", "AgentError", "CallControl", "CallInfo", "SpeechOutcome", "SpeechResult",
+__all__ = ["Agent", "AgentError", "CallControl", "CallInfo", "EndResult", "SpeechOutcome", "SpeechResult",
            "make_agent", "per_call_agent_allowed"]
