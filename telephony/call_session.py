@@ -92,7 +92,8 @@ class CallSession:
         self.dtmf_digits = 0
         self.end_reason = "unknown"
         self.hangup: str | None = None
-        """What a requested hang-up came to: hung_up, already_ended, failed or unavailable."""
+        """What a requested hang-up came to: hung_up, already_ended, failed or unavailable
+        (requested: the stream ended while the REST request was under way)."""
         self._ending = False
         self._events: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue(AGENT_EVENT_QUEUE)
         self._agent_task: asyncio.Task[None] | None = None
@@ -189,6 +190,7 @@ class CallSession:
                      "the media stream was closed instead, so Twilio continues with the next TwiML verb")
             log.info("call %s: %s", self.info.call_sid, error)
             return EndResult(error=error)
+        self.hangup = "requested"  # what the summary says if Twilio stops the stream first
         outcome = await twilio.hang_up(self.info.call_sid)
         self.hangup = outcome.outcome.value
         if outcome.ok:

@@ -105,7 +105,8 @@ class TwilioCalls:
                     log.info("call %s had already ended (HTTP %s, Twilio error %s)", call_sid,
                              exc.status, exc.code)
                     return HangupResult(HangupOutcome.ALREADY_ENDED, attempts)
-                error = f"HTTP {exc.status}, Twilio error {exc.code}: {_message(exc)}"
+                code = f", Twilio error {exc.code}" if exc.code else ""
+                error = f"HTTP {exc.status}{code}: {_message(exc)}"
                 if not (exc.status >= 500 or exc.status == 429):
                     log.error("hang-up of call %s refused, not retried: %s", call_sid, error)
                     return HangupResult(HangupOutcome.FAILED, attempts, error)

@@ -13,10 +13,12 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import httpx
 import pytest
 
+from telephony.agents import Agent, CallControl, EndResult
 from telephony.agents.demo import DemoAgent
 from telephony.agents.relay_client import asks_for_hangup
 from telephony.config import ConfigError, Settings, settings_from_env
@@ -297,6 +299,36 @@ async def test_demo_goodbye_is_heard_then_the_call_is_hung_up_then_the_stream_cl
     assert goodbye.frames > 25 and goodbye.underruns == 0
     [summary] = [s for s in summaries(caplog) if s["call_sid"] == sid]
     assert summary["hangup"] == outcome
+
+
+class GoodbyeThenHangUp(Agent):
+    """An in-process agent that queues its goodbye and asks for the hang-up at once, without
+    waiting for the goodbye to play: ``end`` itself must let it be heard first."""
+
+    results: ClassVar[list[EndResult]] = []
+
+    async def on_dtmf(self, call: CallControl, digit: str) -> None:
+        goodbye = asyncio.ensure_future(call.say("Thanks for calling, and goodbye."))
+        await asyncio.sleep(0)  # the say's first step queues the speech
+        GoodbyeThenHangUp.results.append(await call.end("done", hangup=True))
+        await goodbye
+
+
+async def test_end_with_hangup_lets_queued_speech_be_heard_before_the_rest_request(
+        standin: TwilioRestStandIn) -> None:
+    seen: list[list[float]] = []
+    GoodbyeThenHangUp.results.clear()
+    async with running_bridge(twilio_account_sid=ACCOUNT_SID, twilio_api_base_url=standin.url,
+                              default_agent="python:tests.test_twilio_rest:GoodbyeThenHangUp") as rb, \
+            httpx.AsyncClient() as client:
+        call = await open_call(rb, client, call_sid(8), "?greeting=")
+        standin.on_request = lambda _: seen.append(end_mark_echoes(call))
+        await call.send_dtmf("1")
+        assert await call.wait_closed(15)
+    [request] = standin.requests
+    assert seen[0] and max(seen[0]) < request.received_at, "hung up before the goodbye was heard"
+    assert len(call.played_utterances()) == 1 and call.stats.close_code == 1000
+    assert GoodbyeThenHangUp.results == [EndResult(hung_up=True)]
 
 
 async def test_a_failing_api_still_closes_the_stream(standin: TwilioRestStandIn,

@@ -104,7 +104,11 @@ class _Turn:
 
 
 class RelayAgent(Agent):
-    """Speaks ConversationRelay to the agent application at ``url`` (ws:// or wss://)."""
+    """Speaks ConversationRelay to the agent application at ``url`` (ws:// or wss://).
+
+    ``end`` keeps ConversationRelay's meaning (the stream closes, Twilio continues with the next
+    TwiML verb) unless its handoffData asks for a hang-up (``{"hangup": true}``) or
+    ``end_hangs_up`` is set; a hang-up that cannot be done is reported to the agent as ``error``."""
 
     def __init__(
         self,
