@@ -22,14 +22,14 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
 
 from telephony.config import Settings
+
+if TYPE_CHECKING:
+    from twilio.rest import Client
 
 log = logging.getLogger("voice_bridge.twilio_rest")
 
@@ -110,8 +110,11 @@ class TwilioCalls:
                 if not (exc.status >= 500 or exc.status == 429):
                     log.error("hang-up of call %s refused, not retried: %s", call_sid, error)
                     return HangupResult(HangupOutcome.FAILED, attempts, error)
-            except (requests.RequestException, TimeoutError, OSError) as exc:
+            except OSError as exc:  # requests' errors are OSErrors; so is asyncio's TimeoutError
                 error = _describe(exc)
+            except Exception as exc:  # a bug or a client-side refusal: trying again would repeat it
+                log.exception("hang-up of call %s failed", call_sid)
+                return HangupResult(HangupOutcome.FAILED, attempts, _describe(exc))
             else:
                 log.info("call %s hung up through the REST API (attempt %d)", call_sid, attempts)
                 return HangupResult(HangupOutcome.HUNG_UP, attempts)
@@ -121,7 +124,7 @@ class TwilioCalls:
 
     def _complete(self, call_sid: str) -> None:
         """Runs on the pool: the blocking request."""
-        self.client.calls(call_sid).update(status="completed")
+        self.client.api.v2010.account.calls(call_sid).update(status="completed")
 
     def close(self) -> None:
         """Stop the pool; a request still running finishes within its timeout."""
@@ -130,7 +133,10 @@ class TwilioCalls:
 
 def make_client(settings: Settings, *, timeout_s: float = REQUEST_TIMEOUT_S) -> Client:
     """The ``twilio`` client for the configured account (API key pair if set, else the auth token),
-    sending to ``twilio_api_base_url``."""
+    sending to ``twilio_api_base_url``. Imported here: only a bridge with an account pays for it."""
+    from twilio.http.http_client import TwilioHttpClient
+    from twilio.rest import Client
+
     if settings.twilio_api_key:
         username, password = settings.twilio_api_key, settings.twilio_api_secret
     else:
@@ -146,6 +152,8 @@ def _message(exc: TwilioRestException) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    import requests  # loaded with the client by now
+
     if isinstance(exc, TimeoutError | requests.Timeout):
         return f"no answer within the timeout ({type(exc).__name__})"
     text = " ".join(str(exc).split())[:200]
