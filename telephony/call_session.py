@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from telephony.agents.base import Agent, AgentError, CallInfo, SpeechOutcome, SpeechResult
+from telephony.agents.base import Agent, AgentError, CallInfo, EndResult, SpeechOutcome, SpeechResult
 from telephony.barge_in import BargeInSettings
 from telephony.listener import CallerListener
 from telephony.playout import PlayoutClock
@@ -91,6 +91,9 @@ class CallSession:
         self.inbound_frames = 0
         self.dtmf_digits = 0
         self.end_reason = "unknown"
+        self.hangup: str | None = None
+        """What a requested hang-up came to: hung_up, already_ended, failed or unavailable
+        (requested: the stream ended while the REST request was under way)."""
         self._ending = False
         self._events: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue(AGENT_EVENT_QUEUE)
         self._agent_task: asyncio.Task[None] | None = None
@@ -163,16 +166,40 @@ class CallSession:
             self.recorder.agent_message({"type": "play", "source": label})
         return await self.speaker.say(clip, interruptible=interruptible, preemptible=preemptible)
 
-    async def end(self, reason: str = "agent ended") -> None:
-        """Let queued speech finish, then close the stream (Twilio moves to the next TwiML verb)."""
+    async def end(self, reason: str = "agent ended", *, hangup: bool = False) -> EndResult:
+        """Let queued speech finish, then close the stream (Twilio moves to the next TwiML verb).
+
+        With ``hangup``, the call itself is ended through Twilio's REST API in between: after the
+        drain (every utterance's end mark echoed, so the goodbye was heard) and before the stream
+        closes (closing first would start the next TwiML verb)."""
         if self._ending:
-            return
+            return EndResult(error="the call is already ending")
         self._ending = True
         if self.recorder is not None:
             self.recorder.agent_message({"type": "end", "handoffData": reason})
         await self.speaker.drain()
         self.end_reason = reason
+        result = await self._hang_up() if hangup else EndResult()
         await self._close_socket(1000, reason[:120])
+        return result
+
+    async def _hang_up(self) -> EndResult:
+        twilio = self.bridge.twilio
+        if twilio is None:
+            self.hangup = "unavailable"
+            error = ("hang-up needs TWILIO_ACCOUNT_SID (with TWILIO_AUTH_TOKEN or an API key pair); "
+                     "the media stream was closed instead, so Twilio continues with the next TwiML verb")
+            log.info("call %s: %s", self.info.call_sid, error)
+            return EndResult(error=error)
+        self.hangup = "requested"  # what the summary says if Twilio stops the stream first
+        outcome = await twilio.hang_up(self.info.call_sid)
+        self.hangup = outcome.outcome.value
+        if outcome.ok:
+            return EndResult(hung_up=True)
+        self.bridge.metrics.error("hangup_failed")
+        return EndResult(error=f"hang-up through Twilio's REST API failed after {outcome.attempts} "
+                               f"attempt(s) ({outcome.error}); the media stream was closed instead, so "
+                               "Twilio continues with the next TwiML verb")
 
     # ---- the call ------------------------------------------------------------------------------------
     async def run(self, messages: AsyncIterator[str | bytes]) -> None:
@@ -330,6 +357,7 @@ class CallSession:
             "voice_load_ms": _round(self.voice_load_ms),
             "duration_s": round(time.monotonic() - self.started_at, 3),
             "end_reason": self.end_reason,
+            "hangup": self.hangup,
             "turns": self.turns,
             "frames_sent": sum(t["frames"] for t in self.turns),
             "underruns": sum(t["underruns"] for t in self.turns),

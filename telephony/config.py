@@ -42,6 +42,18 @@ class Settings(BaseModel):
     """Run without a Twilio auth token (local development only): no signature checks."""
     require_stream_signature: bool = False
     """Refuse Media Streams handshakes without X-Twilio-Signature (instead of the webhook token)."""
+    # ---- Twilio's REST API: hanging up the phone call itself (telephony/twilio_rest.py) ---------------
+    twilio_account_sid: str | None = None
+    """With it (and the auth token or an API key pair), an agent's hang-up ends the call through
+    Twilio's REST API; without it a hang-up falls back to closing the media stream."""
+    twilio_api_key: str | None = None
+    twilio_api_secret: str | None = Field(None, repr=False)
+    """An API key pair (SK...) to authenticate REST requests instead of the auth token."""
+    twilio_api_base_url: str = "https://api.twilio.com"
+    """Where REST requests go: Twilio, or a Twilio-compatible API (or a test's stand-in)."""
+    end_hangs_up: bool = False
+    """Every ConversationRelay ``end`` hangs up the call (otherwise only one whose handoffData says
+    {"hangup": true}); an end without a hang-up continues with the next TwiML verb."""
 
     engine: Literal["piper", "synthetic", "openai", "chatterbox"] = "piper"
     engine_concurrency: int = Field(2, ge=1, le=1024)
@@ -184,6 +196,23 @@ class Settings(BaseModel):
             raise ValueError("must name a host, e.g. https://bridge.example.com")
         return value.rstrip("/")
 
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _account_sid(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.fullmatch(r"AC[0-9a-fA-F]{32}", value):
+            raise ValueError("must be a Twilio Account SID: AC followed by 32 hex digits")
+        return value
+
+    @field_validator("twilio_api_base_url")
+    @classmethod
+    def _api_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ValueError("must be an http(s):// URL with a host and no query")
+        return value.rstrip("/")
+
     @field_validator("engine_url", "stt_url")
     @classmethod
     def _engine_urls(cls, value: str | None) -> str | None:
@@ -271,6 +300,11 @@ class Settings(BaseModel):
                 "its public https:// URL and builds the stream's wss:// URL from it; set PUBLIC_URL "
                 "to the base URL Twilio calls (e.g. https://bridge.example.com)"
             )
+        if bool(self.twilio_api_key) != bool(self.twilio_api_secret):
+            raise ValueError("TWILIO_API_KEY and TWILIO_API_SECRET go together (an API key pair)")
+        if self.twilio_account_sid and not (self.twilio_auth_token or self.twilio_api_key):
+            raise ValueError("TWILIO_ACCOUNT_SID needs TWILIO_AUTH_TOKEN or TWILIO_API_KEY and "
+                             "TWILIO_API_SECRET to authenticate REST requests (hang-ups)")
         if self.engine == "openai" and not self.engine_url:
             raise ValueError("VOICE_BRIDGE_ENGINE=openai needs VOICE_BRIDGE_ENGINE_URL "
                              "(e.g. http://gpu1:8000/v1,http://gpu2:8000/v1)")
@@ -329,6 +363,9 @@ def _url_host(url: str) -> str | None:
 ENV_NAMES = {
     "TWILIO_AUTH_TOKEN": "twilio_auth_token",
     "PUBLIC_URL": "public_url",
+    "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+    "TWILIO_API_KEY": "twilio_api_key",
+    "TWILIO_API_SECRET": "twilio_api_secret",
 }
 ENV_PREFIX = "VOICE_BRIDGE_"
 

@@ -19,6 +19,7 @@ from telephony.config import ConfigError, Settings
 from telephony.egress import EgressPolicy, guarded_client
 from telephony.metrics import Metrics
 from telephony.stream_auth import StreamTokens
+from telephony.twilio_rest import TwilioCalls
 from tts_core.audio import MulawFrameEncoder
 from tts_core.engines import Engine, EngineError, create_engine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
@@ -103,6 +104,8 @@ class Bridge:
     recogniser: Recogniser | None = None
     """Shared by every call to hear callers; None when VOICE_BRIDGE_STT=off."""
     owns_recogniser: bool = True
+    twilio: TwilioCalls | None = None
+    """Twilio's REST API for hang-ups; None without TWILIO_ACCOUNT_SID (hang-ups close the stream)."""
 
     @classmethod
     async def start(cls, settings: Settings, engine: Engine | None = None,
@@ -140,6 +143,7 @@ class Bridge:
             metrics=Metrics(), http=http,
             tokens=StreamTokens(settings.twilio_auth_token, ttl_s=settings.token_ttl_s),
             recogniser=recogniser, owns_recogniser=owns_recogniser,
+            twilio=TwilioCalls.from_settings(settings),
         )
         bridge.egress = EgressPolicy.from_settings(settings)
         bridge.play_http = guarded_client(bridge.egress)
@@ -163,6 +167,8 @@ class Bridge:
         await self.http.aclose()
         if self.play_http is not None:
             await self.play_http.aclose()
+        if self.twilio is not None:
+            self.twilio.close()
         await self.engine.aclose()
         if self.recogniser is not None and self.owns_recogniser:
             await self.recogniser.aclose()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from telephony.agents.base import CallInfo, SpeechOutcome, SpeechResult
+from telephony.agents.base import CallInfo, EndResult, SpeechOutcome, SpeechResult
 
 
 @dataclass(eq=False)
@@ -45,6 +45,7 @@ class FakeCall:
         self.info = CallInfo(call_sid=call_sid, stream_sid="MZfake", custom_parameters=params)
         self.speeches: list[FakeSpeech] = []
         self.ended: str | None = None
+        self.hangup = False
         self._pending: deque[FakeSpeech] = deque()
         self._current: FakeSpeech | None = None
         self._work = asyncio.Event()
@@ -74,8 +75,10 @@ class FakeCall:
                          loops: int = 1) -> SpeechResult:
         return SpeechResult(label, SpeechOutcome.PLAYED)
 
-    async def end(self, reason: str = "agent ended") -> None:
+    async def end(self, reason: str = "agent ended", *, hangup: bool = False) -> EndResult:
         self.ended = reason
+        self.hangup = hangup
+        return EndResult(hung_up=hangup)
 
     # ---- what tests do -------------------------------------------------------------------------
     def interrupt(self, heard: str | None = None) -> SpeechResult | None:

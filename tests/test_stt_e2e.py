@@ -187,7 +187,7 @@ class FakeCall:
     async def say(self, text: str, **_: object) -> None:
         self.said.append(text)
 
-    async def end(self, reason: str = "") -> None:
+    async def end(self, reason: str = "", **_: object) -> None:
         self.ended = True
 
 

@@ -7,7 +7,15 @@ import importlib
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from telephony.agents.base import Agent, AgentError, CallControl, CallInfo, SpeechOutcome, SpeechResult
+from telephony.agents.base import (
+    Agent,
+    AgentError,
+    CallControl,
+    CallInfo,
+    EndResult,
+    SpeechOutcome,
+    SpeechResult,
+)
 
 if TYPE_CHECKING:
     from telephony.services import Bridge
@@ -48,7 +56,8 @@ def make_agent(spec: str, bridge: Bridge) -> Agent:
 
         return RelayAgent(spec, auth_token=bridge.settings.twilio_auth_token, http_client=bridge.play_http,
                           egress=bridge.egress,
-                          play_budget_bytes=int(bridge.settings.play_max_decoded_mb * 1024 * 1024))
+                          play_budget_bytes=int(bridge.settings.play_max_decoded_mb * 1024 * 1024),
+                          end_hangs_up=bridge.settings.end_hangs_up)
     if spec.startswith("python:"):
         module_name, _, attr = spec[len("python:"):].partition(":")
         try:
@@ -78,5 +87,5 @@ def _openai_chat_agent(bridge: Bridge) -> Agent:
                            max_history=settings.llm_max_history, on_error=bridge.metrics.error)
 
 
-__all__ = ["Agent", "AgentError", "CallControl", "CallInfo", "SpeechOutcome", "SpeechResult",
+__all__ = ["Agent", "AgentError", "CallControl", "CallInfo", "EndResult", "SpeechOutcome", "SpeechResult",
            "make_agent", "per_call_agent_allowed"]

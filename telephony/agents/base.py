@@ -39,6 +39,17 @@ class SpeechResult:
 
 
 @dataclass(frozen=True)
+class EndResult:
+    """What ``end`` did. The media stream is always closed; ``hung_up`` says whether the phone call
+    is over too (hung up through Twilio's REST API, or it had already ended)."""
+
+    hung_up: bool = False
+    error: str | None = None
+    """Why a requested hang-up did not happen (no credentials, the API failed): the stream was
+    closed instead, so Twilio continues with the next TwiML verb."""
+
+
+@dataclass(frozen=True)
 class CallInfo:
     """Who is calling, from Twilio's ``start`` message and the webhook's parameters."""
 
@@ -77,9 +88,13 @@ class CallControl(Protocol):
         in order play in order."""
         ...
 
-    async def end(self, reason: str = "agent ended") -> None:
+    async def end(self, reason: str = "agent ended", *, hangup: bool = False) -> EndResult:
         """Finish what is queued, then close the media stream (the call goes on with the next TwiML
-        verb, or ends if there is none)."""
+        verb, or ends if there is none).
+
+        ``hangup=True`` ends the phone call itself once the last of it has been heard (its end mark
+        echoed), through Twilio's REST API (needs TWILIO_ACCOUNT_SID); if that is not possible
+        the stream is closed anyway and the result says why."""
         ...
 
 

@@ -3,7 +3,9 @@
 The bridge speaks the ``greeting`` parameter itself (as ConversationRelay's welcomeGreeting); the
 demo answers what the caller says (a few canned answers, otherwise it repeats what it heard, so the
 caller hears how well they were understood), reads back every key pressed, and says goodbye on
-``#`` or when the caller says goodbye.
+``#`` or when the caller says goodbye, then hangs up (through Twilio's REST API when
+TWILIO_ACCOUNT_SID is set; otherwise by closing the stream, which ends a call whose TwiML has
+nothing after ``<Connect>``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class DemoAgent(Agent):
     async def on_dtmf(self, call: CallControl, digit: str) -> None:
         if digit == "#":
             await call.say(GOODBYE, interruptible=False)
-            await call.end("demo: caller pressed pound")
+            await call.end("demo: caller pressed pound", hangup=True)
             return
         await call.say(f"You pressed {DIGIT_WORDS.get(digit, digit)}.")
 
@@ -46,6 +48,6 @@ class DemoAgent(Agent):
         answer, hang_up = demo_answer(text)
         if hang_up:
             await call.say(answer, interruptible=False)
-            await call.end("demo: caller said goodbye")
+            await call.end("demo: caller said goodbye", hangup=True)
             return
         await call.say(answer)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -105,7 +106,11 @@ class _Turn:
 
 
 class RelayAgent(Agent):
-    """Speaks ConversationRelay to the agent application at ``url`` (ws:// or wss://)."""
+    """Speaks ConversationRelay to the agent application at ``url`` (ws:// or wss://).
+
+    ``end`` keeps ConversationRelay's meaning (the stream closes, Twilio continues with the next
+    TwiML verb) unless its handoffData asks for a hang-up (``{"hangup": true}``) or
+    ``end_hangs_up`` is set; a hang-up that cannot be done is reported to the agent as ``error``."""
 
     def __init__(
         self,
@@ -118,6 +123,7 @@ class RelayAgent(Agent):
         play_max_bytes: int = 5 * 1024 * 1024,
         egress: EgressPolicy | None = None,
         play_budget_bytes: int = 32 * 1024 * 1024,
+        end_hangs_up: bool = False,
     ) -> None:
         self.url = url
         self.auth_token = auth_token
@@ -128,6 +134,8 @@ class RelayAgent(Agent):
         self.egress = egress if egress is not None else EgressPolicy()
         """Where the agent's URL may point (``play`` downloads are checked by ``http_client``)."""
         self.play_budget = PlayBudget(play_budget_bytes)
+        self.end_hangs_up = end_hangs_up
+        """Every ``end`` hangs up the call, not only one whose handoffData asks for it."""
         self.session_id = "VX" + uuid.uuid4().hex
         self._ws: ClientConnection | None = None
         self._call: CallControl | None = None
@@ -273,7 +281,8 @@ class RelayAgent(Agent):
                 self._on_play(message)
         elif isinstance(message, SendDigits):
             await self._error(
-                "sendDigits is not supported by voice-bridge (requires Twilio REST credentials)"
+                "sendDigits is not supported by voice-bridge: Twilio sends digits only with a TwiML "
+                "<Play digits>, which would replace this call's TwiML and end the media stream"
             )
         elif isinstance(message, Language):
             await self._error(
@@ -401,16 +410,22 @@ class RelayAgent(Agent):
         if jobs:
             await asyncio.wait(jobs)
         handoff = message.handoff_data or ""
-        await self._end_call(f"agent ended: {handoff}" if handoff else "agent ended")
+        await self._end_call(f"agent ended: {handoff}" if handoff else "agent ended",
+                             hangup=self.end_hangs_up or asks_for_hangup(handoff))
         await self._close_ws()
 
-    async def _end_call(self, reason: str) -> None:
+    async def _end_call(self, reason: str, *, hangup: bool = False) -> None:
         self._ended = True
         if self._call is None:
             return
-        self._in_call_end = True
+        self._in_call_end = True  # until the agent has been told how it went (see on_stop)
         try:
-            await self._call.end(reason)
+            if not hangup:
+                await self._call.end(reason)
+                return
+            result = await self._call.end(reason, hangup=True)
+            if result.error:
+                await self._error(f"end: the call was not hung up: {result.error}")
         finally:
             self._in_call_end = False
 
@@ -508,6 +523,20 @@ class RelayAgent(Agent):
             log.debug("closing agent socket: %r", exc)
             with contextlib.suppress(Exception):
                 ws.transport.abort()
+
+
+def asks_for_hangup(handoff_data: str) -> bool:
+    """Whether an ``end``'s handoffData asks to hang up: a JSON object with ``"hangup": true``
+    (or ``"true"``). Any other handoffData keeps ConversationRelay's meaning of ``end``: the stream
+    closes and Twilio continues with the next TwiML verb (an action URL receives the handoffData)."""
+    try:
+        data = json.loads(handoff_data)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    value = data.get("hangup")
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 async def _drain(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
