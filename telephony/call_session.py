@@ -34,6 +34,7 @@ from telephony.twilio_media import (
     Stop,
     parse_inbound,
 )
+from telephony.untrusted import close_reason
 from tts_core.audio import MulawDecoder
 from tts_core.presets import Preset
 from tts_core.voices import Voice
@@ -155,7 +156,7 @@ class CallSession:
             self.recorder.agent_message({"type": "end", "handoffData": reason})
         await self.speaker.drain()
         self.end_reason = reason
-        await self._close_socket(1000, reason[:120])
+        await self._close_socket(1000, close_reason(reason))
 
     # ---- the call ------------------------------------------------------------------------------------
     async def run(self, messages: AsyncIterator[str | bytes]) -> None:

@@ -25,6 +25,7 @@ from telephony.call_session import CallSession
 from telephony.services import Bridge
 from telephony.stream_auth import stream_url, validate_stream_handshake
 from telephony.twilio_media import Connected, ProtocolError, Start, parse_inbound
+from telephony.untrusted import close_reason
 from tts_core.presets import PresetError
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ async def media_stream(ws: WebSocket) -> None:
     except (PresetError, LookupError, ValueError, RuntimeError, AgentError) as exc:
         bridge.metrics.error("call_setup")
         log.warning("media stream %s refused: %s", start.stream_sid, exc)
-        await _close(ws, POLICY_VIOLATION, f"call setup failed: {exc}"[:120])
+        await _close(ws, POLICY_VIOLATION, f"call setup failed: {exc}")
         return
 
     def on_stall() -> None:
@@ -243,8 +244,9 @@ async def _messages(ws: WebSocket, stalled: Callable[[], bool]) -> AsyncIterator
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    """Close with ``code``; the reason is cut to the 123 UTF-8 bytes a close frame can carry."""
     if ws.application_state == WebSocketState.CONNECTED and ws.client_state != WebSocketState.DISCONNECTED:
         try:
-            await ws.close(code=code, reason=reason)
+            await ws.close(code=code, reason=close_reason(reason))
         except (RuntimeError, WebSocketDisconnect, OSError):
             pass

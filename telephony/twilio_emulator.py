@@ -328,7 +328,7 @@ def validate_outbound(raw: str, stream_sid: str) -> str | None:
     """Twilio's rules for what a server may send on a Media Stream; None if the message is valid."""
     try:
         message = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return "non-JSON text (Twilio warning 31951)"
     if not isinstance(message, dict):
         return "message is not a JSON object"
