@@ -116,6 +116,9 @@ class Settings(BaseModel):
 
     lead_ms: float = Field(240.0, ge=40.0, le=2000.0)
     """How far ahead of playback we keep Twilio's buffer (see telephony/playout.py)."""
+    mark_timeout_s: float = Field(3.0, gt=0, le=60)
+    """A mark Twilio has not echoed this long after its audio should have played means Twilio
+    stopped playing (or reading): the utterance fails and the call ends (telephony/speaker.py)."""
     barge_in_min_speech_ms: int = Field(200, ge=20, le=5000)
     barge_in_aggressiveness: int = Field(2, ge=0, le=3)
     start_timeout_s: float = Field(10.0, gt=0, le=60)

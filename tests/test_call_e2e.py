@@ -326,3 +326,31 @@ async def test_a_peer_that_stops_reading_stalls_the_stream_once_and_nothing_wait
     await asyncio.wait_for(sender("m3"), 1)  # gives up after stall_s instead of hanging
     await asyncio.wait_for(sender("m4"), 0.01)  # later sends return at once
     assert sent == ["m0", "m1", "m2"] and sender.stalled and stalls == [True]
+
+
+async def test_a_twilio_side_that_stops_reading_fails_the_utterance_and_ends_the_call(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 10 finding 5: the peer stops reading mid-greeting while the kernel's buffers still
+    have room (so no send ever blocks). Its marks stop coming back: the greeting is reported
+    failed, not played, and the call ends at once, not on the ping timeout."""
+    import json
+    import logging
+
+    caplog.set_level(logging.INFO)
+    greeting = " ".join(f"Sentence number {n} of a greeting that goes on." for n in range(12))
+    async with running_bridge(twilio_auth_token=None, insecure_dev=True, mark_timeout_s=0.5) as rb:
+        call = TwilioEmulator(rb.stream_url, call_sid="CA70", custom_parameters={"greeting": greeting})
+        await call.connect()
+        assert await call.wait_for(lambda: call.stats.media_received >= 20)
+        await call.stop_reading()
+        stopped = asyncio.get_running_loop().time()
+        assert await rb_wait(lambda: rb.bridge.calls == {}, timeout=6), "the call did not end"
+        took = asyncio.get_running_loop().time() - stopped
+        await call.close()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("call {")]
+    summary = json.loads(line[len("call "):])
+    assert summary["end_reason"] == "twilio stopped playing audio"
+    assert [t["outcome"] for t in summary["turns"]] == ["failed"]
+    # the greeting is ~30 s of audio: the call ends within a few seconds of the peer stopping
+    assert took < 5.0
+    assert any("not echoed" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
