@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -45,6 +45,12 @@ class SpeechRequest:
     deadline: float | None = None
     """``time.monotonic()`` by which the caller runs out of audio without this one; engines with
     contended slots serve the earliest deadline first. None = needed now."""
+    deadline_fn: Callable[[], float | None] | None = None
+    """When set, asked instead of ``deadline`` each time a slot frees while this request waits:
+    a pre-render (+inf: no one is listening yet) becomes urgent once a call follows it."""
+
+    def slot_deadline(self) -> float | Callable[[], float | None] | None:
+        return self.deadline_fn if self.deadline_fn is not None else self.deadline
 
 
 @dataclass

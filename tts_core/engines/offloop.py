@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import heapq
 import itertools
 import threading
 import time
@@ -48,18 +47,20 @@ class OffloopRunner:
         return await asyncio.wrap_future(self._executor.submit(fn))
 
     async def iterate(
-        self, factory: Callable[[threading.Event], Iterator[T]], *, deadline: float | None = None
+        self, factory: Callable[[threading.Event], Iterator[T]], *,
+        deadline: float | Callable[[], float | None] | None = None,
     ) -> AsyncIterator[T]:
         """Yield items of ``factory(cancel_event)``, computing each in a worker thread.
 
         When slots are contended, the waiter with the earliest ``deadline`` (monotonic time by which
-        its audio is needed; default now) gets the next free slot.
+        its audio is needed; default now) gets the next free slot. A callable deadline is asked
+        again whenever a slot frees (a pre-render a caller starts following becomes urgent).
         """
         loop = asyncio.get_running_loop()
         if self._slots is None:
             self._slots = PrioritySlots(self.max_concurrency)
         slots = self._slots
-        await slots.acquire(time.monotonic() if deadline is None else deadline)
+        await slots.acquire(slot_priority(deadline))
         with self._lock:
             self._busy += 1
         cancel = threading.Event()
@@ -101,39 +102,71 @@ class OffloopRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def slot_priority(deadline: float | Callable[[], float | None] | None
+                  ) -> float | Callable[[], float]:
+    """A PrioritySlots priority for a request's deadline (None, or a callable answering None,
+    means "needed now")."""
+    if deadline is None:
+        return time.monotonic()
+    if callable(deadline):
+        def current(ask: Callable[[], float | None] = deadline) -> float:
+            value = ask()
+            return time.monotonic() if value is None else value
+
+        return current
+    return deadline
+
+
 class PrioritySlots:
     """A counting semaphore that serves waiters by priority (smallest first, then arrival order).
 
     Why not asyncio.Semaphore: its FIFO order hands an engine slot to a call that still has seconds
     of audio queued while another call's caller is about to hear silence. Ordering by the time each
     call's buffered audio runs out turns the same engine capacity into fewer underruns.
+
+    A priority may be a callable, asked each time a slot frees: a background pre-render waits at
+    +inf (it takes only a slot no live utterance wants) until a call starts following it, and from
+    then on competes with that call's deadline. Waiters are few (one per request in flight), so a
+    scan per release costs less than keeping a heap of changing keys in order.
     """
 
     def __init__(self, count: int) -> None:
         self._free = count
-        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[float | Callable[[], float], int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
-    async def acquire(self, priority: float) -> None:
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self, priority: float | Callable[[], float]) -> None:
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._order), granted))
+        entry = (priority, next(self._order), granted)
+        self._waiters.append(entry)
         try:
             await granted
         except asyncio.CancelledError:
             if granted.done() and not granted.cancelled():
                 self.release()  # the slot arrived just as we were cancelled: pass it on
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
             raise
 
     def release(self) -> None:
         while self._waiters:
-            _, _, granted = heapq.heappop(self._waiters)
+            best = min(range(len(self._waiters)), key=self._key)
+            _, _, granted = self._waiters.pop(best)
             if not granted.done():
                 granted.set_result(None)
                 return
         self._free += 1
+
+    def _key(self, index: int) -> tuple[float, int]:
+        priority, order, _ = self._waiters[index]
+        return (priority() if callable(priority) else priority, order)
 
 
 def _close_generator(gen: object) -> None:
