@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -54,15 +55,18 @@ class OffloopRunner:
 
         When slots are contended, the waiter with the earliest ``deadline`` (monotonic time by which
         its audio is needed; default now) gets the next free slot. A callable deadline is asked
-        again whenever a slot frees (a pre-render a caller starts following becomes urgent).
+        again whenever a slot frees (a pre-render a caller starts following becomes urgent), and a
+        background request (deadline +inf) steps aside between two items for any live waiter.
         """
         loop = asyncio.get_running_loop()
         if self._slots is None:
             self._slots = PrioritySlots(self.max_concurrency)
         slots = self._slots
-        await slots.acquire(slot_priority(deadline))
+        priority = slot_priority(deadline)
+        await slots.acquire(priority)
         with self._lock:
             self._busy += 1
+        holding = True
         cancel = threading.Event()
         gen: Iterator[T] | None = None
         pending: concurrent.futures.Future | None = None
@@ -84,9 +88,20 @@ class OffloopRunner:
                 if item is _DONE:
                     break
                 yield item
+                if slots.outranked(priority):  # no chunk in flight: hand the slot over, queue again
+                    holding = False
+                    with self._lock:
+                        self._busy -= 1
+                    slots.release()
+                    await slots.acquire(priority)
+                    with self._lock:
+                        self._busy += 1
+                    holding = True
         finally:
             cancel.set()
-            if pending is not None and not pending.done():
+            if not holding:  # cancelled while queueing again: no chunk in flight, no slot held
+                _close_generator(gen)
+            elif pending is not None and not pending.done():
                 # A running kernel cannot be interrupted: let the chunk in flight finish in its
                 # thread, start no other, and free the slot the moment the thread returns.
                 def finish(fut: concurrent.futures.Future, gen: object = gen) -> None:
@@ -154,6 +169,16 @@ class PrioritySlots:
             elif entry in self._waiters:
                 self._waiters.remove(entry)
             raise
+
+    def outranked(self, priority: float | Callable[[], float]) -> bool:
+        """Whether a holder of ``priority`` that is background work (now +inf) should hand its
+        slot to a waiter with a finite priority at the next point it can (between two chunks).
+        Live holders never step aside: a running utterance is not preempted by another call."""
+        if not self._waiters:
+            return False
+        mine = priority() if callable(priority) else priority
+        return math.isinf(mine) and any(not math.isinf(self._key(i)[0])
+                                        for i in range(len(self._waiters)))
 
     def release(self) -> None:
         while self._waiters:

@@ -73,9 +73,11 @@ class SyntheticEngine(Engine):
         audio = speechlike(len(request.text) * self.seconds_per_char / request.preset.speed,
                            self.sample_rate, seed=seed)
         step = max(1, int(self.sample_rate * self.chunk_ms / 1000))
+        priority = slot_priority(request.slot_deadline())
         if self.slots is not None:
-            await self.slots.acquire(slot_priority(request.slot_deadline()))
+            await self.slots.acquire(priority)
         self._busy += 1
+        holding = True
         try:
             if self.first_chunk_delay_s:
                 await asyncio.sleep(self.first_chunk_delay_s)
@@ -86,7 +88,15 @@ class SyntheticEngine(Engine):
                 else:
                     await asyncio.sleep(0)
                 yield chunk
+                if self.slots is not None and self.slots.outranked(priority):
+                    holding = False  # background work hands the slot to a live request
+                    self._busy -= 1
+                    self.slots.release()
+                    await self.slots.acquire(priority)
+                    self._busy += 1
+                    holding = True
         finally:
-            self._busy -= 1
-            if self.slots is not None:
-                self.slots.release()
+            if holding:
+                self._busy -= 1
+                if self.slots is not None:
+                    self.slots.release()
