@@ -77,6 +77,9 @@ TWILIO_CASES = [
     + "9" * 40 + '"}}',
     '{"event": "mark", "streamSid": "MZ9", "mark": {"name": "g' + "9" * 4000 + '-u1-end"}}',
     '{"event": "dtmf", "streamSid": "MZ9", "dtmf": {"digit": "\\ud800"}}',
+    '{"event": "start", "streamSid": "MZ9", "start": {"streamSid": "MZ9", "callSid": "CA1", '
+    '"customParameters": {"greeting": "hi \\ud800"}, "mediaFormat": {"encoding": "audio/x-mulaw", '
+    '"sampleRate": 8000}}}',
 ]
 
 
