@@ -75,6 +75,7 @@ class _Rendering:
     queued: bool = False
     """A pre-render waiting for admission."""
     holds_prerender_slot: bool = False
+    expiry: asyncio.TimerHandle | None = None
 
 
 class PhraseCache:
@@ -217,7 +218,8 @@ class PhraseCache:
         state.task = asyncio.create_task(self._prerender(key, state, lambda: render(deadline)),
                                          name=f"prerender:{key.text[:24]}")
         state.task.add_done_callback(lambda _: self._settle(key, state))
-        asyncio.get_running_loop().call_later(self.prerender_timeout_s, self._expire, key, state)
+        state.expiry = asyncio.get_running_loop().call_later(self.prerender_timeout_s, self._expire,
+                                                             key, state)
         return True
 
     async def _prerender(self, key: PhraseKey, state: _Rendering, render: Renderer) -> None:
@@ -271,6 +273,9 @@ class PhraseCache:
         """Wake followers of a rendering cancelled before it ever ran (its own ``finally`` did not)."""
         self._dequeue(state)
         self._release_prerender_slot(state)
+        if state.expiry is not None:  # done: the timer must not keep its frames alive
+            state.expiry.cancel()
+            state.expiry = None
         if not state.done:
             state.error = state.error or RuntimeError("rendering cancelled")
             state.done = True
