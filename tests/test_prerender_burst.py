@@ -216,3 +216,28 @@ async def test_background_work_steps_aside_between_chunks_for_a_live_request() -
     await background
     assert produced.count("pre") == 40 and runner.busy == 0
     runner.shutdown()
+
+
+async def test_a_warmup_is_background_work_too() -> None:
+    """The webhook's (and /warmup's) warm-up synthesis takes an engine slot only after live
+    requests waiting for it."""
+    from contextlib import aclosing
+
+    from tts_core.presets import load_presets
+
+    preset = load_presets().get("balanced")
+    engine = LoggedEngine()
+
+    async def speak(text: str) -> None:
+        async with aclosing(engine.stream(SpeechRequest(text, "synthetic", preset))) as chunks:
+            async for _ in chunks:
+                pass
+
+    first = asyncio.create_task(speak("Live one."))
+    assert await rb_wait(lambda: ("granted", "Live one.") in engine.log, timeout=2)
+    warm = asyncio.create_task(engine.warmup("synthetic", preset))
+    assert await rb_wait(lambda: engine.slots.waiting == 1, timeout=2)  # the warm-up queues
+    second = asyncio.create_task(speak("Live two."))
+    await asyncio.gather(first, warm, second)
+    grants = [text for event, text in engine.log if event == "granted"]
+    assert grants.index("Live two.") < grants.index("Hello."), grants

@@ -9,6 +9,7 @@ server and the embedded Piper voice are interchangeable.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
@@ -144,7 +145,9 @@ class Engine(ABC):
         engines with one target report it as ``{"engine": ms}``.
         """
         started = time.perf_counter()
-        request = SpeechRequest(text="Hello.", voice_id=voice_id, preset=preset, voice=voice)
+        # Background work: an engine slot goes to any live utterance first (deadline +inf).
+        request = SpeechRequest(text="Hello.", voice_id=voice_id, preset=preset, voice=voice,
+                                deadline=math.inf)
         samples = 0
         async with aclosing(self.stream(request)) as chunks:
             async for chunk in chunks:
