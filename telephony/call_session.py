@@ -36,6 +36,7 @@ from telephony.twilio_media import (
     Stop,
     parse_inbound,
 )
+from telephony.untrusted import close_reason
 from tts_core.audio import MulawDecoder
 from tts_core.presets import Preset
 from tts_core.voices import Voice
@@ -45,6 +46,8 @@ log = logging.getLogger("voice_bridge.call")
 AGENT_EVENT_QUEUE = 256
 PRIVATE_PARAMETERS = frozenset({"token", "agentUrl"})
 AGENT_STOP_TIMEOUT_S = 5.0
+PEER_STALLED = 1011
+"""Close code when Twilio stopped playing or reading what we send (see ``abort``)."""
 
 
 class CallSession:
@@ -95,6 +98,9 @@ class CallSession:
         """What a requested hang-up came to: hung_up, already_ended, failed or unavailable
         (requested: the stream ended while the REST request was under way)."""
         self._ending = False
+        self._reader: asyncio.Task[Any] | None = None
+        """The task running ``run`` while it waits for Twilio's messages (None otherwise)."""
+        self._aborted = False
         self._events: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue(AGENT_EVENT_QUEUE)
         self._agent_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
@@ -123,6 +129,7 @@ class CallSession:
             send_text=send_text, outbound=OutboundEncoder(start.stream_sid),
             phrase_cache=bridge.phrases, clock=PlayoutClock(settings.lead_ms),
             deadline_scheduling=settings.engine_scheduling == "deadline",
+            mark_grace_s=settings.mark_timeout_s,
             hooks=SpeakerHooks(
                 on_first_frame=self._on_first_frame,
                 on_underrun=lambda gap: (metrics.underruns.inc(), metrics.underrun_seconds.inc(gap)),
@@ -131,6 +138,7 @@ class CallSession:
                 on_engine_first_chunk=metrics.engine_first_chunk.observe,
                 on_finished=self._on_utterance_finished,
                 on_error=metrics.error,
+                on_stalled=lambda reason: self.abort("twilio stopped playing audio", reason),
             ),
         )
 
@@ -180,7 +188,7 @@ class CallSession:
         await self.speaker.drain()
         self.end_reason = reason
         result = await self._hang_up() if hangup else EndResult()
-        await self._close_socket(1000, reason[:120])
+        await self._close_socket(1000, close_reason(reason))
         return result
 
     async def _hang_up(self) -> EndResult:
@@ -213,20 +221,51 @@ class CallSession:
             if self.greeting:
                 self._spawn(self.speaker.say(self.greeting), "greeting")
             self._post("start")
-            async for message in messages:
-                if self.recorder is not None:
-                    self.recorder.twilio_message(message)
-                if not self._handle(message):
-                    break
-            else:
-                if self.end_reason == "unknown":
-                    self.end_reason = "socket closed"
+            self._reader = asyncio.current_task()  # ``abort`` may cancel the wait for a message
+            try:
+                async for message in messages:
+                    if self.recorder is not None:
+                        self.recorder.twilio_message(message)
+                    if not self._handle(message):
+                        break
+                else:
+                    if self.end_reason == "unknown":
+                        self.end_reason = "socket closed"
+            except asyncio.CancelledError:
+                reader = self._reader
+                if not self._aborted or reader is None or reader.uncancel() > 0:
+                    raise  # cancelled by someone else (server shutdown), not by abort
+            finally:
+                self._reader = None  # from here on, abort cancels nothing
         except Exception as exc:  # a bug in one call must end that call only
             self.end_reason = f"error: {exc!r}"
             bridge.metrics.error("call_crash")
             log.exception("call %s failed", self.info.call_sid)
         finally:
             await self._shutdown()
+
+    def abort(self, reason: str, detail: str = "") -> None:
+        """End the call now, whatever the socket does: Twilio stopped playing or reading what we
+        send, so nothing more can be said and waiting for its next message could take until the
+        ping timeout. Closes with ``PEER_STALLED`` (the close is bounded: a peer that does not
+        read may never take the frame) and stops reading."""
+        if self._ending:
+            return
+        self._ending = True
+        self.end_reason = reason
+        self.bridge.metrics.error("twilio_stalled")
+        log.warning("call %s: %s (%s); ending the call", self.info.call_sid, reason,
+                    detail or "no detail")
+
+        async def close_then_stop() -> None:
+            try:
+                await self._close_socket(PEER_STALLED, reason)
+            finally:
+                if self._reader is not None:  # still waiting for a message that may never come
+                    self._aborted = True
+                    self._reader.cancel()
+
+        self._spawn(close_then_stop(), "abort")
 
     def _handle(self, raw: str | bytes) -> bool:
         """Process one Twilio message; False when the call is over. Never blocks."""

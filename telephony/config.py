@@ -137,6 +137,16 @@ class Settings(BaseModel):
 
     lead_ms: float = Field(240.0, ge=40.0, le=2000.0)
     """How far ahead of playback we keep Twilio's buffer (see telephony/playout.py)."""
+    prerender_concurrency: int = Field(1, ge=0, le=1024)
+    """Greeting pre-renders (webhook, before the stream) running at once; 0 turns them off."""
+    prerender_queue: int = Field(16, ge=0, le=100_000)
+    """Pre-renders waiting for one of those; a webhook past that skips its pre-render (the call
+    then renders its greeting live, as a live call)."""
+    prerender_timeout_s: float = Field(15.0, gt=0, le=600)
+    """A pre-render no stream has followed this long after its webhook is cancelled."""
+    mark_timeout_s: float = Field(3.0, gt=0, le=60)
+    """A mark Twilio has not echoed this long after its audio should have played means Twilio
+    stopped playing (or reading): the utterance fails and the call ends (telephony/speaker.py)."""
     barge_in_min_speech_ms: int = Field(200, ge=20, le=5000)
     barge_in_aggressiveness: int = Field(2, ge=0, le=3)
     # ---- hearing the caller (speech recognition, end of turn) -------------------------------------

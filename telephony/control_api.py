@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from telephony.errors import json_error
 from telephony.services import Bridge
+from telephony.untrusted import has_lone_surrogate
 from tts_core.engines import EngineError
 from tts_core.presets import PresetError
 from tts_core.voices import InvalidVoiceId, VoiceFetchError, VoiceNotFound
@@ -37,11 +38,16 @@ async def _json_body(request: Request) -> Any:
     if not body:
         return {}
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _BadRequest(json_error(400, "invalid_json", f"request body is not JSON: {exc}")) from None
+        data = json.loads(body)
     except RecursionError:  # "[[[[..." deeper than the decoder's stack: not a 500
         raise _BadRequest(json_error(400, "invalid_json", "request body is nested too deeply")) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over 4,300 digits
+        raise _BadRequest(json_error(400, "invalid_json",
+                                     f"request body is not JSON: {str(exc)[:200]}")) from None
+    if has_lone_surrogate(data):  # would fail every re-encoding of it, far from here
+        raise _BadRequest(json_error(400, "invalid_json",
+                                     "request body holds a lone UTF-16 surrogate (not valid Unicode)"))
+    return data
 
 
 class _BadRequest(Exception):

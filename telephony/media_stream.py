@@ -28,6 +28,7 @@ from telephony.call_session import CallSession
 from telephony.services import Bridge
 from telephony.stream_auth import stream_url, validate_stream_handshake
 from telephony.twilio_media import Connected, ProtocolError, Start, parse_inbound
+from telephony.untrusted import close_reason
 from tts_core.presets import PresetError
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,12 @@ POLICY_VIOLATION = 1008
 UNSUPPORTED_DATA = 1003
 TRY_AGAIN_LATER = 1013
 SEND_STALL_S = 5.0
-"""A send to Twilio waiting this long (the socket's buffer full: Twilio stopped reading) ends the
-call: sends from then on are dropped, and the call closes at the next inbound message or, if Twilio
-sends nothing either, at the server's WebSocket ping timeout."""
+"""A send to Twilio waiting this long (the transport's write buffer over its high-water mark and
+the kernel's buffers full: Twilio stopped reading) ends the call at once: sends from then on are
+dropped and the session stops reading (``CallSession.abort``). A peer that stops reading while the
+kernel still has room is caught by its marks instead (telephony/speaker.py)."""
+CLOSE_TIMEOUT_S = 2.0
+"""A close waits at most this long: a peer that does not read may never take the close frame."""
 
 
 @router.websocket("/media-stream")
@@ -125,14 +129,12 @@ async def media_stream(ws: WebSocket) -> None:
     except (PresetError, LookupError, ValueError, RuntimeError, AgentError) as exc:
         bridge.metrics.error("call_setup")
         log.warning("media stream %s refused: %s", start.stream_sid, exc)
-        await _close(ws, POLICY_VIOLATION, f"call setup failed: {exc}"[:120])
+        await _close(ws, POLICY_VIOLATION, f"call setup failed: {exc}")
         return
 
     def on_stall() -> None:
-        session.end_reason = "twilio stopped reading"
         bridge.metrics.error("twilio_send_stalled")
-        log.warning("media stream %s: Twilio stopped reading for %.0f s; ending the call",
-                    start.stream_sid, SEND_STALL_S)
+        session.abort("twilio stopped reading", f"a send waited {SEND_STALL_S:.0f} s")
 
     send_text = StreamSender(ws.send_text, lambda: ws.application_state == WebSocketState.CONNECTED,
                              stall_s=SEND_STALL_S, on_stall=on_stall)
@@ -153,7 +155,8 @@ async def media_stream(ws: WebSocket) -> None:
         auth_mode=auth_mode, recorder=recorder, voice_load_ms=voice_load_ms,
     )
     await session.run(_messages(ws, lambda: send_text.stalled))
-    await _close(ws, 1000, "call ended")
+    if not send_text.stalled:  # a peer that stopped reading already had its bounded close
+        await _close(ws, 1000, "call ended")
 
 
 class StreamSender:
@@ -252,8 +255,10 @@ async def _messages(ws: WebSocket, stalled: Callable[[], bool]) -> AsyncIterator
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    """Close with ``code``; the reason is cut to the 123 UTF-8 bytes a close frame can carry."""
     if ws.application_state == WebSocketState.CONNECTED and ws.client_state != WebSocketState.DISCONNECTED:
         try:
-            await ws.close(code=code, reason=reason)
-        except (RuntimeError, WebSocketDisconnect, OSError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await ws.close(code=code, reason=close_reason(reason))
+        except (RuntimeError, WebSocketDisconnect, OSError, TimeoutError):
             pass

@@ -70,7 +70,7 @@ class CallRecorder:
             return
         try:
             message = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or an int over 4,300 digits: not recorded
             return
         if isinstance(message, dict) and message.get("event") in {"connected", "start", "media", "dtmf",
                                                                    "stop", "mark"}:

@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from telephony.untrusted import has_lone_surrogate
+
 
 class RelayProtocolError(ValueError):
     """An agent message we cannot use; the text is sent back to the agent as an ``error``."""
@@ -183,10 +185,13 @@ def parse_agent_message(raw: str | bytes) -> AgentMessage:
         raise RelayProtocolError("binary messages are not part of the protocol; send JSON text")
     try:
         message = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
-        raise RelayProtocolError(f"message is not JSON: {raw[:60]!r}") from None
+    except (ValueError, RecursionError):  # ValueError: also an int literal over 4,300 digits
+        raise RelayProtocolError(f"message is not JSON (or a number in it is too long): "
+                                 f"{raw[:60]!r}") from None
     if not isinstance(message, dict):
         raise RelayProtocolError("message is not a JSON object")
+    if has_lone_surrogate(message):
+        raise RelayProtocolError("message holds a lone UTF-16 surrogate (not valid Unicode)")
     kind = message.get("type")
     model = _BY_TYPE.get(kind) if isinstance(kind, str) else None
     if model is None:

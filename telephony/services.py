@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +139,10 @@ class Bridge:
                             http_client=http, memory_capacity=settings.voice_cache_size)
         bridge = cls(
             settings=settings, engine=engine, presets=presets, voices=voices,
-            phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024),
+            phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024,
+                                max_prerenders=settings.prerender_concurrency,
+                                max_prerender_queue=settings.prerender_queue,
+                                prerender_timeout_s=settings.prerender_timeout_s),
             metrics=Metrics(), http=http,
             tokens=StreamTokens(settings.twilio_auth_token, ttl_s=settings.token_ttl_s),
             recogniser=recogniser, owns_recogniser=owns_recogniser,
@@ -240,19 +243,30 @@ class Bridge:
             self._warm_until = {k: t for k, t in self._warm_until.items() if t > now}
         self.spawn(self.warmup(voice_id, preset), name="warmup")
 
-    def prerender(self, voice_id: str, preset: Preset, text: str) -> None:
-        """Start rendering ``text`` into the phrase cache in the background (webhook greeting)."""
+    def prerender(self, voice_id: str, preset: Preset, text: str) -> bool:
+        """Start rendering ``text`` into the phrase cache in the background (webhook greeting).
+
+        Background work that never outranks live speech: its engine requests wait at +inf until a
+        call follows the rendering, a bounded number run and wait (past that it is skipped and
+        counted), and it is cancelled if no stream follows it in time (tts_core/phrase_cache.py).
+        True if a pre-render was started.
+        """
         if not text or not self.phrases.cacheable(text):
-            return
+            return False
         key = PhraseKey(self.engine.name, voice_id, preset.name, text)
 
-        async def render() -> AsyncIterator[list[bytes]]:
+        async def render(deadline: Callable[[], float | None]) -> AsyncIterator[list[bytes]]:
             _, voice = await self.resolve_voice(voice_id)
             async for batch in utterance_frames(self.engine, text, voice_id=voice_id, preset=preset,
-                                                voice=voice):
+                                                voice=voice, deadline=deadline):
                 yield batch
 
-        self.phrases.start(key, render)
+        if self.phrases.has(key):
+            return False
+        started = self.phrases.prerender(key, render)
+        if not started:
+            self.metrics.error("prerender_skipped")
+        return started
 
     def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any] | None:
         """Run owned background work (cancelled at shutdown); bounded so a flood cannot pile up."""

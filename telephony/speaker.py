@@ -9,6 +9,15 @@ Two tasks per call, owned by the ``Speaker`` and cancelled by ``aclose``:
 
 Marks are named ``g<generation>-u<utterance>-<point>``. ``interrupt`` bumps the generation, so marks
 Twilio echoes after our ``clear`` (all pending ones come back) are recognised as not played.
+
+Marks are also how a Twilio side that stopped playing is noticed. When the peer stops reading, the
+kernel's socket buffers can absorb many seconds of audio (a whole 29 s greeting in one measurement),
+so sends never block and the send-stall rule never fires. But the pacer knows when each mark's audio
+is due to have played (the playout clock's buffered time when it was sent): a mark not echoed within
+``mark_grace_s`` after that means nobody is playing our audio. The utterances in flight then fail
+(``FAILED``, with ``heard_text`` up to the last echoed mark and the reason in ``error``), and the
+``on_stalled`` hook ends the call. Why FAILED rather than INTERRUPTED: nobody interrupted; the agent
+should learn that its speech was not delivered, and why.
 """
 
 from __future__ import annotations
@@ -130,6 +139,8 @@ class SpeakerHooks:
     on_engine_first_chunk: Callable[[float], None] | None = None
     on_finished: Callable[[Utterance], None] | None = None
     on_error: Callable[[str], None] | None = None
+    on_stalled: Callable[[str], None] | None = None
+    """Twilio stopped echoing marks: the argument says which and how late; the call should end."""
 
 
 class Speaker:
@@ -182,7 +193,11 @@ class Speaker:
         self._render_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
-        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._marks: deque[tuple[str, float]] = deque()
+        """Marks of this generation sent and not yet echoed, with when their audio is due played."""
+        self._mark_timer: asyncio.TimerHandle | None = None
+        self.stalled: str | None = None
+        """Why playback is considered stopped (marks not echoed), once it is."""
         self._closed = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -199,9 +214,7 @@ class Speaker:
         for task in owned:
             task.cancel()
         await asyncio.gather(*owned, return_exceptions=True)
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        self._disarm_marks()
         played = self._played_frames_estimate()
         for utt in [*self._active, *self._pending]:
             utt.resolve(SpeechOutcome.CANCELLED, played_frames=played.get(utt.id, 0))
@@ -237,6 +250,9 @@ class Speaker:
             utt.text = source.strip()
         if self._closed:
             utt.resolve(SpeechOutcome.CANCELLED)
+            return utt
+        if self.stalled:
+            utt.resolve(SpeechOutcome.FAILED, error=self.stalled)
             return utt
         if len(self._pending) >= self._max_pending:
             utt.resolve(SpeechOutcome.FAILED, error="too many utterances queued for this call")
@@ -305,6 +321,7 @@ class Speaker:
         self._room.set()
         self._encoder.reset()
         self.clock.clear()
+        self._disarm_marks()  # Twilio echoes every pending mark after clear: none is overdue
         log.debug("speech cut (%s), generation now %d", reason, self.generation)
         if reason == "preempted":
             task = asyncio.get_running_loop().create_task(self._send(self._out.clear()))
@@ -328,6 +345,10 @@ class Speaker:
         mark = MarkName.parse(name)
         if mark is None or mark.generation != self.generation:
             return  # echoed by a clear, or not ours: proves nothing about playback
+        if any(sent == name for sent, _ in self._marks):
+            while self._marks:  # Twilio echoes in order: every mark before this one played too
+                if self._marks.popleft()[0] == name:
+                    break
         utt = self._by_id.get(mark.utterance)
         if utt is None:
             return
@@ -343,23 +364,63 @@ class Speaker:
                 utt.frames_confirmed = max(utt.frames_confirmed, end)
 
     def _finish(self, utt: Utterance) -> None:
-        timer = self._timers.pop(utt.id, None)
-        if timer is not None:
-            timer.cancel()
         if utt in self._active:
             self._active.remove(utt)
         self._by_id.pop(utt.id, None)
         if self.hooks.on_finished:
             self.hooks.on_finished(utt)
 
-    def _mark_timeout(self, utt: Utterance) -> None:
-        """Twilio never echoed the end mark: assume played rather than hang the agent."""
-        self._timers.pop(utt.id, None)
-        if not utt.future.done():
-            log.warning("end mark of utterance %d not echoed; assuming played", utt.id)
-            self._report_error("mark_timeout")
-            utt.resolve(SpeechOutcome.PLAYED, played_frames=utt.frames_sent)
+    # ---- noticing that Twilio stopped playing --------------------------------------------------
+    def _mark_sent(self, name: str) -> None:
+        """Expect the echo of ``name`` once what is buffered now has played."""
+        self._marks.append((name, time.monotonic() + self.clock.buffered_s()))
+        if self._mark_timer is None:
+            self._arm_mark_timer()
+
+    def _arm_mark_timer(self) -> None:
+        due = self._marks[0][1] + self._mark_grace_s
+        self._mark_timer = asyncio.get_running_loop().call_later(
+            max(0.0, due - time.monotonic()), self._check_marks)
+
+    def _disarm_marks(self) -> None:
+        self._marks.clear()
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
+
+    def _check_marks(self) -> None:
+        """The oldest unechoed mark's deadline (re-armed lazily: echoes never touch the timer)."""
+        self._mark_timer = None
+        if not self._marks or self._closed or self.stalled:
+            return
+        name, due = self._marks[0]
+        late = time.monotonic() - due
+        if late < self._mark_grace_s:
+            self._arm_mark_timer()
+            return
+        self._playback_stopped(f"Twilio stopped playing audio: mark {name} not echoed "
+                               f"{late:.1f} s after its audio was due")
+
+    def _playback_stopped(self, reason: str) -> None:
+        """Nobody is playing what we send: fail what is in flight (heard up to the last echoed
+        mark), send nothing more, and let the call end."""
+        self.stalled = reason
+        log.warning("%s; utterances in flight fail", reason)
+        self._report_error("playback_stalled")
+        self._disarm_marks()
+        if self._render_task is not None:
+            self._render_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for utt in [*self._active, *self._pending]:
+            utt.resolve(SpeechOutcome.FAILED, played_frames=utt.frames_confirmed, error=reason)
             self._finish(utt)
+        self._active.clear()
+        self._pending.clear()
+        self._frames.clear()
+        self._queued_frames = 0
+        if self.hooks.on_stalled:
+            self.hooks.on_stalled(reason)
 
     # ---- rendering ---------------------------------------------------------------------------
     async def _render_loop(self) -> None:
@@ -578,14 +639,11 @@ class Speaker:
                 continue
             if mark is not None:
                 await self._send(self._out.mark(mark))
+                if utt.generation != self.generation:
+                    continue  # cut while the mark was being sent: its echo proves nothing
                 if MarkName.parse(mark).is_end:
-                    self._arm_end_mark(utt)
-
-    def _arm_end_mark(self, utt: Utterance) -> None:
-        utt.end_mark_sent_at = time.monotonic()
-        delay = self.clock.buffered_s() + self._mark_grace_s
-        self._timers[utt.id] = asyncio.get_running_loop().call_later(
-            delay, self._mark_timeout, utt)
+                    utt.end_mark_sent_at = time.monotonic()
+                self._mark_sent(mark)
 
     async def _send(self, text: str) -> None:
         await self._send_text(text)

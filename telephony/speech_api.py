@@ -39,6 +39,7 @@ from telephony.speech_stream import (
     speech_audio,
     sse_events,
 )
+from telephony.untrusted import has_lone_surrogate
 from tts_core.engines import EngineError, UnsupportedVoiceError
 from tts_core.presets import Preset
 from tts_core.text.segmenter import segment_text
@@ -336,12 +337,16 @@ def _too_large(limit: int) -> ApiError:
 
 def _parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"We could not parse the JSON body of your request: {exc}",
-                       code="invalid_json") from None
+        data = json.loads(raw)
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over 4,300 digits
+        raise ApiError(400, f"We could not parse the JSON body of your request: {str(exc)[:200]}",
+                       code="invalid_json") from None
+    if has_lone_surrogate(data):
+        raise ApiError(400, "The JSON body of your request holds a lone UTF-16 surrogate "
+                       "(not valid Unicode).", code="invalid_json")
+    return data
 
 
 def _validate(data: Any) -> SpeechBody:

@@ -106,6 +106,7 @@ class TwilioEmulator:
         self._pending_starts: deque[float] = deque()
         """Receive times of utterances queued behind an end mark that has not played yet."""
         self.mark_echoes: list[tuple[float, str]] = []
+        self.reading_stopped = False
 
     # ---- connection ---------------------------------------------------------------------------------
     async def connect(self, *, send_start: bool = True) -> None:
@@ -185,6 +186,16 @@ class TwilioEmulator:
                               "streamSid": self.stream_sid,
                               "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
 
+    async def stop_reading(self) -> None:
+        """Act as a Twilio side that stops reading the socket (a hung media server, a full receive
+        buffer): nothing more is read, played or echoed. The WebSocket client stops taking bytes
+        off the socket once its small message queue is full, so the bridge's sends pile up in the
+        kernel's buffers and then in its transport's, as with a real stalled peer."""
+        self.reading_stopped = True
+        for task in self._tasks[:2]:  # the reader and the playback clock
+            task.cancel()
+        await asyncio.gather(*self._tasks[:2], return_exceptions=True)
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -236,7 +247,8 @@ class TwilioEmulator:
             if self._ws.close_code is not None:
                 self.stats.close_code = self._ws.close_code
                 self.stats.close_reason = self._ws.close_reason or ""
-            self._closed.set()
+            if not self.reading_stopped:  # stop_reading: the socket is still open
+                self._closed.set()
 
     def _on_outbound(self, raw: str | bytes) -> None:
         now = time.monotonic()
@@ -347,7 +359,7 @@ def validate_outbound(raw: str, stream_sid: str) -> str | None:
     """Twilio's rules for what a server may send on a Media Stream; None if the message is valid."""
     try:
         message = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return "non-JSON text (Twilio warning 31951)"
     if not isinstance(message, dict):
         return "message is not a JSON object"

@@ -16,10 +16,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from telephony.untrusted import has_lone_surrogate
 from tts_core.audio import FRAME_BYTES
 
 MAX_PAYLOAD_BYTES = 16000
 """Twilio sends 160-byte (20 ms) payloads; anything near this size is not a phone call."""
+MAX_COUNTER = 2**63 - 1
+MAX_COUNTER_DIGITS = len(str(MAX_COUNTER)) - 1
+"""Media ``chunk``/``timestamp`` are counters: 18 digits is ~9 million years of 20 ms chunks, and
+``int()`` of a longer digit string is where a 5,000-digit one used to raise ValueError."""
 
 
 class ProtocolError(ValueError):
@@ -110,11 +115,13 @@ def _int_field(body: dict[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNTER:
         return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if (isinstance(value, str) and value.isascii() and value.isdigit()
+            and len(value) <= MAX_COUNTER_DIGITS):
         return int(value)
-    raise ProtocolError("invalid_field", f"media.{key} must be an integer or a decimal string")
+    raise ProtocolError("invalid_field",
+                        f"media.{key} must be a non-negative integer or decimal string (64-bit)")
 
 
 def base64_limit(max_payload_bytes: int) -> int:
@@ -130,7 +137,7 @@ def parse_inbound(
         raise ProtocolError("binary_frame", "binary WebSocket frames are not part of the protocol")
     try:
         message = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also an int literal over 4,300 digits
         raise ProtocolError("malformed_json", f"not JSON: {raw[:60]!r}") from None
     if not isinstance(message, dict):
         raise ProtocolError("malformed_json", "message is not a JSON object")
@@ -145,6 +152,8 @@ def parse_inbound(
             body = message.get("start")
             if not isinstance(body, dict):
                 raise ProtocolError("invalid_field", "start without a start object")
+            if has_lone_surrogate(body):  # its parameters reach the engine, the agent and the logs
+                raise ProtocolError("invalid_text", "start holds a lone UTF-16 surrogate")
             return Start.model_validate({"streamSid": stream_sid, **body})
         if event == "mark":
             return Mark(stream_sid=stream_sid, name=_field(message, "mark", "name"))

@@ -18,6 +18,7 @@ from telephony.agents import per_call_agent_allowed
 from telephony.errors import json_error
 from telephony.services import Bridge
 from telephony.stream_auth import stream_url, validate_webhook
+from telephony.untrusted import strip_xml_unsafe, xml_unsafe
 from tts_core.presets import PresetError
 from tts_core.voices import VOICE_ID_PATTERN
 
@@ -68,6 +69,11 @@ async def twiml(request: Request) -> Response:
     partial_prompts = query.get("partialPrompts", "false").strip().lower()
     if partial_prompts not in {"true", "false"}:
         return json_error(422, "invalid_partial_prompts", "partialPrompts must be true or false")
+    if xml_unsafe(greeting) or xml_unsafe(agent):  # TwiML (XML 1.0) cannot carry them at all
+        field, code = ("greeting", "invalid_greeting") if xml_unsafe(greeting) else (
+            "agentUrl", "invalid_agent")
+        return json_error(422, code, f"{field} contains control characters "
+                          "XML cannot carry (only tab, newline and carriage return are allowed)")
     if not per_call_agent_allowed(agent, bridge.settings.default_agent,
                                   llm_configured=bridge.settings.llm_url is not None):
         return json_error(422, "invalid_agent", "agentUrl must be a ws:// or wss:// URL or 'demo'")
@@ -89,8 +95,9 @@ async def twiml(request: Request) -> Response:
     stream = connect.stream(url=stream_url(bridge.settings.stream_public_base()))
     parameters = {"voice": voice, "preset": preset.name, "greeting": greeting, "agentUrl": agent,
                   "partialPrompts": partial_prompts,
-                  "from": params.get("From", ""), "to": params.get("To", ""),
-                  "direction": params.get("Direction", "inbound")}
+                  "from": strip_xml_unsafe(params.get("From", "")),
+                  "to": strip_xml_unsafe(params.get("To", "")),
+                  "direction": strip_xml_unsafe(params.get("Direction", "inbound"))}
     # the token covers the CallSid and every parameter above: a stream may change none of them
     parameters["token"] = bridge.tokens.issue(call_sid, parameters)
     for name, value in parameters.items():

@@ -4,6 +4,7 @@ as the caller) over a real WebSocket."""
 from __future__ import annotations
 
 import asyncio
+import json
 import xml.etree.ElementTree as ET
 
 import httpx
@@ -328,3 +329,98 @@ async def test_a_peer_that_stops_reading_stalls_the_stream_once_and_nothing_wait
     await asyncio.wait_for(sender("m3"), 1)  # gives up after stall_s instead of hanging
     await asyncio.wait_for(sender("m4"), 0.01)  # later sends return at once
     assert sent == ["m0", "m1", "m2"] and sender.stalled and stalls == [True]
+
+
+async def test_a_twilio_side_that_stops_reading_fails_the_utterance_and_ends_the_call(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 10 finding 5: the peer stops reading mid-greeting while the kernel's buffers still
+    have room (so no send ever blocks). Its marks stop coming back: the greeting is reported
+    failed, not played, and the call ends at once, not on the ping timeout."""
+    import json
+    import logging
+
+    caplog.set_level(logging.INFO)
+    greeting = " ".join(f"Sentence number {n} of a greeting that goes on." for n in range(12))
+    async with running_bridge(twilio_auth_token=None, insecure_dev=True, mark_timeout_s=0.5) as rb:
+        call = TwilioEmulator(rb.stream_url, call_sid="CA70", custom_parameters={"greeting": greeting})
+        await call.connect()
+        assert await call.wait_for(lambda: call.stats.media_received >= 20)
+        await call.stop_reading()
+        stopped = asyncio.get_running_loop().time()
+        assert await rb_wait(lambda: rb.bridge.calls == {}, timeout=6), "the call did not end"
+        took = asyncio.get_running_loop().time() - stopped
+        await call.close()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("call {")]
+    summary = json.loads(line[len("call "):])
+    assert summary["end_reason"] == "twilio stopped playing audio"
+    assert [t["outcome"] for t in summary["turns"]] == ["failed"]
+    # the greeting is ~30 s of audio: the call ends within a few seconds of the peer stopping
+    assert took < 5.0
+    assert any("not echoed" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+class _DeafSocket:
+    """A Starlette WebSocket stand-in for a Twilio side whose buffers are full: after ``sendable``
+    messages every send and the close block forever, and no message ever arrives after start."""
+
+    def __init__(self, bridge, start: dict, sendable: int) -> None:  # type: ignore[no-untyped-def]
+        from types import SimpleNamespace
+
+        from starlette.websockets import WebSocketState
+
+        self.app = SimpleNamespace(state=SimpleNamespace(bridge=bridge))
+        self.headers: dict[str, str] = {}
+        self.application_state = self.client_state = WebSocketState.CONNECTED
+        self._inbox = [{"type": "websocket.receive", "text": json.dumps(m)}
+                       for m in ({"event": "connected"}, start)]
+        self.sendable = sendable
+        self.sent = 0
+        self.close_attempts: list[tuple[int, str]] = []
+
+    async def accept(self) -> None:
+        return None
+
+    async def receive(self) -> dict:
+        if self._inbox:
+            return self._inbox.pop(0)
+        await asyncio.Event().wait()  # Twilio sends nothing more
+        raise AssertionError("unreachable")
+
+    async def send_text(self, text: str) -> None:
+        if self.sent >= self.sendable:
+            await asyncio.Event().wait()  # the transport is paused: this send never completes
+        self.sent += 1
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.close_attempts.append((code, reason))
+        await asyncio.Event().wait()  # the close frame cannot be written either
+
+
+async def test_a_send_that_stalls_ends_the_call_at_once_not_on_the_next_message(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 10 finding 5, the write-buffer side: when sends block (the transport over its
+    high-water mark), the call used to wait for Twilio's next message or the ping timeout."""
+    import logging
+
+    from telephony import media_stream
+    from telephony.config import Settings
+    from telephony.services import Bridge
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(media_stream, "SEND_STALL_S", 0.3)
+    monkeypatch.setattr(media_stream, "CLOSE_TIMEOUT_S", 0.2)
+    settings = Settings(twilio_auth_token=None, insecure_dev=True, engine="synthetic",
+                        mark_timeout_s=60)
+    bridge = await Bridge.start(settings, engine=SyntheticEngine())
+    try:
+        start = {"event": "start", "streamSid": "MZ75", "start": {
+            "streamSid": "MZ75", "callSid": "CA75", "customParameters": {"greeting": LONG_GREETING},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}
+        ws = _DeafSocket(bridge, start, sendable=20)
+        await asyncio.wait_for(media_stream.media_stream(ws), 5)  # type: ignore[arg-type]
+        assert bridge.calls == {}
+        assert ws.close_attempts and ws.close_attempts[0][0] == 1011
+    finally:
+        await bridge.aclose()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("call {")]
+    assert json.loads(line[len("call "):])["end_reason"] == "twilio stopped reading"

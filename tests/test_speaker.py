@@ -297,3 +297,64 @@ async def test_a_failed_rendering_is_reported_once_not_tried_again_live() -> Non
     result = await asyncio.wait_for(speaker.say("Your order has shipped."), 5)
     await speaker.aclose()
     assert result.outcome is SpeechOutcome.FAILED and engine.calls == 1
+
+
+class StoppedPeer(Wire):
+    """Echoes marks (as Twilio does when it plays them) until it stops; sends never block, as
+    when the kernel's socket buffers still have room."""
+
+    def __init__(self, echo_first: int) -> None:
+        super().__init__()
+        self.echo_first = echo_first
+        self.echoed: list[str] = []
+
+    async def send(self, text: str) -> None:
+        message = json.loads(text)
+        self.messages.append(message)
+        if message["event"] == "mark" and len(self.echoed) < self.echo_first:
+            self.echoed.append(message["mark"]["name"])
+            asyncio.get_running_loop().call_soon(self.speaker.on_mark, message["mark"]["name"])
+
+
+async def test_marks_not_echoed_after_their_audio_was_due_fail_the_utterance_and_stop_sending() -> None:
+    """Issue 10 finding 5: a Twilio side that stops playing/reading is noticed by its marks."""
+    wire = StoppedPeer(echo_first=1)
+    stalls: list[str] = []
+    # Fast engine, short lead: the pacer sends at real time, so frames keep going out while
+    # nothing is echoed; 1 s of grace after each mark's audio was due.
+    speaker = Speaker(engine=SyntheticEngine(), voice_id="synthetic", preset=PRESET,
+                      send_text=wire.send, outbound=OutboundEncoder("MZ1"),
+                      clock=PlayoutClock(lead_ms=100), mark_grace_s=0.3)
+    speaker.hooks.on_stalled = stalls.append
+    wire.speaker = speaker
+    speaker.start()
+    utt = speaker.submit("First part. Second part of it. Third part of the long greeting. "
+                         "Fourth part that nobody will ever hear. Fifth part.")
+    result = await asyncio.wait_for(utt.future, 3)
+    assert result.outcome is SpeechOutcome.FAILED, result
+    assert "not echoed" in (result.error or "")
+    assert result.heard_text == "First part."  # up to the last echoed mark
+    assert len(stalls) == 1 and speaker.stalled
+    sent = len(wire.messages)
+    late = speaker.submit("Anything more?")
+    await asyncio.sleep(0.1)
+    assert late.future.result().outcome is SpeechOutcome.FAILED
+    assert len(wire.messages) == sent, "nothing more is sent to a peer that stopped playing"
+    await speaker.aclose()
+
+
+async def test_a_peer_that_echoes_every_mark_in_time_is_never_declared_stalled() -> None:
+    wire = Wire()  # echoes at once
+    stalls: list[str] = []
+    speaker = Speaker(engine=SyntheticEngine(), voice_id="synthetic", preset=PRESET,
+                      send_text=wire.send, outbound=OutboundEncoder("MZ1"),
+                      clock=PlayoutClock(lead_ms=100), mark_grace_s=0.05)
+    speaker.hooks.on_stalled = stalls.append
+    wire.speaker = speaker
+    speaker.start()
+    results = await asyncio.wait_for(asyncio.gather(
+        speaker.submit("One. Two.").future, speaker.submit("Three.").future), 5)
+    assert [r.outcome for r in results] == [SpeechOutcome.PLAYED] * 2
+    await asyncio.sleep(0.2)
+    assert stalls == [] and not speaker.stalled
+    await speaker.aclose()

@@ -8,12 +8,27 @@ so a call that starts while its greeting is still being pre-rendered hears the f
 as they exist, and a hundred IVR calls reaching the same prompt together cost one synthesis, not a
 hundred. A rendering that every follower has left (barge-in, hang-up) is cancelled: nobody would
 hear the rest, and the engine slot is worth more to the next request.
+
+Pre-renders (the webhook's greeting, before any call listens) are background work, and a burst of
+webhooks (a hundred calls ringing at once, or an attacker) must not take the engine from calls
+already talking. So a pre-render:
+
+* asks the engine for a slot at priority +inf (``deadline(key, idle=inf)``) while nobody follows it:
+  it takes only a slot no live utterance wants;
+* is admitted only ``max_prerenders`` at a time, with at most ``max_prerender_queue`` more waiting;
+  beyond that it is skipped (counted), and the call renders its greeting live when it starts, with
+  a live call's priority. This bounds the work and the memory a burst can claim;
+* is cancelled when no call has followed it ``prerender_timeout_s`` after the webhook (the stream
+  never came: its token was never redeemed);
+* becomes live work the moment a call follows it: it leaves the pre-render queue and count at once,
+  and its engine requests carry the follower's deadline from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -55,12 +70,29 @@ class _Rendering:
     task: asyncio.Task[None] | None = None
     followers: int = 0
     deadlines: list[Callable[[], float | None]] = field(default_factory=list)
+    prerender: bool = False
+    """A background pre-render nobody has followed yet."""
+    queued: bool = False
+    """A pre-render waiting for admission."""
+    holds_prerender_slot: bool = False
+    expiry: asyncio.TimerHandle | None = None
 
 
 class PhraseCache:
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_text_chars: int = 1000) -> None:
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_text_chars: int = 1000, *,
+                 max_prerenders: int = 1, max_prerender_queue: int = 16,
+                 prerender_timeout_s: float = 15.0) -> None:
         self.max_bytes = max_bytes
         self.max_text_chars = max_text_chars
+        self.max_prerenders = max_prerenders
+        self.max_prerender_queue = max_prerender_queue
+        self.prerender_timeout_s = prerender_timeout_s
+        self._prerunning = 0
+        self._prequeued = 0
+        self._admission = asyncio.Event()
+        self.prerenders = 0
+        self.prerender_skipped = 0
+        self.prerender_expired = 0
         self._entries: OrderedDict[PhraseKey, _Phrase] = OrderedDict()
         self._inflight: dict[PhraseKey, _Rendering] = {}
         self._bytes = 0
@@ -97,12 +129,13 @@ class PhraseCache:
         state.task.add_done_callback(lambda _: self._settle(key, state))
         return True
 
-    def deadline(self, key: PhraseKey) -> float | None:
+    def deadline(self, key: PhraseKey, idle: float | None = None) -> float | None:
         """When the rendering of ``key`` is needed: the most urgent of its followers' deadlines
-        (None, "now", if any follower says so or none has one)."""
+        (None, "now", if any follower says so), or ``idle`` while no follower has one (a
+        pre-render passes +inf)."""
         state = self._inflight.get(key)
         if state is None or not state.deadlines:
-            return None
+            return idle if state is None or state.followers == 0 else None
         values = [deadline() for deadline in state.deadlines]
         return None if None in values else min(v for v in values if v is not None)
 
@@ -135,6 +168,8 @@ class PhraseCache:
         state.followers += 1
         if deadline is not None:
             state.deadlines.append(deadline)
+        if state.prerender:
+            self._promote(state)
         try:
             sent = segments = 0
             while True:
@@ -156,6 +191,77 @@ class PhraseCache:
             if state.followers == 0 and not state.done and state.task is not None:
                 self._abandon(key, state)
 
+    # ---- pre-renders --------------------------------------------------------------------------
+    def prerender(self, key: PhraseKey, render: Callable[[Callable[[], float | None]], AsyncIterator[
+            list[bytes]]]) -> bool:
+        """Render ``key`` in the background for a call expected soon (the webhook's greeting).
+
+        ``render(deadline)`` makes the renderer; it must pass ``deadline`` to the engine (+inf while
+        nobody follows, the followers' deadline after). False if cached, already rendering, too
+        long, or skipped because ``max_prerenders`` run and ``max_prerender_queue`` wait already.
+        """
+        if not self.cacheable(key.text) or key in self._entries or key in self._inflight:
+            return False
+        if (self.max_prerenders <= 0 or
+                self._prerunning + self._prequeued >= self.max_prerenders + self.max_prerender_queue):
+            self.prerender_skipped += 1
+            return False
+        self.prerenders += 1
+        self.misses += 1
+        state = _Rendering(prerender=True, queued=True)
+        self._inflight[key] = state
+        self._prequeued += 1
+
+        def deadline() -> float | None:
+            return self.deadline(key, idle=math.inf) if self._inflight.get(key) is state else math.inf
+
+        state.task = asyncio.create_task(self._prerender(key, state, lambda: render(deadline)),
+                                         name=f"prerender:{key.text[:24]}")
+        state.task.add_done_callback(lambda _: self._settle(key, state))
+        state.expiry = asyncio.get_running_loop().call_later(self.prerender_timeout_s, self._expire,
+                                                             key, state)
+        return True
+
+    async def _prerender(self, key: PhraseKey, state: _Rendering, render: Renderer) -> None:
+        try:
+            while state.prerender and self._prerunning >= self.max_prerenders:
+                self._admission.clear()
+                await self._admission.wait()
+        finally:
+            self._dequeue(state)
+        if state.prerender:
+            state.holds_prerender_slot = True
+            self._prerunning += 1
+        try:
+            await self._render(key, state, render)
+        finally:
+            self._release_prerender_slot(state)
+
+    def _promote(self, state: _Rendering) -> None:
+        """A call follows this pre-render: it is live work from now on."""
+        self._dequeue(state)  # if it was still waiting for admission
+        state.prerender = False
+        self._release_prerender_slot(state)
+        self._admission.set()  # wakes it if it waited (and the next pre-render if it ran)
+
+    def _dequeue(self, state: _Rendering) -> None:
+        if state.queued:
+            state.queued = False
+            self._prequeued -= 1
+
+    def _release_prerender_slot(self, state: _Rendering) -> None:
+        if state.holds_prerender_slot:
+            state.holds_prerender_slot = False
+            self._prerunning -= 1
+            self._admission.set()
+
+    def _expire(self, key: PhraseKey, state: _Rendering) -> None:
+        """No call came for this pre-render in time: stop spending the engine on it."""
+        if state.followers == 0 and not state.done and state.task is not None \
+                and self._inflight.get(key) is state:
+            self.prerender_expired += 1
+            self._abandon(key, state)
+
     def _abandon(self, key: PhraseKey, state: _Rendering) -> None:
         if self._inflight.get(key) is state:
             del self._inflight[key]  # whoever asks next starts afresh, not from a cancelled rendering
@@ -165,6 +271,11 @@ class PhraseCache:
 
     def _settle(self, key: PhraseKey, state: _Rendering) -> None:
         """Wake followers of a rendering cancelled before it ever ran (its own ``finally`` did not)."""
+        self._dequeue(state)
+        self._release_prerender_slot(state)
+        if state.expiry is not None:  # done: the timer must not keep its frames alive
+            state.expiry.cancel()
+            state.expiry = None
         if not state.done:
             state.error = state.error or RuntimeError("rendering cancelled")
             state.done = True
@@ -224,6 +335,11 @@ class PhraseCache:
             "evictions": self.evictions,
             "abandoned": self.abandoned,
             "rendering": len(self._inflight),
+            "prerenders": self.prerenders,
+            "prerendering": self._prerunning,
+            "prerender_queued": self._prequeued,
+            "prerender_skipped": self.prerender_skipped,
+            "prerender_expired": self.prerender_expired,
         }
 
 

@@ -38,12 +38,14 @@ async def utterance_frames(
     """A whole utterance as frame batches, flushed at the end (phrase cache, warmup, tools).
 
     An empty batch follows each text segment of ``segment_text``, so a listener can mark where it
-    ends. ``deadline`` is asked before each segment for the engine's scheduling deadline.
+    ends. ``deadline`` is asked before each segment for the engine's scheduling deadline, and
+    again while a segment waits for an engine slot.
     """
     encoder = MulawFrameEncoder(engine.sample_rate)
     for index, segment in enumerate(segment_text(text, preset.segmentation)):
         request = SpeechRequest(segment, voice_id, preset, voice, first_in_turn=index == 0,
-                                deadline=deadline() if deadline is not None else None)
+                                deadline=deadline() if deadline is not None else None,
+                                deadline_fn=deadline)
         async for batch in frames_for_segment(engine, encoder, request):
             yield batch
         yield []

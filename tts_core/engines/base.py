@@ -9,9 +9,10 @@ server and the embedded Piper voice are interchangeable.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -45,6 +46,12 @@ class SpeechRequest:
     deadline: float | None = None
     """``time.monotonic()`` by which the caller runs out of audio without this one; engines with
     contended slots serve the earliest deadline first. None = needed now."""
+    deadline_fn: Callable[[], float | None] | None = None
+    """When set, asked instead of ``deadline`` each time a slot frees while this request waits:
+    a pre-render (+inf: no one is listening yet) becomes urgent once a call follows it."""
+
+    def slot_deadline(self) -> float | Callable[[], float | None] | None:
+        return self.deadline_fn if self.deadline_fn is not None else self.deadline
 
 
 @dataclass
@@ -138,7 +145,9 @@ class Engine(ABC):
         engines with one target report it as ``{"engine": ms}``.
         """
         started = time.perf_counter()
-        request = SpeechRequest(text="Hello.", voice_id=voice_id, preset=preset, voice=voice)
+        # Background work: an engine slot goes to any live utterance first (deadline +inf).
+        request = SpeechRequest(text="Hello.", voice_id=voice_id, preset=preset, voice=voice,
+                                deadline=math.inf)
         samples = 0
         async with aclosing(self.stream(request)) as chunks:
             async for chunk in chunks:

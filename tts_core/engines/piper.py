@@ -93,7 +93,7 @@ class PiperEngine(Engine):
 
         # aclosing: when our consumer closes us, the runner's finally (slot release) runs now, not
         # whenever the garbage collector finalises the abandoned async generator.
-        async with aclosing(self._runner.iterate(chunks, deadline=request.deadline)) as items:
+        async with aclosing(self._runner.iterate(chunks, deadline=request.slot_deadline())) as items:
             async for chunk in items:
                 yield chunk
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from tts_core.engines.base import Engine, SpeechRequest
+from tts_core.engines.offloop import PrioritySlots, slot_priority
 
 
 def speechlike(duration_s: float, rate: int, seed: int = 0, f0: float = 130.0) -> np.ndarray:
@@ -43,6 +44,7 @@ class SyntheticEngine(Engine):
         first_chunk_delay_s: float = 0.0,
         realtime_factor: float = 0.0,
         seconds_per_char: float = 0.06,
+        max_concurrency: int | None = None,
     ) -> None:
         super().__init__()
         self.sample_rate = sample_rate
@@ -52,6 +54,9 @@ class SyntheticEngine(Engine):
         """Seconds of wall time per second of audio (0 = instant, 1.5 = slower than real time)."""
         self.seconds_per_char = seconds_per_char
         self._busy = 0
+        self.slots = PrioritySlots(max_concurrency) if max_concurrency else None
+        """Like an in-process model's engine slots (tts_core/engines/offloop.py): with
+        ``max_concurrency`` set, utterances beyond it wait, earliest deadline first."""
 
     def builtin_voices(self) -> list[str]:
         return ["synthetic"]
@@ -68,7 +73,11 @@ class SyntheticEngine(Engine):
         audio = speechlike(len(request.text) * self.seconds_per_char / request.preset.speed,
                            self.sample_rate, seed=seed)
         step = max(1, int(self.sample_rate * self.chunk_ms / 1000))
+        priority = slot_priority(request.slot_deadline())
+        if self.slots is not None:
+            await self.slots.acquire(priority)
         self._busy += 1
+        holding = True
         try:
             if self.first_chunk_delay_s:
                 await asyncio.sleep(self.first_chunk_delay_s)
@@ -79,5 +88,15 @@ class SyntheticEngine(Engine):
                 else:
                     await asyncio.sleep(0)
                 yield chunk
+                if self.slots is not None and self.slots.outranked(priority):
+                    holding = False  # background work hands the slot to a live request
+                    self._busy -= 1
+                    self.slots.release()
+                    await self.slots.acquire(priority)
+                    self._busy += 1
+                    holding = True
         finally:
-            self._busy -= 1
+            if holding:
+                self._busy -= 1
+                if self.slots is not None:
+                    self.slots.release()
