@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 
 from telephony.config import ConfigError, Settings
+from telephony.drain import DrainState
 from telephony.metrics import Metrics
 from telephony.stream_auth import StreamTokens
 from tts_core.audio import MulawFrameEncoder
@@ -77,6 +78,8 @@ class Bridge:
     calls: dict[str, Any] = field(default_factory=dict)
     """Live call sessions by streamSid."""
     max_background: int = 256
+    drain: DrainState = field(default_factory=DrainState)
+    """SIGTERM's graceful drain (telephony/drain.py)."""
     _warm_until: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-import uvicorn
 from twilio.request_validator import RequestValidator
 
 from telephony.app import create_app
 from telephony.config import Settings
+from telephony.conn_guard import plan_budget
 from telephony.net import listen_socket
+from telephony.server import BridgeServer, build_server
 from telephony.services import Bridge
 from tts_core.engines import Engine
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+OPERATOR_KEY = "test-operator-key-0123456789"
+"""VOICE_BRIDGE_API_KEY of every harness bridge (pass api_key=None for none): operator endpoints
+need it (or a Twilio signature)."""
+OPERATOR_HEADERS = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 
 
 @dataclass
@@ -26,10 +32,15 @@ class RunningBridge:
     ws_url: str
     bridge: Bridge
     settings: Settings
+    server: BridgeServer
 
     @property
     def stream_url(self) -> str:
         return self.ws_url + "/media-stream"
+
+    def operator_client(self, **kwargs: object) -> httpx.AsyncClient:
+        """A client of this bridge carrying the operator API key."""
+        return httpx.AsyncClient(base_url=self.base_url, headers=OPERATOR_HEADERS, **kwargs)  # type: ignore[arg-type]
 
     def sign(self, url: str, params: dict[str, str] | None = None) -> str:
         return RequestValidator(AUTH_TOKEN).compute_signature(url, params or {})
@@ -47,17 +58,19 @@ class RunningBridge:
 @contextlib.asynccontextmanager
 async def running_bridge(engine: Engine | None = None, **overrides: object) -> AsyncIterator[RunningBridge]:
     values: dict[str, object] = {"twilio_auth_token": AUTH_TOKEN, "engine": "synthetic",
-                                 "port": 0, "start_timeout_s": 2.0}
+                                 "port": 0, "start_timeout_s": 2.0, "api_key": OPERATOR_KEY}
     values.update(overrides)
     # PUBLIC_URL must be known before the port is: bind first, then build settings with it.
     sock = listen_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     values.setdefault("public_url", f"http://127.0.0.1:{port}")
     settings = Settings(**{**values, "port": port})
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     app = create_app(settings, engine=engine)
-    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio",
-                            ws_per_message_deflate=False, lifespan="on")
-    server = uvicorn.Server(config)
+    budget = plan_budget(fd_limit=fd_limit, raised_from=fd_limit, max_calls=settings.max_calls,
+                         max_connections=settings.max_connections, max_pending=settings.max_pending,
+                         max_pending_per_peer=settings.max_pending_per_peer)
+    server = build_server(app, settings, budget, log_level="warning", handle_signals=False)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         for _ in range(500):
@@ -68,7 +81,7 @@ async def running_bridge(engine: Engine | None = None, **overrides: object) -> A
             await asyncio.sleep(0.01)
         assert server.started, "bridge did not start"
         yield RunningBridge(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}",
-                            app.state.bridge, settings)
+                            app.state.bridge, settings, server)
     finally:
         server.should_exit = True
         with contextlib.suppress(Exception):
