@@ -131,8 +131,9 @@ class Settings(BaseModel):
     """Open connections, all kinds; past it new ones get 503 and are closed. 0: sized from the
     process's file-descriptor limit (see telephony/conn_guard.py)."""
     max_pending: int = Field(256, ge=1, le=1_000_000)
-    """Connections still unauthenticated (request headers not complete, or a media stream that
-    has not sent ``start``), all peers together; past it: 503, or 1013 for a stream."""
+    """Connections still unauthenticated, all peers together, counted apart for requests whose
+    headers are not complete (past it: 503) and media streams that have not sent ``start`` (past
+    it: closed with 1013)."""
     max_pending_per_peer: int = Field(32, ge=0, le=1_000_000)
     """The same, per peer IP address (0: no per-peer cap; behind a proxy every peer is the proxy)."""
     drain_s: float = Field(120.0, ge=0, le=86_400)

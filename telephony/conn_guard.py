@@ -104,8 +104,39 @@ def plan_budget(*, fd_limit: int, raised_from: int, max_calls: int, max_connecti
                     min(max_pending_per_peer, pending) if max_pending_per_peer else 0, enough)
 
 
+class PendingCount:
+    """Unauthenticated connections of one kind, in all and per peer address."""
+
+    def __init__(self, max_total: int, max_per_peer: int) -> None:
+        self.max_total = max_total
+        self.max_per_peer = max_per_peer
+        self.total = 0
+        self._by_peer: Counter[str] = Counter()
+
+    def acquire(self, peer: str) -> str | None:
+        """Count one more from ``peer``; returns why not (the refusal's reason), or None."""
+        if self.total >= self.max_total:
+            return "pending_global"
+        if self.max_per_peer and self._by_peer[peer] >= self.max_per_peer:
+            return "pending_per_peer"
+        self.total += 1
+        self._by_peer[peer] += 1
+        return None
+
+    def release(self, peer: str) -> None:
+        self.total -= 1
+        self._by_peer[peer] -= 1
+        if self._by_peer[peer] <= 0:
+            del self._by_peer[peer]
+
+
 class ConnectionGuard:
-    """The counts shared by every connection of one server, and the refusal log."""
+    """The counts shared by every connection of one server, and the refusal log.
+
+    Requests whose headers are still coming and streams that have not sent ``start`` are counted
+    apart (each under the same caps), so a stream past its cap can still be upgraded and told
+    1013, and a flood of one kind does not lock out the other.
+    """
 
     def __init__(self, *, max_connections: int, max_pending: int, max_pending_per_peer: int,
                  header_timeout_s: float, body_timeout_s: float) -> None:
@@ -114,28 +145,15 @@ class ConnectionGuard:
         self.max_pending_per_peer = max_pending_per_peer
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
-        self.pending = 0
-        self._by_peer: Counter[str] = Counter()
+        self.requests = PendingCount(max_pending, max_pending_per_peer)
+        self.streams = PendingCount(max_pending, max_pending_per_peer)
         self.refused: Counter[str] = Counter()
         self._suppressed: Counter[str] = Counter()
         self._last_logged: dict[str, float] = {}
 
-    # ---- unauthenticated connections -----------------------------------------------------------
-    def acquire(self, peer: str) -> str | None:
-        """Count one more unauthenticated connection from ``peer``; returns why not, or None."""
-        if self.pending >= self.max_pending:
-            return "pending_global"
-        if self.max_pending_per_peer and self._by_peer[peer] >= self.max_pending_per_peer:
-            return "pending_per_peer"
-        self.pending += 1
-        self._by_peer[peer] += 1
-        return None
-
-    def release(self, peer: str) -> None:
-        self.pending -= 1
-        self._by_peer[peer] -= 1
-        if self._by_peer[peer] <= 0:
-            del self._by_peer[peer]
+    @property
+    def pending(self) -> int:
+        return self.requests.total + self.streams.total
 
     # ---- refusals --------------------------------------------------------------------------------
     def refuse(self, reason: str, peer: str, what: str) -> None:
@@ -160,7 +178,8 @@ class ConnectionGuard:
         }.get(reason, reason)
 
     def stats(self, open_connections: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"pending": self.pending, "refused": dict(self.refused),
+        out: dict[str, Any] = {"pending_requests": self.requests.total,
+                               "pending_streams": self.streams.total, "refused": dict(self.refused),
                                "max_connections": self.max_connections,
                                "max_pending": self.max_pending,
                                "max_pending_per_peer": self.max_pending_per_peer}
@@ -208,7 +227,7 @@ class GuardedH11Protocol(H11Protocol):
     def _await_headers(self) -> None:
         """The connection now waits for a request: it is unauthenticated until the headers are in."""
         if not self._pending:
-            refusal = self.guard.acquire(self._peer)
+            refusal = self.guard.requests.acquire(self._peer)
             if refusal is not None:
                 self._refuse(refusal)
                 return
@@ -218,7 +237,7 @@ class GuardedH11Protocol(H11Protocol):
     def _headers_done(self) -> None:
         if self._pending:
             self._pending = False
-            self.guard.release(self._peer)
+            self.guard.requests.release(self._peer)
         self._disarm()
 
     def _arm(self, delay: float, reason: str) -> None:
@@ -238,11 +257,11 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
             return
         self.guard.refuse(reason, self._peer, "request")
-        if self.cycle is None or not self.cycle.response_started:
+        if reason == "header_timeout" or not self.cycle.response_started:
             what = "headers" if reason == "header_timeout" else "body"
             self.transport.write(_raw_response(408, b"Request Timeout", "request_timeout",
                                                f"request {what} not received in time"))
-            if self.cycle is not None:
+            if reason == "body_timeout":
                 self.cycle.disconnected = True  # the app's own answer, if any, goes nowhere
         self.transport.close()
 
@@ -289,7 +308,7 @@ class GuardedH11Protocol(H11Protocol):
         self._disarm()
         if getattr(self, "_pending", False):
             self._pending = False
-            self.guard.release(self._peer)
+            self.guard.requests.release(self._peer)
         super().connection_lost(exc)
 
 

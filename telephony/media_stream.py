@@ -49,7 +49,7 @@ async def media_stream(ws: WebSocket) -> None:
         await _media_stream(ws, lambda: None)
         return
     peer = ws.client.host if ws.client else "unknown"
-    refusal = guard.acquire(peer)
+    refusal = guard.streams.acquire(peer)
     if refusal is not None:
         guard.refuse(refusal, peer, "media stream")
         await ws.accept()
@@ -61,7 +61,7 @@ async def media_stream(ws: WebSocket) -> None:
         nonlocal held
         if held:
             held = False
-            guard.release(peer)
+            guard.streams.release(peer)
 
     try:
         await _media_stream(ws, release)

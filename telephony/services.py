@@ -91,7 +91,8 @@ class Bridge:
         await engine.load()
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
         voices = VoiceStore(settings.voices_dir, remote_base_url=settings.voice_server_url,
-                            http_client=http, memory_capacity=settings.voice_cache_size)
+                            http_client=http, memory_capacity=settings.voice_cache_size,
+                            disk_cache_max_bytes=settings.voice_disk_cache_mb * 1024 * 1024)
         bridge = cls(
             settings=settings, engine=engine, presets=presets, voices=voices,
             phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024),
