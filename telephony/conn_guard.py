@@ -174,6 +174,7 @@ class ConnectionGuard:
             "pending_global": f"{self.max_pending} unauthenticated connections open",
             "pending_per_peer": f"{self.max_pending_per_peer} unauthenticated connections from it",
             "header_timeout": f"headers not received within {self.header_timeout_s:g} s",
+            "idle_timeout": f"nothing sent within {self.header_timeout_s:g} s",
             "body_timeout": f"body not received within {self.body_timeout_s:g} s",
         }.get(reason, reason)
 
@@ -213,6 +214,8 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_body = False
         self._linger_left: int | None = None
+        self._received = 0
+        self._served = False
         if len(self.connections) > self.guard.max_connections:
             self._refuse("connections")
             return
@@ -232,6 +235,7 @@ class GuardedH11Protocol(H11Protocol):
                 self._refuse(refusal)
                 return
             self._pending = True
+        self._received = 0
         self._arm(self.guard.header_timeout_s, "header_timeout")
 
     def _headers_done(self) -> None:
@@ -253,7 +257,13 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        if reason == "linger":
+        if reason == "linger" or (reason == "header_timeout" and not self._received and self._served):
+            self.transport.close()  # an idle kept-alive connection: closed silently, as uvicorn does
+            return
+        if reason == "header_timeout" and not self._received:
+            # Connected and silent: close without an answer (nothing was asked; a 408 written
+            # here could be read as the answer to a request sent just after).
+            self.guard.refuse("idle_timeout", self._peer, "connection")
             self.transport.close()
             return
         self.guard.refuse(reason, self._peer, "request")
@@ -282,8 +292,10 @@ class GuardedH11Protocol(H11Protocol):
         super().handle_websocket_upgrade(event)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
+        cycle = self.cycle
+        super().on_response_complete()  # may start a pipelined request (a new cycle)
+        self._served = True
+        if not self.transport.is_closing() and self.cycle is cycle:
             if self._waiting_body:  # answered (413, 401...) before its body was in: linger
                 self._linger_left = LINGER_BYTES
                 self._arm(LINGER_S, "linger")
@@ -292,6 +304,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         """While lingering, the rest of a refused body is read and dropped, up to LINGER_BYTES."""
+        self._received += len(data)
         if self._linger_left is not None:
             self._linger_left -= len(data)
             if self._linger_left < 0:

@@ -88,6 +88,19 @@ async def test_a_kept_alive_connection_gets_the_same_header_deadline_for_its_nex
         assert (await response_head(reader, 3)).startswith(b"HTTP/1.1 408")
 
 
+async def test_silent_connections_are_closed_without_a_stray_408() -> None:
+    """A connection that never sends a byte is closed (counted); a kept-alive one after its
+    pipelined requests is closed silently: a 408 there could be read as the next answer."""
+    async with running_bridge(header_timeout_s=0.3) as rb:
+        async with raw(rb) as (reader, _):
+            assert await asyncio.wait_for(reader.read(), 3) == b""
+        async with raw(rb) as (reader, writer):
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+            data = await asyncio.wait_for(reader.read(), 3)  # both answers, then EOF
+            assert data.count(b"HTTP/1.1 200") == 2 and b"408" not in data
+        assert guard_of(rb).refused == {"idle_timeout": 1}
+
+
 async def test_a_trickled_webhook_body_gets_408_within_the_body_timeout() -> None:
     async with running_bridge(body_timeout_s=0.3) as rb, raw(rb) as (reader, writer):
         writer.write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
