@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import anyio
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator
 
 from telephony.stream_auth import validate_webhook
@@ -70,6 +71,9 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                     raise too_large(limit)
     except TimeoutError:
         raise HttpProblem(408, "request_timeout", f"request body not received within {timeout_s:g} s",
+                          CLOSE) from None
+    except ClientDisconnect:  # gone mid-body (or cut by the protocol's deadline): no one to answer
+        raise HttpProblem(400, "client_disconnected", "the connection closed before the body was in",
                           CLOSE) from None
     return bytes(body)
 

@@ -42,6 +42,9 @@ RESERVED_FDS = 64
 """stdio, log files, the listening socket, epoll, engine/model and voice files, threads' pipes."""
 OUTBOUND_FDS_PER_CALL = 3
 """A live call's own connections besides Twilio's: its agent, an engine request, a recording."""
+BODY_BACKSTOP_S = 1.0
+"""The protocol's body deadline comes this long after the routes' own (which answer in their
+route's error shape), so it only ends bodies nobody is reading."""
 LINGER_BYTES = 1 << 20
 LINGER_S = 2.0
 """After an early answer (413, 401) to a request whose body is still coming, up to this much of
@@ -178,14 +181,12 @@ class ConnectionGuard:
             "body_timeout": f"body not received within {self.body_timeout_s:g} s",
         }.get(reason, reason)
 
-    def stats(self, open_connections: int | None = None) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pending_requests": self.requests.total,
                                "pending_streams": self.streams.total, "refused": dict(self.refused),
                                "max_connections": self.max_connections,
                                "max_pending": self.max_pending,
                                "max_pending_per_peer": self.max_pending_per_peer}
-        if open_connections is not None:
-            out["open"] = open_connections
         return out
 
 
@@ -281,8 +282,8 @@ class GuardedH11Protocol(H11Protocol):
         if self.cycle is not cycle and self.cycle is not None:  # a new request's headers are in
             self._headers_done()
             self._waiting_body = self.cycle.more_body
-            if self._waiting_body:
-                self._arm(self.guard.body_timeout_s, "body_timeout")
+            if self._waiting_body:  # a backstop: routes that read a body time out first
+                self._arm(self.guard.body_timeout_s + BODY_BACKSTOP_S, "body_timeout")
         elif self._waiting_body and self.cycle is not None and not self.cycle.more_body:
             self._waiting_body = False
             self._disarm()
