@@ -109,6 +109,15 @@ async def test_a_trickled_webhook_body_gets_408_within_the_body_timeout() -> Non
         assert head.startswith(b"HTTP/1.1 408"), head
 
 
+async def test_a_client_gone_mid_body_is_no_500_and_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    async with running_bridge() as rb:
+        async with raw(rb) as (_, writer):
+            writer.write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nCallSid=CA")
+            assert await wait_until(lambda: len(rb.server.server_state.tasks) == 1)
+        assert await wait_until(lambda: not rb.server.server_state.tasks)
+    assert "Traceback" not in caplog.text and "unhandled error" not in caplog.text
+
+
 # ---- finding 1: caps on unauthenticated connections ----------------------------------------------
 async def test_idle_connections_past_the_per_peer_cap_get_503_and_other_peers_are_served(
         caplog: pytest.LogCaptureFixture) -> None:
