@@ -187,6 +187,20 @@ async def test_streams_that_do_not_send_start_are_capped_per_peer_with_1013(
         assert await wait_until(lambda: guard.pending == 0)
 
 
+async def test_streams_that_do_not_send_start_are_capped_globally_with_1013() -> None:
+    async with running_bridge(max_pending=2, max_pending_per_peer=0, start_timeout_s=5) as rb:
+        guard = guard_of(rb)
+        quiet = [await websockets.connect(rb.stream_url) for _ in range(2)]
+        assert await wait_until(lambda: guard.streams.total == 2)
+        async with websockets.connect(rb.stream_url) as refused:
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(refused.recv(), 3)
+            assert refused.close_code == 1013
+        assert guard.refused["pending_global"] == 1
+        for ws in quiet:
+            await ws.close()
+
+
 def test_the_fd_budget_sizes_the_caps_from_the_limit() -> None:
     roomy = plan_budget(fd_limit=8192, raised_from=1024, max_calls=500, max_connections=0,
                         max_pending=256, max_pending_per_peer=32)
