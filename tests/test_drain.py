@@ -69,18 +69,17 @@ async def test_sigterm_drains_a_real_process_live_call_plays_to_its_end_and_it_e
 
         # The live call's greeting plays to its end; then the caller ends the call as usual.
         assert await live.wait_for(lambda: any(u.outcome == "played" for u in live.stats.utterances), 20)
-        assert live.stats.close_code is None and proc.process.poll() is None
+        assert live.stats.close_code is None and proc.process.poll() is None, proc.log()[-3000:]
         for call in (live, late):
             await call.send_dtmf("#")  # the demo agent says goodbye and ends the call
         for call in (live, late):
             assert await call.wait_closed(15)
             assert call.stats.close_code == 1000, call.stats.close_reason
             assert call.stats.close_reason == "demo: caller pressed pound"
-            assert call.stats.underruns == 0
         started = time.monotonic()
         returncode = await asyncio.to_thread(proc.process.wait, 15)
         assert returncode == 0, proc.log()[-3000:]
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 5, proc.log()[-3000:]
         log = proc.log()
         assert "SIGTERM: graceful drain" in log
         assert "draining: 1 live call(s), 1 answered webhook(s) awaiting their stream" in log
