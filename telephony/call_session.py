@@ -209,6 +209,17 @@ class CallSession:
                                f"attempt(s) ({outcome.error}); the media stream was closed instead, so "
                                "Twilio continues with the next TwiML verb")
 
+    async def wind_down(self, reason: str) -> None:
+        """Drain deadline (telephony/drain.py): the utterance being heard plays to its end, what is
+        queued after it is dropped and nothing new is spoken; then the stream closes."""
+        if self._ending:
+            return
+        self._ending = True
+        log.info("call %s: winding down (%s)", self.info.call_sid, reason)
+        await self.speaker.finish_current()
+        self.end_reason = reason
+        await self._close_socket(1000, reason[:120])
+
     # ---- the call ------------------------------------------------------------------------------------
     async def run(self, messages: AsyncIterator[str | bytes]) -> None:
         bridge = self.bridge

@@ -42,19 +42,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import uvicorn
-
     from telephony.app import create_app
+    from telephony.conn_guard import plan_budget, raise_fd_limit
     from telephony.net import listen_socket
+    from telephony.server import build_server
 
     try:
         sock = listen_socket(settings.host, settings.port)
     except OSError as exc:
         print(f"voice-bridge: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(create_app(settings), log_level=settings.log_level,
-                            ws="websockets-sansio", ws_per_message_deflate=False, ws_max_size=1 << 20)
-    uvicorn.Server(config).run(sockets=[sock])
+    old_limit, fd_limit = raise_fd_limit()
+    budget = plan_budget(fd_limit=fd_limit, raised_from=old_limit, max_calls=settings.max_calls,
+                         max_connections=settings.max_connections, max_pending=settings.max_pending,
+                         max_pending_per_peer=settings.max_pending_per_peer)
+    log = logging.getLogger("voice_bridge")
+    log.info(budget.describe())
+    if not budget.enough:
+        log.warning("the open-file limit %d cannot hold VOICE_BRIDGE_MAX_CALLS=%d calls; raise "
+                    "`ulimit -n` (or LimitNOFILE=) or lower VOICE_BRIDGE_MAX_CALLS", fd_limit,
+                    settings.max_calls)
+    server = build_server(create_app(settings), settings, budget, log_level=settings.log_level)
+    server.run(sockets=[sock])
     return 0
 
 

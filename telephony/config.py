@@ -185,6 +185,25 @@ class Settings(BaseModel):
     start_timeout_s: float = Field(10.0, gt=0, le=60)
     token_ttl_s: float = Field(120.0, gt=0, le=3600)
     max_calls: int = Field(500, ge=1, le=100_000)
+    # ---- connection bounds and draining (README "Security and limits: connections") ------------
+    header_timeout_s: float = Field(10.0, gt=0, le=300)
+    """A connection's request headers (also the next request's, on a kept-alive connection) must
+    arrive within this; otherwise 408 and closed (slowloris)."""
+    body_timeout_s: float = Field(10.0, gt=0, le=300)
+    """A request body must arrive within this after its headers; otherwise 408 and closed."""
+    max_connections: int = Field(0, ge=0, le=1_000_000)
+    """Open connections, all kinds; past it new ones get 503 and are closed. 0: sized from the
+    process's file-descriptor limit (see telephony/conn_guard.py)."""
+    max_pending: int = Field(256, ge=1, le=1_000_000)
+    """Connections still unauthenticated, all peers together, counted apart for requests whose
+    headers are not complete (past it: 503) and media streams that have not sent ``start`` (past
+    it: closed with 1013)."""
+    max_pending_per_peer: int = Field(32, ge=0, le=1_000_000)
+    """The same, per peer IP address (0: no per-peer cap; behind a proxy every peer is the proxy)."""
+    drain_s: float = Field(120.0, ge=0, le=86_400)
+    """On SIGTERM live calls may run this long before they are wound down (see telephony/drain.py)."""
+    voice_disk_cache_mb: int = Field(512, ge=1, le=1_000_000)
+    """Disk cache of voices fetched from the voice server; least recently used evicted past it."""
     record_dir: Path | None = None
     """When set, every call is written there as a recorded-call JSONL file (contains caller audio)."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

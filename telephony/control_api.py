@@ -11,9 +11,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from telephony.access import HttpProblem, operator_body
 from telephony.errors import json_error
 from telephony.services import Bridge
 from telephony.untrusted import has_lone_surrogate
+from telephony.webhook import public_request_url
 from tts_core.engines import EngineError
 from tts_core.presets import PresetError
 from tts_core.voices import InvalidVoiceId, VoiceFetchError, VoiceNotFound
@@ -34,7 +36,7 @@ class PreloadRequest(BaseModel):
 
 
 async def _json_body(request: Request) -> Any:
-    body = await request.body()
+    body = await _authorized_body(request)
     if not body:
         return {}
     try:
@@ -48,6 +50,22 @@ async def _json_body(request: Request) -> Any:
         raise _BadRequest(json_error(400, "invalid_json",
                                      "request body holds a lone UTF-16 surrogate (not valid Unicode)"))
     return data
+
+
+async def _authorized_body(request: Request) -> bytes:
+    """The capped body of an authorized operator request (see telephony/access.py); raises
+    ``_BadRequest`` with the 401/403/408/413 before any work."""
+    bridge: Bridge = request.app.state.bridge
+    settings = bridge.settings
+    try:
+        return await operator_body(
+            request, auth_token=settings.twilio_auth_token, api_key=settings.api_key,
+            insecure_dev=settings.insecure_dev, public_url=public_request_url(bridge, request),
+            body_timeout_s=settings.body_timeout_s)
+    except HttpProblem as exc:
+        if exc.status in (401, 403):
+            bridge.metrics.error("operator_unauthorized")
+        raise _BadRequest(json_error(exc.status, exc.code, exc.message, headers=exc.headers)) from None
 
 
 class _BadRequest(Exception):
@@ -143,12 +161,23 @@ async def health(request: Request) -> Response:
                 body["status"] = "degraded"
     if settings.insecure:
         body["warning"] = "running with --insecure-dev: anyone can open calls on this bridge"
+    guard = getattr(request.app.state, "connection_guard", None)
+    if guard is not None:
+        body["connections"] = guard.stats()
+    if bridge.drain.draining:  # the load balancer stops sending new traffic here
+        body["status"] = "draining"
+        body["draining_s"] = round(bridge.drain.elapsed_s(), 1)
+        return JSONResponse(body, status_code=503)
     return JSONResponse(body)
 
 
 @router.get("/voices")
 async def voices(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
+    try:
+        await _authorized_body(request)  # lists stored voice ids: operators only
+    except _BadRequest as exc:
+        return exc.response
     return JSONResponse({"voices": bridge.list_voices(), "default": bridge.default_voice})
 
 

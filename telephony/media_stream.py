@@ -25,6 +25,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from telephony.agents import make_agent, per_call_agent_allowed
 from telephony.agents.base import AgentError
 from telephony.call_session import CallSession
+from telephony.conn_guard import ConnectionGuard
 from telephony.services import Bridge
 from telephony.stream_auth import stream_url, validate_stream_handshake
 from telephony.twilio_media import Connected, ProtocolError, Start, parse_inbound
@@ -48,6 +49,34 @@ CLOSE_TIMEOUT_S = 2.0
 
 @router.websocket("/media-stream")
 async def media_stream(ws: WebSocket) -> None:
+    """Counts the stream as unauthenticated until its ``start`` (telephony/conn_guard.py): past
+    the global or per-peer cap it is closed with 1013 before anything is read from it."""
+    guard: ConnectionGuard | None = getattr(ws.app.state, "connection_guard", None)
+    if guard is None:
+        await _media_stream(ws, lambda: None)
+        return
+    peer = ws.client.host if ws.client else "unknown"
+    refusal = guard.streams.acquire(peer)
+    if refusal is not None:
+        guard.refuse(refusal, peer, "media stream")
+        await ws.accept()
+        await _close(ws, TRY_AGAIN_LATER, "too many streams waiting for start; retry")
+        return
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            held = False
+            guard.streams.release(peer)
+
+    try:
+        await _media_stream(ws, release)
+    finally:
+        release()
+
+
+async def _media_stream(ws: WebSocket, started: Callable[[], None]) -> None:
     bridge: Bridge = ws.app.state.bridge
     settings = bridge.settings
     await ws.accept()
@@ -83,6 +112,8 @@ async def media_stream(ws: WebSocket) -> None:
         bridge.metrics.error(f"protocol_{exc.kind}")
         await _close(ws, POLICY_VIOLATION, f"protocol error before start: {exc.kind}")
         return
+    started()  # no longer counted as unauthenticated: the checks below take no time
+    bridge.drain.stream_arrived(start.call_sid)
 
     if settings.twilio_auth_token:
         called = {k: v for k, v in start.custom_parameters.items() if k != "token"}

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 
 from telephony.config import ConfigError, Settings
+from telephony.drain import DrainState
 from telephony.egress import EgressPolicy, guarded_client
 from telephony.metrics import Metrics
 from telephony.stream_auth import StreamTokens
@@ -100,6 +101,8 @@ class Bridge:
     calls: dict[str, Any] = field(default_factory=dict)
     """Live call sessions by streamSid."""
     max_background: int = 256
+    drain: DrainState = field(default_factory=DrainState)
+    """SIGTERM's graceful drain (telephony/drain.py)."""
     _warm_until: dict[tuple[str, str], float] = field(default_factory=dict)
     recogniser: Recogniser | None = None
     """Shared by every call to hear callers; None when VOICE_BRIDGE_STT=off."""
@@ -136,7 +139,8 @@ class Bridge:
             raise
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
         voices = VoiceStore(settings.voices_dir, remote_base_url=settings.voice_server_url,
-                            http_client=http, memory_capacity=settings.voice_cache_size)
+                            http_client=http, memory_capacity=settings.voice_cache_size,
+                            disk_cache_max_bytes=settings.voice_disk_cache_mb * 1024 * 1024)
         bridge = cls(
             settings=settings, engine=engine, presets=presets, voices=voices,
             phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024,

@@ -278,6 +278,18 @@ class Speaker:
         if futures:
             await asyncio.gather(*futures, return_exceptions=True)
 
+    async def finish_current(self) -> None:
+        """Shutting down: the utterance already playing ends normally; queued ones are dropped
+        (resolved cancelled) and new ones refused."""
+        self._closed = True
+        for utt in self._pending:
+            utt.resolve(SpeechOutcome.CANCELLED, played_frames=0, heard="")
+            self._finish(utt)
+        self._pending.clear()
+        futures = [u.future for u in self._active]
+        if futures:
+            await asyncio.gather(*futures, return_exceptions=True)
+
     # ---- barge-in ----------------------------------------------------------------------------
     async def interrupt(self) -> SpeechResult | None:
         """Caller barge-in: stop generation, drop unsent audio, ``clear`` Twilio's buffer.

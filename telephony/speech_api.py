@@ -14,7 +14,6 @@ to enable them. Every error here has OpenAI's shape ``{"error": {"message", "typ
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -22,11 +21,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from telephony.access import HttpProblem, bearer_matches, read_body
 from telephony.config import Settings
 from telephony.services import Bridge
 from telephony.speech_stream import (
@@ -296,9 +295,7 @@ def _authorize(request: Request) -> Bridge:
     bridge: Bridge = request.app.state.bridge
     key = bridge.settings.api_key
     if key:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        # compare_digest: the time taken does not reveal how much of a guessed key was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        if not bearer_matches(request.headers, key):  # constant time (telephony/access.py)
             raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' "
                                 "with the server's VOICE_BRIDGE_API_KEY", code="invalid_api_key",
                            headers={"WWW-Authenticate": 'Bearer realm="voice-bridge"'})
@@ -314,25 +311,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it (or its declared length) exceeds ``limit``, and
     with 408 if it does not arrive within ``BODY_TIMEOUT_S`` (a trickling client holds a
     connection)."""
-    timeout_s = BODY_TIMEOUT_S
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    body = bytearray()
     try:
-        with anyio.fail_after(timeout_s):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise _too_large(limit)
-    except TimeoutError:
-        raise ApiError(408, f"request body not received within {timeout_s:.0f} s",
-                       code="request_timeout") from None
-    return bytes(body)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+        return await read_body(request, limit, BODY_TIMEOUT_S)
+    except HttpProblem as exc:
+        raise ApiError(exc.status, exc.message, code=exc.code, headers=exc.headers) from None
 
 
 def _parse_json(raw: bytes) -> Any:

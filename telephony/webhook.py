@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from telephony.access import MAX_FORM_BYTES, HttpProblem, form_params, read_body
 from telephony.agents import per_call_agent_allowed
 from telephony.errors import json_error
 from telephony.services import Bridge
@@ -42,8 +43,14 @@ def public_request_url(bridge: Bridge, request: Request) -> str:
 async def twiml(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
     started = time.perf_counter()
-    form = await request.form()
-    params = {k: str(v) for k, v in form.multi_items()}
+    if bridge.drain.draining:  # Twilio then uses the number's fallback URL
+        bridge.metrics.error("webhook_draining")
+        return json_error(503, "draining", "this server is shutting down; retry on another",
+                          headers={"Retry-After": "1"})
+    try:  # capped before it is read: a webhook form is a few hundred bytes (telephony/access.py)
+        params = form_params(await read_body(request, MAX_FORM_BYTES, bridge.settings.body_timeout_s))
+    except HttpProblem as exc:
+        return json_error(exc.status, exc.code, exc.message, headers=exc.headers)
     token = bridge.settings.twilio_auth_token
     if token:
         signature = request.headers.get("x-twilio-signature", "")
@@ -103,6 +110,7 @@ async def twiml(request: Request) -> Response:
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.append(connect)
+    bridge.drain.stream_expected(call_sid)
     bridge.metrics.webhook_seconds.observe(time.perf_counter() - started)
     return Response(content=str(response), media_type="application/xml")
 

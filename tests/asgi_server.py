@@ -15,15 +15,17 @@ from telephony.net import listen_socket
 
 @contextlib.asynccontextmanager
 async def serve_asgi(app: Any, sock: socket.socket | None = None, *, force_exit: bool = True,
-                     **config: Any) -> AsyncIterator[str]:
+                     server: uvicorn.Server | None = None, **config: Any) -> AsyncIterator[str]:
     """Run ``app`` under uvicorn on ``sock`` (default: a free loopback port); yields its base URL.
 
     ``force_exit`` stops without waiting for streams a test left hanging (stand-ins); the bridge
-    itself is given its graceful shutdown. ``config`` goes to ``uvicorn.Config``.
+    itself is given its graceful shutdown. ``config`` goes to ``uvicorn.Config``, unless a ready
+    ``server`` is given (the bridge's own, with its connection guard).
     """
     sock = sock or listen_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, **{"log_level": "warning", "lifespan": "off", **config}))
+    if server is None:
+        server = uvicorn.Server(uvicorn.Config(app, **{"log_level": "warning", "lifespan": "off", **config}))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         for _ in range(500):

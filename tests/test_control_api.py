@@ -60,7 +60,7 @@ def samples(metrics_text: str) -> dict[str, float]:
 
 # ---- /warmup -------------------------------------------------------------------------------------------
 async def test_warmup_answers_voice_preset_time_and_ready() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         response = await client.post("/warmup", json={"voice": "synthetic", "preset": "fast"})
         assert response.status_code == 200, response.text
         body = response.json()
@@ -71,21 +71,21 @@ async def test_warmup_answers_voice_preset_time_and_ready() -> None:
 
 
 async def test_warmup_without_a_body_uses_the_defaults() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         body = (await client.post("/warmup")).json()
         assert body["voice"] == "synthetic" and body["preset"] == rb.settings.default_preset
         assert body["ready"] is True
 
 
 async def test_warmup_of_a_stored_voice(voices_dir: Path) -> None:
-    async with running_bridge(voices_dir=voices_dir) as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge(voices_dir=voices_dir) as rb, rb.operator_client() as client:
         response = await client.post("/warmup", json={"voice": "alice"})
         assert response.status_code == 200, response.text
         assert response.json()["voice"] == "alice"
 
 
 async def test_warmup_of_a_valid_but_unknown_voice_is_404(voices_dir: Path) -> None:
-    async with running_bridge(voices_dir=voices_dir) as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge(voices_dir=voices_dir) as rb, rb.operator_client() as client:
         error = error_of(await client.post("/warmup", json={"voice": "nobody"}), 404)
         assert error["code"] == "voice_not_found" and "nobody" in error["message"]
 
@@ -94,23 +94,23 @@ INVALID_VOICE_IDS = ["../x", "a/b", "x" * 65, "voice.wav", "joe\n"]
 
 
 async def test_warmup_of_an_invalid_voice_id_is_422() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         for voice in INVALID_VOICE_IDS:
             response = await client.post("/warmup", json={"voice": voice})
             assert error_of(response, 422)["code"] == "invalid_voice", voice
 
 
 async def test_warmup_with_an_unknown_preset_is_422() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         error = error_of(await client.post("/warmup", json={"preset": "loud"}), 422)
         assert error["code"] == "unknown_preset" and "loud" in error["message"]
 
 
-NOT_JSON = [b"{nope", b"voice=joe", b"\xff\xfe\x00", b"[" * 100_000]  # the last: too deep to decode
+NOT_JSON = [b"{nope", b"voice=joe", b"\xff\xfe\x00", b"[" * 60_000]  # last: too deep, under the 64 KiB cap
 
 
 async def test_a_body_that_is_not_json_is_400() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         for body in NOT_JSON:
             for path in ("/warmup", "/preload"):
                 response = await client.post(path, content=body)
@@ -127,14 +127,14 @@ BAD_PRELOADS = [{"voices": []}, [], {}, {"voices": "alice"}, {"voices": [1]},
 
 @pytest.mark.parametrize(("path", "bodies"), [("/warmup", BAD_WARMUPS), ("/preload", BAD_PRELOADS)])
 async def test_unknown_fields_wrong_types_and_bad_sizes_are_422(path: str, bodies: list[object]) -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         for body in bodies:
             response = await client.post(path, content=json.dumps(body))
             assert error_of(response, 422)["code"] == "invalid_request", body
 
 
 async def test_unknown_fields_are_named_in_the_details() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         response = await client.post("/warmup", json={"voice": "synthetic", "speed": 2})
         assert {"field": "speed", "message": "Extra inputs are not permitted"} in (
             response.json()["error"]["details"])
@@ -142,7 +142,7 @@ async def test_unknown_fields_are_named_in_the_details() -> None:
 
 # ---- /preload ------------------------------------------------------------------------------------------
 async def test_preload_reports_each_voice_and_the_cache(voices_dir: Path) -> None:
-    async with running_bridge(voices_dir=voices_dir) as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge(voices_dir=voices_dir) as rb, rb.operator_client() as client:
         response = await client.post("/preload", json={"voices": ["synthetic", "alice", "ghost"]})
         assert response.status_code == 200, response.text
         body = response.json()
@@ -161,7 +161,7 @@ async def test_preload_reports_each_voice_and_the_cache(voices_dir: Path) -> Non
 
 async def test_preload_accepts_a_bare_json_list_and_serves_from_memory_the_second_time(
         voices_dir: Path) -> None:
-    async with running_bridge(voices_dir=voices_dir) as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge(voices_dir=voices_dir) as rb, rb.operator_client() as client:
         first = (await client.post("/preload", json=["alice"])).json()
         assert first["ok"] is True and first["results"]["alice"]["source"] == "local"
         again = (await client.post("/preload", json=["alice", "synthetic"])).json()
@@ -170,7 +170,7 @@ async def test_preload_accepts_a_bare_json_list_and_serves_from_memory_the_secon
 
 
 async def test_preload_reports_an_invalid_id_as_a_failed_result() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         body = (await client.post("/preload", json={"voices": ["../x"]})).json()
         assert body["results"]["../x"]["ok"] is False
         assert body["results"]["../x"]["error_type"] == "InvalidVoiceId"
@@ -178,7 +178,7 @@ async def test_preload_reports_an_invalid_id_as_a_failed_result() -> None:
 
 # ---- /health and /voices -----------------------------------------------------------------------------
 async def test_health_describes_engine_calls_and_security() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         response = await client.get("/health")
         assert response.status_code == 200
         health = response.json()
@@ -192,14 +192,14 @@ async def test_health_describes_engine_calls_and_security() -> None:
 
 async def test_health_warns_loudly_when_signatures_are_not_checked() -> None:
     async with running_bridge(twilio_auth_token=None, insecure_dev=True) as rb:
-        async with httpx.AsyncClient(base_url=rb.base_url) as client:
+        async with rb.operator_client() as client:
             health = (await client.get("/health")).json()
     assert health["security"].startswith("INSECURE") and "not checked" in health["security"]
     assert "--insecure-dev" in health["warning"]
 
 
 async def test_health_counts_active_calls() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         call = await open_call(rb, client, "CA40", "?greeting=Hello.")
         assert await call.wait_for(lambda: call.stats.media_received > 0)
         assert (await client.get("/health")).json()["active_calls"] == 1
@@ -209,7 +209,7 @@ async def test_health_counts_active_calls() -> None:
 async def test_voices_lists_builtin_and_stored_voices(voices_dir: Path) -> None:
     write_wav(voices_dir / "bob.wav")
     (voices_dir / "notes.txt").write_text("not a voice")
-    async with running_bridge(voices_dir=voices_dir) as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge(voices_dir=voices_dir) as rb, rb.operator_client() as client:
         body = (await client.get("/voices")).json()
     assert body["default"] == "synthetic"
     assert body["voices"] == [
@@ -231,7 +231,7 @@ METRICS = {
 
 
 async def test_metrics_are_prometheus_text_with_the_bridge_metrics() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -257,7 +257,7 @@ async def test_a_short_call_shows_up_in_the_metrics() -> None:
 
 # ---- every error has one shape -----------------------------------------------------------------------
 async def test_unknown_routes_and_methods_are_json_errors_too() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+    async with running_bridge() as rb, rb.operator_client() as client:
         assert error_of(await client.get("/nope"), 404)["code"] == "http_error"
         assert error_of(await client.get("/warmup"), 405)["code"] == "http_error"
         assert error_of(await client.post("/health"), 405)["code"] == "http_error"
@@ -268,7 +268,7 @@ async def test_warmup_with_the_real_piper_engine() -> None:
     # running_bridge's ``engine`` is an Engine object (its settings engine cannot be overridden by name),
     # so the Piper engine is built here exactly as Bridge.start would build it.
     async with running_bridge(engine=create_engine("piper")) as rb:
-        async with httpx.AsyncClient(base_url=rb.base_url, timeout=30) as client:
+        async with rb.operator_client(timeout=30) as client:
             response = await client.post("/warmup", json={"voice": "joe"})
             health = (await client.get("/health")).json()
     assert response.status_code == 200, response.text

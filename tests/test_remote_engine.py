@@ -255,7 +255,8 @@ async def test_health_metrics_and_warmup_show_each_server() -> None:
     dead = free_port_url() + "/v1"
     async with standins() as [(_, url)]:
         engine = OpenAIRemoteEngine([url, dead], voices=["alloy"])
-        async with running_bridge(engine=engine) as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
+        async with running_bridge(engine=engine) as rb, \
+                rb.operator_client() as client:
             warm = (await client.post("/warmup", json={"voice": "alloy"})).json()
             assert list(warm["targets"]) == [url] and warm["ready"] is True
             health = (await client.get("/health")).json()

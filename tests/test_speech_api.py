@@ -216,12 +216,13 @@ async def test_api_key_is_required_and_checked() -> None:
 
 
 async def test_without_a_key_v1_is_refused_unless_insecure_dev() -> None:
-    async with running_bridge(SyntheticEngine()) as rb, httpx.AsyncClient() as http:
+    async with running_bridge(SyntheticEngine(), api_key=None) as rb, httpx.AsyncClient() as http:
         response = await http.get(f"{rb.base_url}/v1/models")
         assert response.status_code == 403
         error = response.json()["error"]
         assert error["code"] == "api_disabled" and "VOICE_BRIDGE_API_KEY" in error["message"]
-    async with running_bridge(SyntheticEngine(), twilio_auth_token=None, insecure_dev=True) as rb:
+    async with running_bridge(SyntheticEngine(), twilio_auth_token=None, insecure_dev=True,
+                              api_key=None) as rb:
         body, _ = await stream_speech(rb, response_format="pcm")
         assert body
 

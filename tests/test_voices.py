@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import time
 import wave
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -636,3 +638,33 @@ async def test_preload_runs_in_parallel(server: FakeVoiceServer, remote_store: V
     assert all(r.ok for r in results.values())
     assert loop.time() - started < 0.2 * 6 / 2  # far below the sequential 1.2 s
     assert remote_store.stats()["fetches"] == 6
+
+
+# ---- the disk cache's size limit (issue 10, finding 2) -----------------------------------------------
+async def test_the_disk_cache_keeps_under_its_limit_evicting_the_least_recently_used(
+        tmp_path: Path, server: FakeVoiceServer, http: httpx.AsyncClient) -> None:
+    """A flood of distinct voice ids cannot fill the disk: past the limit the voice written or
+    served longest ago goes first."""
+    size = len(wav_bytes(seconds=0.5))
+    cache = tmp_path / "cache"
+    store = VoiceStore(None, remote_base_url=BASE, http_client=http, cache_dir=cache,
+                       memory_capacity=1, disk_cache_max_bytes=int(size * 2.5))
+    try:
+        for voice_id in ("v1", "v2"):
+            server.serve_voice(voice_id, seconds=0.5)
+            await store.get(voice_id)
+        old = time.time() - 60
+        os.utime(cache / "v1.wav", (old, old))
+        os.utime(cache / "v2.wav", (old - 60, old - 60))
+        store.invalidate("v2")  # out of memory: the next get reads the disk cache
+        assert (await store.get("v2")).source == "disk_cache"  # served now: the most recent
+        server.serve_voice("v3", seconds=0.5)
+        await store.get("v3")
+        assert sorted(p.name for p in cache.glob("*.wav")) == ["v2.wav", "v3.wav"]
+        assert store.stats()["disk_evictions"] == 1
+        for i in range(4, 12):
+            server.serve_voice(f"v{i}", seconds=0.5)
+            await store.get(f"v{i}")
+        assert sum(p.stat().st_size for p in cache.iterdir()) <= size * 2.5
+    finally:
+        await store.aclose()

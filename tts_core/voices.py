@@ -4,7 +4,8 @@
 
 1. memory: an LRU of decoded voices bounded by ``memory_capacity``;
 2. ``voices_dir/<id>.wav`` (plus an optional ``<id>.txt`` transcript), the operator's own voices;
-3. the disk cache of voices fetched earlier from the voice server (``<cache_dir>/<id>.wav``);
+3. the disk cache of voices fetched earlier from the voice server (``<cache_dir>/<id>.wav``),
+   bounded by ``disk_cache_max_bytes`` (least recently written or served evicted first);
 4. the voice server: ``GET {remote_base_url}/{id}.wav`` and ``GET {remote_base_url}/{id}.txt``
    (a 404 for the transcript just means there is none).
 
@@ -227,6 +228,38 @@ class PreloadResult:
         return out
 
 
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def _evict_lru(directory: Path, max_bytes: int, *, keep: str) -> int:
+    """Delete the least recently used cached voices (``.wav`` mtime: written or last served)
+    until the directory's voices fit ``max_bytes``; ``keep`` (just written) stays. Returns how
+    many were deleted. Runs in a worker thread."""
+    entries = []
+    total = 0
+    for wav in directory.glob("*.wav"):
+        with contextlib.suppress(OSError):
+            stat = wav.stat()
+            txt = wav.with_suffix(".txt")
+            size = stat.st_size + (txt.stat().st_size if txt.exists() else 0)
+            total += size
+            if wav.stem != keep:
+                entries.append((stat.st_mtime_ns, wav.stem, size))
+    evicted = 0
+    for _, voice_id, size in sorted(entries):
+        if total <= max_bytes:
+            break
+        VoiceStore._drop_cached(directory, voice_id)
+        total -= size
+        evicted += 1
+    if evicted:
+        log.info("voice disk cache: evicted %d least recently used voice(s) to stay under %d bytes",
+                 evicted, max_bytes)
+    return evicted
+
+
 class VoiceStore:
     """Reference voices for an asyncio server: memory LRU, voices dir, disk cache, voice server."""
 
@@ -240,6 +273,7 @@ class VoiceStore:
         memory_capacity: int = 32,
         max_bytes: int = 10 * 1024 * 1024,
         fetch_timeout_s: float = 10.0,
+        disk_cache_max_bytes: int | None = None,
     ) -> None:
         if memory_capacity < 1:
             raise ValueError("memory_capacity must be at least 1")
@@ -257,6 +291,8 @@ class VoiceStore:
         self.memory_capacity = memory_capacity
         self.max_bytes = max_bytes
         self.fetch_timeout_s = fetch_timeout_s
+        self.disk_cache_max_bytes = disk_cache_max_bytes
+        """Past this, the least recently used cached voices are deleted (None: no limit)."""
 
         if cache_dir is not None:
             self._cache_dir: Path | None = Path(cache_dir)
@@ -274,6 +310,7 @@ class VoiceStore:
         self._counts = {
             "memory_hits": 0, "local_hits": 0, "disk_cache_hits": 0, "remote_loads": 0,
             "misses": 0, "fetches": 0, "fetch_errors": 0, "coalesced": 0, "evictions": 0,
+            "disk_evictions": 0,
         }
 
     # ---- lookups ------------------------------------------------------------------------------------
@@ -330,6 +367,7 @@ class VoiceStore:
                 await asyncio.to_thread(self._drop_cached, cache_dir, voice_id)
                 voice = None
             if voice is not None:
+                await asyncio.to_thread(_touch, cache_dir / f"{voice_id}.wav")  # recently used
                 self._counts["disk_cache_hits"] += 1
                 return self._remember(voice), "disk_cache"
         if self.remote_base_url is None:
@@ -463,6 +501,9 @@ class VoiceStore:
         else:
             txt.unlink(missing_ok=True)
         _atomic_write(directory / f"{voice_id}.wav", data)
+        if self.disk_cache_max_bytes is not None:
+            self._counts["disk_evictions"] += _evict_lru(directory, self.disk_cache_max_bytes,
+                                                         keep=voice_id)
 
     @staticmethod
     def _drop_cached(directory: Path, voice_id: str) -> None:

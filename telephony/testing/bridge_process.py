@@ -54,13 +54,14 @@ class BridgeProcess:
 
 @contextlib.asynccontextmanager
 async def bridge_process(*args: str, env: dict[str, str] | None = None, ready_timeout_s: float = 60.0,
-                         cpu: int | None = None) -> AsyncIterator[BridgeProcess]:
+                         cpu: int | None = None, port: int | None = None) -> AsyncIterator[BridgeProcess]:
     """``voice-bridge serve --port N *args`` on 127.0.0.1, waited for until /health answers.
 
     ``env`` is added to this process's environment. ``cpu`` pins the process to one core
-    (benchmarks). The process is terminated (then killed) on exit, whatever happened.
+    (benchmarks). ``port``: one picked beforehand (PUBLIC_URL must name it). The process is
+    terminated (then killed) on exit, whatever happened.
     """
-    port = free_port()
+    port = port or free_port()
     log = tempfile.NamedTemporaryFile(prefix=f"voice-bridge-{port}-", suffix=".log", delete=False)
     command = [sys.executable, "-m", "telephony", "serve", "--host", "127.0.0.1", "--port", str(port),
                *args]
@@ -83,7 +84,7 @@ async def bridge_process(*args: str, env: dict[str, str] | None = None, ready_ti
         yield running
     finally:
         if process.poll() is None:
-            process.terminate()
+            process.send_signal(signal.SIGINT)  # stop at once (SIGTERM would drain live calls)
             try:
                 await asyncio.to_thread(process.wait, 10)
             except subprocess.TimeoutExpired:
