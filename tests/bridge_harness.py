@@ -16,6 +16,7 @@ from telephony.conn_guard import plan_budget
 from telephony.net import listen_socket
 from telephony.server import BridgeServer, build_server
 from telephony.services import Bridge
+from tests.asgi_server import serve_asgi
 from tts_core.engines import Engine
 from tts_core.stt import Recogniser
 
