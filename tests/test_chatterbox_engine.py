@@ -445,7 +445,7 @@ def test_the_engine_is_created_by_name_without_torch(tmp_path: Path) -> None:
 async def test_a_call_through_the_bridge_speaks_a_cloned_voice_with_valid_frames(tmp_path: Path) -> None:
     import httpx
 
-    from tests.bridge_harness import running_bridge
+    from tests.bridge_harness import OPERATOR_HEADERS, running_bridge
     from tests.test_call_e2e import open_call
     from tts_core.engines.conditioning import write_wav
 
@@ -455,7 +455,8 @@ async def test_a_call_through_the_bridge_speaks_a_cloned_voice_with_valid_frames
     loader = StandinLoader()
     engine = make_engine(tmp_path, loader, replicas=2, warmup_on_load=True)
     async with running_bridge(engine=engine, voices_dir=voices_dir) as rb, httpx.AsyncClient() as client:
-        warm = await client.post(f"{rb.base_url}/warmup", json={"voice": "alice"})
+        warm = await client.post(f"{rb.base_url}/warmup", json={"voice": "alice"},
+                                 headers=OPERATOR_HEADERS)
         assert warm.status_code == 200, warm.text
         assert set(warm.json()["targets"]) == {"cpu#0", "cpu#1"}
         call = await open_call(rb, client, "CA4242", "?voice=alice&greeting=Hello%20caller.")

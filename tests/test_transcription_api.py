@@ -85,7 +85,7 @@ async def test_api_key_rules(recogniser: Recogniser) -> None:
         assert refused.value.status_code == 401
         assert refused.value.body["code"] == "invalid_api_key"  # type: ignore[index]
     # No key configured and no --insecure-dev: the API is off.
-    async with running_bridge(stt="local", recogniser=recogniser) as rb:
+    async with running_bridge(stt="local", recogniser=recogniser, api_key=None) as rb:
         with pytest.raises(openai.PermissionDeniedError) as off:
             await client_for(rb.base_url).audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
         assert off.value.body["code"] == "api_disabled"  # type: ignore[index]
