@@ -75,6 +75,7 @@ class PicowsSocket(WSListener):
         self.headers = request.headers
         self._tasks = tasks
         self._transport: WSTransport | None = None
+        self._loop = asyncio.get_running_loop()  # built by the server inside its loop
         self._inbox: deque[dict[str, Any]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._out: list[bytes] = []
@@ -95,7 +96,8 @@ class PicowsSocket(WSListener):
     # ---- picows callbacks (run on the event loop, never block) ------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
-        task = asyncio.get_running_loop().create_task(self._serve(), name="media-stream-fast")
+        self._loop = asyncio.get_running_loop()  # get_running_loop() costs a getpid() per call
+        task = self._loop.create_task(self._serve(), name="media-stream-fast")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -160,7 +162,7 @@ class PicowsSocket(WSListener):
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         if not self._open:
@@ -186,7 +188,7 @@ class PicowsSocket(WSListener):
         self._session = session
         try:
             while not (self._gone or self._call_over or stalled()):
-                self._waiter = asyncio.get_running_loop().create_future()
+                self._waiter = self._loop.create_future()
                 try:
                     await self._waiter
                 finally:
