@@ -15,7 +15,9 @@ Stacks:
   with ``git archive`` to a temporary directory and served as it was (uvicorn + ASGI route);
 - ``lean``: this checkout, ``/media-stream`` on the picows listener (``--stream-port``) plus the
   lazy inbound path;
-- ``asgi``: this checkout on the ASGI route (isolates the inbound changes from the listener).
+- ``asgi``: this checkout on the ASGI route (isolates the inbound changes from the listener);
+- ``lean-stt``: ``lean`` with the embedded recogniser on (VOICE_BRIDGE_STT=local): what listening
+  (turn detection on every caller frame, Whisper at each end of turn) costs per call.
 
 Usage:
   PYTHONPATH=. .venv/bin/python scripts/bench_frame_path.py --calls 100 200 --rounds 2
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, nargs="+", default=[100])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ramp-up", type=float, default=5.0)
-    parser.add_argument("--stacks", nargs="+", default=["base", "lean"], choices=["base", "lean", "asgi"])
+    parser.add_argument("--stacks", nargs="+", default=["base", "lean"],
+                        choices=["base", "lean", "asgi", "lean-stt"])
     parser.add_argument("--baseline-ref", default="eddf09e",
                         help="git ref of today's stack (default: the commit before the lean path)")
     parser.add_argument("--stt", default="off", choices=["off", "local"],
@@ -158,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             if name == "base":
                 (tmp / "base").mkdir(exist_ok=True)
             src = export_ref(args.baseline_ref, tmp / "base") if name == "base" else ROOT
-            bridges.append(Bridge(name, src, args.port + 10 * i, lean=name == "lean",
-                                  core=args.bridge_core, stt=args.stt))
+            bridges.append(Bridge(name, src, args.port + 10 * i, lean=name.startswith("lean"),
+                                  core=args.bridge_core,
+                                  stt="local" if name == "lean-stt" else args.stt))
         for bridge in bridges:
             bridge.wait_ready()
             load(bridge, 4, 0.5, args.client_cores, tmp / f"warm_{bridge.name}.json")  # phrase cache
