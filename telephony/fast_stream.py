@@ -75,7 +75,7 @@ class PicowsSocket(WSListener):
         self.headers = request.headers
         self._tasks = tasks
         self._transport: WSTransport | None = None
-        self._loop = asyncio.get_running_loop()  # built by the server inside its loop
+        self._loop = asyncio.get_running_loop()  # kept: get_running_loop() costs a getpid()
         self._inbox: deque[dict[str, Any]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._out: list[bytes] = []
@@ -96,21 +96,13 @@ class PicowsSocket(WSListener):
     # ---- picows callbacks (run on the event loop, never block) ------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
-        self._loop = asyncio.get_running_loop()  # get_running_loop() costs a getpid() per call
         task = self._loop.create_task(self._serve(), name="media-stream-fast")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
-        session = self._session
-        if session is not None and kind is not WSMsgType.CLOSE:
-            self._push(session, frame)
-        elif kind is WSMsgType.TEXT:
-            self._deliver({"type": "websocket.receive", "text": frame.get_payload_as_utf8_text()})
-        elif kind is WSMsgType.BINARY:
-            self._deliver({"type": "websocket.receive", "bytes": frame.get_payload_as_bytes()})
-        elif kind is WSMsgType.CLOSE:
+        if kind is WSMsgType.CLOSE:
             self._close_code = int(frame.get_close_code().value)
             self._flush()
             if self._open:
@@ -118,6 +110,16 @@ class PicowsSocket(WSListener):
                 transport.send_close(WSCloseCode.OK)
             transport.disconnect()
             self._on_gone()
+            return
+        raw = self._payload(frame)
+        if raw is None:
+            return
+        session = self._session
+        if session is not None:
+            self._push(session, raw)
+        else:
+            self._deliver({"type": "websocket.receive", "text": raw} if isinstance(raw, str)
+                          else {"type": "websocket.receive", "bytes": raw})
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._out.clear()
@@ -171,7 +173,11 @@ class PicowsSocket(WSListener):
         self._flush()
         transport = self._transport
         if transport is not None and not self._gone:
-            transport.send_close(WSCloseCode(code), (reason or "").encode()[:123])
+            try:
+                close_code = WSCloseCode(code)
+            except ValueError:  # a code picows has no name for
+                close_code = WSCloseCode.INTERNAL_ERROR
+            transport.send_close(close_code, (reason or "").encode()[:123])
             transport.disconnect()
 
     async def pushed_messages(self, session: Any, stalled: Callable[[], bool]) -> AsyncIterator[str]:
@@ -201,15 +207,32 @@ class PicowsSocket(WSListener):
         yield  # an async generator that yields nothing
 
     # ---- internals ------------------------------------------------------------------------------
-    def _push(self, session: Any, frame: WSFrame) -> None:
+    def _payload(self, frame: WSFrame) -> str | bytes | None:
+        """A data frame's message: text as str, anything else as bytes (which the parser counts
+        as a binary frame). Twilio never fragments its small messages, so fragments are not
+        reassembled: a first fragment fails to parse, a continuation counts as binary. Invalid
+        UTF-8 closes the socket with 1007, as websockets does on the ASGI route."""
+        kind = frame.msg_type
+        if kind is WSMsgType.TEXT:
+            try:
+                return frame.get_payload_as_utf8_text()
+            except UnicodeDecodeError:
+                self._close_soon(1007, "invalid UTF-8")
+                return None
+        if kind is WSMsgType.BINARY or kind is WSMsgType.CONTINUATION:
+            return frame.get_payload_as_bytes()
+        return None  # ping/pong: picows answers pings itself
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        if not self._open:
+            return
+        task = self._loop.create_task(self.close(code, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _push(self, session: Any, raw: str | bytes) -> None:
         if self._call_over:
             return
-        if frame.msg_type is WSMsgType.TEXT:
-            raw: str | bytes = frame.get_payload_as_utf8_text()
-        elif frame.msg_type is WSMsgType.BINARY:
-            raw = frame.get_payload_as_bytes()
-        else:
-            return  # ping/pong: picows answers pings itself
         try:
             going_on = session.feed(raw) and not self._stalled()
         except Exception as exc:  # re-raised in session.run, which ends that call only
@@ -223,8 +246,9 @@ class PicowsSocket(WSListener):
 
     def _deliver(self, message: dict[str, Any]) -> None:
         if len(self._inbox) >= MAX_INBOX:
-            log.warning("media stream: handler not reading; closing the socket")
-            asyncio.get_running_loop().create_task(self.close(1013, "not reading"))
+            if self._open:
+                log.warning("media stream: handler not reading; closing the socket")
+            self._close_soon(1013, "not reading")
             return
         self._inbox.append(message)
         waiter = self._waiter

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from picows import WSCloseCode, WSMsgType
 
 from telephony.fast_stream import PicowsSocket, frame_header
 from telephony.media_fastpath import scan_media
@@ -204,3 +205,53 @@ def test_scan_media_agrees_with_the_full_parser_on_twilio_shaped_messages() -> N
 ])
 def test_scan_media_leaves_anything_unusual_to_the_full_parser(raw: str | bytes) -> None:
     assert scan_media(raw) is None
+
+
+class _TextFrame:
+    """What the listener reads of a picows text frame."""
+
+    msg_type = WSMsgType.TEXT
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def get_payload_as_utf8_text(self) -> str:
+        return self.payload.decode("utf-8")
+
+
+class _FakeWSTransport:
+    def __init__(self) -> None:
+        self.underlying_transport = _Recorder()
+        self.closed_with: list[object] = []
+
+    def send_close(self, code: object, message: bytes = b"") -> None:
+        self.closed_with.append(code)
+
+    def disconnect(self, graceful: bool = True) -> None:
+        pass
+
+
+async def test_a_handler_that_stops_reading_gets_its_socket_closed_not_an_unbounded_inbox() -> None:
+    from telephony.fast_stream import MAX_INBOX
+
+    tasks: set[asyncio.Task[None]] = set()
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks)
+    transport = _FakeWSTransport()
+    sock._transport = transport  # type: ignore[assignment]
+    frame = _TextFrame(b'{"event":"connected"}')
+    for _ in range(MAX_INBOX + 5):
+        sock.on_ws_frame(transport, frame)  # type: ignore[arg-type]
+    await asyncio.gather(*tasks)
+    assert len(sock._inbox) == MAX_INBOX
+    assert transport.closed_with == [WSCloseCode.TRY_AGAIN_LATER]
+
+
+async def test_invalid_utf8_closes_with_1007() -> None:
+    tasks: set[asyncio.Task[None]] = set()
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks)
+    transport = _FakeWSTransport()
+    sock._transport = transport  # type: ignore[assignment]
+    sock.on_ws_frame(transport, _TextFrame(b"\xff\xfe"))  # type: ignore[arg-type]
+    await asyncio.gather(*tasks)
+    assert transport.closed_with == [WSCloseCode.INVALID_TEXT]
+    assert not sock._inbox
