@@ -43,6 +43,7 @@ from picows import (
     WSUpgradeRequest,
     ws_create_server,
 )
+from starlette.datastructures import Address
 from starlette.websockets import WebSocketState
 
 from telephony import media_stream
@@ -92,10 +93,15 @@ class PicowsSocket(WSListener):
         self._stalled: Callable[[], bool] = lambda: False
         self._call_over = False
         self._failure: Exception | None = None
+        self.client: Address | None = None
+        """The peer's address, as starlette's ``WebSocket.client`` (per-peer connection caps)."""
 
     # ---- picows callbacks (run on the event loop, never block) ------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
+        peer = transport.underlying_transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client = Address(str(peer[0]), int(peer[1]))
         task = self._loop.create_task(self._serve(), name="media-stream-fast")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
