@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 OPENAI_PCM_RATE = 24000
 STREAM_FIELDS = frozenset({"stream_format", "stream", "speed"})
 MAX_ERROR_BODY = 64 * 1024
+CONNECTIONS_PER_POOL = 16
 _REQUEST_ERRORS = frozenset({400, 413, 422})
 """Statuses that blame our request (bad voice, text too long), not the server: no failover, since
 every server would refuse it alike, and the server stays in service."""
@@ -96,26 +98,36 @@ class OpenAIRemoteEngine(Engine):
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._own_client = http_client is None
-        self._client = http_client
+        self._clients: list[httpx.AsyncClient] = [http_client] if http_client is not None else []
+        self._client_load: list[int] = [0] * len(self._clients)
         self._max_connections = max_in_flight_per_server * len(self.fleet.servers)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def load(self) -> None:
-        """Open the connection pool. No server is contacted: the bridge starts even while a
-        server is down (it is skipped, and ``/health`` shows it)."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=self.first_byte_timeout_s, read=None, write=10.0,
-                                      pool=self.first_byte_timeout_s),
-                limits=httpx.Limits(max_connections=self._max_connections,
-                                    max_keepalive_connections=self._max_connections),
-                follow_redirects=False,
-            )
+        """Open the connection pools. No server is contacted: the bridge starts even while a
+        server is down (it is skipped, and ``/health`` shows it).
+
+        Several small pools rather than one big one: httpcore scans every connection of a pool
+        each time a request starts or ends (``_assign_requests_to_connections``, with a socket
+        readability check per idle connection), so one pool of hundreds of streams spent 20% of
+        the bridge's CPU there at 100 calls (py-spy). A request takes the least-busy pool.
+        """
+        if self._clients:
+            return
+        shards = max(1, math.ceil(self._max_connections / CONNECTIONS_PER_POOL))
+        size = math.ceil(self._max_connections / shards)
+        self._clients = [httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=self.first_byte_timeout_s, read=None, write=10.0,
+                                  pool=self.first_byte_timeout_s),
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            follow_redirects=False,
+        ) for _ in range(shards)]
+        self._client_load = [0] * shards
 
     async def aclose(self) -> None:
-        if self._client is not None and self._own_client:
-            await self._client.aclose()
-            self._client = None
+        if self._own_client:
+            await asyncio.gather(*(client.aclose() for client in self._clients))
+            self._clients, self._client_load = [], []
 
     def builtin_voices(self) -> list[str]:
         return list(self._voices)
@@ -169,20 +181,22 @@ class OpenAIRemoteEngine(Engine):
                            ) -> AsyncIterator[np.ndarray]:
         """One attempt on one server. Raises _ServerFailed before the first audio byte,
         EngineError after it (or for a request the server refused)."""
-        if self._client is None:
+        if not self._clients:
             await self.load()
-        assert self._client is not None
+        shard = min(range(len(self._clients)), key=self._client_load.__getitem__)
+        client = self._clients[shard]
+        self._client_load[shard] += 1
         fleet = self.fleet
         fleet.begin(server)
         started = time.monotonic()
         first_byte_at = started + self.first_byte_timeout_s
         delivered = False
         try:
-            http_request = self._client.build_request(
+            http_request = client.build_request(
                 "POST", f"{server.url}/audio/speech", json=body, headers=self._headers)
             try:
                 async with asyncio.timeout_at(_loop_time(first_byte_at)):
-                    response = await self._client.send(http_request, stream=True)
+                    response = await client.send(http_request, stream=True)
             except (TimeoutError, httpx.TimeoutException):
                 raise self._failed(server, "no response within the first-byte timeout "
                                    f"({self.first_byte_timeout_s:g} s)") from None
@@ -230,6 +244,7 @@ class OpenAIRemoteEngine(Engine):
                 await response.aclose()  # an unfinished body closes the connection: the server stops
         finally:
             fleet.end(server)
+            self._client_load[shard] -= 1
 
     async def _check_status(self, server: ServerStats, response: httpx.Response) -> None:
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
