@@ -37,18 +37,20 @@ for _path in (str(ROOT), str(ROOT / "scripts")):
         sys.path.insert(0, _path)
 
 import httpx  # noqa: E402
-from _signed_call import production_bridge, raise_fd_limit, signed_call, signed_webhook  # noqa: E402
+from _signed_call import production_bridge, raise_fd_limit, signed_webhook, stream_of  # noqa: E402
+
+from telephony.twilio_emulator import TwilioEmulator  # noqa: E402
 
 
-def attacker(i: int) -> str:
-    """Attackers come from 40 loopback addresses (127.0.1.x): more than one peer, as a botnet would."""
-    return f"127.0.1.{1 + i % 40}"
+def attacker(i: int, peers: int = 40) -> str:
+    """Attackers come from ``peers`` loopback addresses (127.0.1.x), as a botnet would."""
+    return f"127.0.1.{1 + i % peers}"
 
 
 def twilio_address(i: int) -> str:
     """Twilio's webhooks come from many addresses too (127.0.2.x)."""
     return f"127.0.2.{1 + i % 10}"
-SCENARIOS = ["quiet", "idle", "warmup", "burst", "all"]
+SCENARIOS = ["quiet", "idle", "idle-one-peer", "warmup", "burst", "all"]
 
 
 @dataclass
@@ -58,6 +60,8 @@ class CallFigures:
     underruns: int
     underrun_ms: float
     ok: bool
+    error: str = ""
+    webhook_ms: float = float("nan")
 
 
 @dataclass
@@ -76,12 +80,13 @@ class Attack:
         self.writers.clear()
 
 
-async def idle_connection(attack: Attack, port: int, i: int, stop_at: float) -> None:
+async def idle_connection(attack: Attack, port: int, i: int, peers: int, stop_at: float) -> None:
     """One idle connection (or a slowloris header), re-opened whenever the bridge drops it."""
     slowloris = i % 2 == 0
     while time.monotonic() < stop_at:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(attacker(i), 0))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                           local_addr=(attacker(i, peers), 0))
         except OSError:
             attack.counts["connect_failed"] += 1
             await asyncio.sleep(0.5)
@@ -140,9 +145,19 @@ async def greeting_burst(attack: Attack, base_url: str, round_: int, size: int =
 async def live_call(base_url: str, n: int) -> CallFigures:
     async with httpx.AsyncClient(timeout=30) as http:
         sent = time.monotonic()
-        call = await signed_call(http, base_url, f"CAlive{n:06d}",
-                                 {"greeting": f"Thanks for calling, caller number {n}. How can I help?",
-                                  "agentUrl": "demo"})
+        query = {"greeting": f"Thanks for calling, caller number {n}. How can I help?", "agentUrl": "demo"}
+        try:
+            response = await signed_webhook(http, base_url, f"CAlive{n:06d}", query)
+            webhook_ms = (time.monotonic() - sent) * 1000
+            response.raise_for_status()
+            url, params = stream_of(response.text)
+            call = TwilioEmulator(url, call_sid=f"CAlive{n:06d}", stream_sid=f"MZlive{n:06d}",
+                                  custom_parameters=params, keep_audio=False)
+            await call.connect()
+        except (httpx.HTTPError, OSError) as exc:  # the webhook (or the stream) was refused
+            status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+            return CallFigures(float("nan"), float("nan"), 0, 0.0, False,
+                               f"webhook {status}" if status else type(exc).__name__)
         try:
             ok = await call.wait_for(lambda: len(call.played_utterances()) >= 1, timeout=30)
             greeting_ttfa = (call.stats.utterances[0].first_frame_received - sent) * 1000 \
@@ -153,7 +168,7 @@ async def live_call(base_url: str, n: int) -> CallFigures:
             turn_ttfa = (call.stats.utterances[1].first_frame_received - pressed) * 1000 \
                 if len(call.stats.utterances) > 1 else float("nan")
             return CallFigures(greeting_ttfa, turn_ttfa, call.stats.underruns, call.stats.underrun_ms,
-                               ok and not call.stats.invalid)
+                               ok and not call.stats.invalid, webhook_ms=webhook_ms)
         finally:
             await call.hang_up()
 
@@ -162,8 +177,9 @@ async def scenario(name: str, calls: int, settle_s: float) -> tuple[list[CallFig
     async with production_bridge() as bridge:
         attack = Attack()
         stop_at = time.monotonic() + 600
-        if name in ("idle", "all"):
-            attack.tasks += [asyncio.create_task(idle_connection(attack, bridge.port, i, stop_at))
+        if name in ("idle", "idle-one-peer", "all"):
+            peers = 1 if name == "idle-one-peer" else 40
+            attack.tasks += [asyncio.create_task(idle_connection(attack, bridge.port, i, peers, stop_at))
                              for i in range(1000)]
         if name in ("warmup", "all"):
             attack.tasks += [asyncio.create_task(warmup_flood(attack, bridge.base_url, i, stop_at))
@@ -180,25 +196,43 @@ async def scenario(name: str, calls: int, settle_s: float) -> tuple[list[CallFig
                     await asyncio.sleep(0.3)  # the webhooks are in; their pre-renders are running
                 async with httpx.AsyncClient(timeout=10) as http:
                     t0 = time.monotonic()
-                    await http.get(bridge.base_url + "/health")
-                    health_ms.append((time.monotonic() - t0) * 1000)
-                figures.append(await live_call(bridge.base_url, n))
+                    try:
+                        await http.get(bridge.base_url + "/health")
+                        health_ms.append((time.monotonic() - t0) * 1000)
+                    except httpx.HTTPError:
+                        attack.counts["health_failed"] += 1
+                try:
+                    async with asyncio.timeout(90):
+                        figures.append(await live_call(bridge.base_url, n))
+                except TimeoutError:
+                    figures.append(CallFigures(float("nan"), float("nan"), 0, 0.0, False, "timeout"))
+                print(f"  {name} call {n}: {figures[-1]}", flush=True)
             attack.counts["held_at_end"] = attack.held
         finally:
             await attack.stop()
-        return figures, attack, statistics.median(health_ms)
+        return figures, attack, _median(health_ms)
+
+
+def _median(values: list[float]) -> float:
+    values = [v for v in values if v == v]  # NaN: the call did not happen
+    return statistics.median(values) if values else float("nan")
 
 
 def summary_row(name: str, figures: list[CallFigures], attack: Attack, health_ms: float) -> str:
-    g = statistics.median(f.greeting_ttfa_ms for f in figures)
-    t = statistics.median(f.turn_ttfa_ms for f in figures)
+    g = _median([f.greeting_ttfa_ms for f in figures])
+    t = _median([f.turn_ttfa_ms for f in figures])
+    errors = Counter(f.error for f in figures if f.error)
     under = sum(f.underruns for f in figures)
     under_ms = sum(f.underrun_ms for f in figures)
     ok = sum(f.ok for f in figures)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(attack.counts.items()))
-    return (f"| {name} | {g:.0f} | {max(f.greeting_ttfa_ms for f in figures):.0f} | {t:.0f} | "
-            f"{max(f.turn_ttfa_ms for f in figures):.0f} | {under} ({under_ms:.0f} ms) | "
-            f"{ok}/{len(figures)} | "
+    failed = "".join(f" ({k} x{v})" for k, v in errors.items())
+    g_max = max((f.greeting_ttfa_ms for f in figures if f.ok), default=float("nan"))
+    t_max = max((f.turn_ttfa_ms for f in figures if f.ok), default=float("nan"))
+    w = _median([f.webhook_ms for f in figures])
+    return (f"| {name} | {g:.0f} | {g_max:.0f} | {w:.0f} | {t:.0f} | {t_max:.0f} | "
+            f"{under} ({under_ms:.0f} ms) | "
+            f"{ok}/{len(figures)}{failed} | "
             f"{health_ms:.0f} | {counts or '-'} |")
 
 
@@ -209,9 +243,9 @@ async def main_async(args: argparse.Namespace) -> int:
         figures, attack, health = await scenario(name, args.calls, args.settle)
         rows.append(summary_row(name, figures, attack, health))
         print(rows[-1], flush=True)
-    print("\n| scenario | greeting TTFA p50 (ms) | max | agent-turn TTFA p50 (ms) | max | underruns "
-          "| calls ok | /health (ms) | attack counters |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| scenario | greeting TTFA p50 (ms) | max | of which webhook p50 | agent-turn TTFA p50 (ms) "
+          "| max | underruns | calls ok | /health (ms) | attack counters |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 

@@ -179,17 +179,20 @@ class StreamFuzzer:
 
     async def probe(self, messages: list[str | bytes]) -> str:
         if self.call is None or closed(self.call):
-            self._retire()
+            await self._retire()
             self.call = await open_stream(self.http, self.target, {"greeting": "", "agentUrl": "demo"})
         for message in messages:
             await self.call.send_raw(wire(message))
         return "closed" if closed(self.call) else "open"
 
-    def _retire(self) -> None:
+    async def _retire(self) -> None:
         if self.call is not None:
-            self.ended.append((self.call.stats.close_code, self.call.stats.close_reason))
-            assert self.call.stats.close_code in STREAM_CLOSE_OK, self.ended[-1]
-            assert not self.call.stats.invalid, self.call.stats.invalid[:3]
+            call, self.call = self.call, None
+            await call.wait_closed(5)
+            await call.close()  # its reader and playback tasks
+            self.ended.append((call.stats.close_code, call.stats.close_reason))
+            assert call.stats.close_code in STREAM_CLOSE_OK, self.ended[-1]
+            assert not call.stats.invalid, call.stats.invalid[:3]
 
     async def finish(self) -> None:
         """The last fuzzed call still works (a key is read back), or it ended with a fine code."""
@@ -201,8 +204,7 @@ class StreamFuzzer:
             assert await self.call.wait_for(
                 lambda: len(self.call.played_utterances()) > before or closed(self.call), timeout=20)
         if closed(self.call):
-            await self.call.wait_closed(5)
-            self._retire()
+            await self._retire()
         else:
             await self.call.hang_up()
         self.call = None
@@ -294,6 +296,7 @@ class AgentFuzzer:
             self.ended.append((None, "hung up by the fuzzer"))
         else:
             await self.call.wait_closed(5)
+            await self.call.close()  # its reader and playback tasks
             self.ended.append((self.call.stats.close_code, self.call.stats.close_reason))
             assert self.call.stats.close_code in STREAM_CLOSE_OK, self.ended[-1]
         assert not self.call.stats.invalid, self.call.stats.invalid[:3]
