@@ -26,7 +26,7 @@ for _path in (str(ROOT), str(ROOT / "scripts")):
         sys.path.insert(0, _path)
 
 import httpx  # noqa: E402
-from _signed_call import production_bridge, proc_sample, signed_call  # noqa: E402
+from _signed_call import proc_sample, production_bridge, signed_call  # noqa: E402
 
 GREETING = "Hello, this is a soak test call. Please press a key."
 
