@@ -24,10 +24,15 @@ import httpx
 import websockets
 from twilio.request_validator import RequestValidator
 
+from telephony.access import form_params
 from telephony.twilio_emulator import TwilioEmulator
 
 T = TypeVar("T")
 STREAM_CLOSE_OK = {1000, 1003, 1007, 1008, 1009, 1013}
+FAILED_WORDS = ("fail", "error", "crash")
+"""A fuzzed call may end (a ``stop``, an agent's ``end``), but never because the bridge failed:
+the close reason of a retired call must not say so ("agent relay failed" when a bad message
+crashed the relay client)."""
 """Close codes a fuzzed stream may end with: normal end, refused data, policy, too big, try later.
 1011 (internal error) and 1006 (no close frame) mean the bridge failed."""
 PROBE_TIMEOUT_S = 30.0
@@ -129,9 +134,8 @@ async def webhook_probe(http: httpx.AsyncClient, target: Target, case: dict[str,
         headers["X-Twilio-Signature"] = "bad" if case["signed"] else ""
     else:
         body = urlencode(case["form"], encoding="utf-8", errors="surrogatepass").encode()
-        with contextlib.suppress(UnicodeEncodeError):
-            if case["signed"]:
-                headers["X-Twilio-Signature"] = target.sign(url, case["form"])
+        if case["signed"]:  # signed over the form as the bridge (and Twilio) parse it
+            headers["X-Twilio-Signature"] = target.sign(url, form_params(body))
     response = await http.post(url, content=body, headers=headers)
     assert response.status_code < 500, (response.status_code, response.text[:300], case)
     if response.status_code == 200:
@@ -176,12 +180,16 @@ class StreamFuzzer:
     target: Target
     call: TwilioEmulator | None = None
     ended: list[tuple[int | None, str]] = field(default_factory=list)
+    _stop_sent: bool = False
 
     async def probe(self, messages: list[str | bytes]) -> str:
         if self.call is None or closed(self.call):
             await self._retire()
             self.call = await open_stream(self.http, self.target, {"greeting": "", "agentUrl": "demo"})
+            self._stop_sent = False
         for message in messages:
+            # only a stop (or a message that may parse as one) may end the call
+            self._stop_sent |= "stop" in (message if isinstance(message, str) else message.decode("latin-1"))
             await self.call.send_raw(wire(message))
         return "closed" if closed(self.call) else "open"
 
@@ -192,7 +200,10 @@ class StreamFuzzer:
             await call.close()  # its reader and playback tasks
             self.ended.append((call.stats.close_code, call.stats.close_reason))
             assert call.stats.close_code in STREAM_CLOSE_OK, self.ended[-1]
+            assert not any(w in call.stats.close_reason.lower() for w in FAILED_WORDS), self.ended[-1]
             assert not call.stats.invalid, call.stats.invalid[:3]
+            assert call.stats.close_code != 1000 or self._stop_sent, \
+                f"the call ended ({self.ended[-1]}) though no stop was sent"
 
     async def finish(self) -> None:
         """The last fuzzed call still works (a key is read back), or it ended with a fine code."""
@@ -299,6 +310,7 @@ class AgentFuzzer:
             await self.call.close()  # its reader and playback tasks
             self.ended.append((self.call.stats.close_code, self.call.stats.close_reason))
             assert self.call.stats.close_code in STREAM_CLOSE_OK, self.ended[-1]
+            assert not any(w in self.call.stats.close_reason.lower() for w in FAILED_WORDS), self.ended[-1]
         assert not self.call.stats.invalid, self.call.stats.invalid[:3]
         self.call = None
 

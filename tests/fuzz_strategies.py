@@ -23,7 +23,14 @@ NASTY_RAW = ["{", "[", "nul", '{"event": ', '{"event": "media", "media": {"paylo
              '{"event": "media", "media": {"chunk": ' + BIG + "}}", '{"type": "text", "token": ' + BIG + "}",
              '"\\ud800"', '{"\\udfff": 1}', "\ufeff{}", "{}" * 100]
 
-short_text = st.one_of(st.text(max_size=24), st.sampled_from(NASTY_TEXTS))
+XML_ILLEGAL = [chr(i) for i in range(32) if i not in (9, 10, 13)] + ["\ufffe", "\uffff"]
+control_text = st.one_of(
+    st.text(st.one_of(st.characters(categories=["Cc", "Cf", "Zl", "Zp", "Co"]), st.characters()),
+            max_size=20),
+    st.tuples(st.text(max_size=8), st.sampled_from(XML_ILLEGAL), st.text(max_size=8)).map("".join))
+"""Text rich in control and format characters, XML-illegal ones included (plain ``st.text`` rarely
+draws them)."""
+short_text = st.one_of(st.text(max_size=24), control_text, st.sampled_from(NASTY_TEXTS))
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
                          st.floats(allow_nan=True, allow_infinity=True), short_text)
 json_values = st.recursive(json_scalars, lambda inner: st.one_of(
@@ -76,16 +83,32 @@ def messages_from(templates: list[dict[str, Any]]) -> st.SearchStrategy[str | by
 # ---- webhook ---------------------------------------------------------------------------------------
 QUERY_KEYS = ["voice", "preset", "greeting", "agentUrl", "partialPrompts", "CallSid"]
 FORM_KEYS = ["CallSid", "AccountSid", "From", "To", "Direction", "CallStatus", "ApiVersion"]
-form_values = st.one_of(st.text(max_size=30), st.sampled_from(NASTY_TEXTS), st.just("CAfuzz"))
+form_values = st.one_of(st.text(max_size=30), control_text, st.sampled_from(NASTY_TEXTS), st.just("CAfuzz"))
+VALID_FORM = {"CallSid": "CAfuzz", "AccountSid": "AC1", "From": "+15550001111", "To": "+15550002222",
+              "Direction": "inbound"}
+VALID_QUERY = {"voice": "synthetic", "preset": "fast", "greeting": "Hi.", "agentUrl": "demo",
+               "partialPrompts": "false"}
+query_values = st.one_of(st.text(max_size=30), control_text, st.sampled_from(NASTY_TEXTS),
+                         st.sampled_from(["synthetic", "fast", "demo", "true", "false"]))
+
+
+def one_field_changed(valid: dict[str, str],
+                      values: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, str]]:
+    """``valid`` with one field's value replaced: gets past the checks of the others."""
+    return st.tuples(st.sampled_from(sorted(valid)), values).map(lambda kv: {**valid, kv[0]: kv[1]})
+
+
 webhook_cases = st.fixed_dictionaries({
-    "form": st.dictionaries(st.one_of(st.sampled_from(FORM_KEYS), st.text(max_size=12)), form_values,
-                            max_size=6),
-    "query": st.dictionaries(st.one_of(st.sampled_from(QUERY_KEYS), st.text(max_size=8)),
-                             st.one_of(st.text(max_size=30), st.sampled_from(NASTY_TEXTS),
-                                       st.sampled_from(["synthetic", "fast", "demo", "true", "false"])),
-                             max_size=4),
-    "signed": st.booleans(),
-    "raw": st.one_of(st.none(), st.binary(max_size=200)),
+    "form": st.one_of(st.just(VALID_FORM), one_field_changed(VALID_FORM, form_values),
+                      st.dictionaries(st.one_of(st.sampled_from(FORM_KEYS), st.text(max_size=12)),
+                                      form_values, max_size=6)),
+    "query": st.one_of(
+        one_field_changed(VALID_QUERY, st.one_of(control_text, query_values)),
+        one_field_changed(VALID_QUERY, control_text),
+        st.dictionaries(st.one_of(st.sampled_from(QUERY_KEYS), st.text(max_size=8)), query_values,
+                        max_size=4)),
+    "signed": st.sampled_from([True, True, True, False]),
+    "raw": st.one_of(st.none(), st.none(), st.none(), st.binary(max_size=200)),
 })
 """A /twiml request: form fields (or a raw body instead), query parameters, signed or not."""
 

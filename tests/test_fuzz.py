@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests import fuzz_strategies as fs
@@ -93,8 +93,10 @@ def fuzz_bridge(caplog: pytest.LogCaptureFixture) -> Iterator[FuzzBridge]:
 
 
 def test_fuzz_webhook(fuzz_bridge: FuzzBridge) -> None:
-    @settings(FUZZ, max_examples=60)
+    @settings(FUZZ, max_examples=100)
     @given(case=fs.webhook_cases)
+    @example(case={"form": fs.VALID_FORM, "query": {"greeting": "Hi\x01there"}, "signed": True, "raw": None})
+    @example(case={"form": {**fs.VALID_FORM, "From": "+1\x00"}, "query": {}, "signed": True, "raw": None})
     def run(case: dict) -> None:
         fuzz_bridge.example(webhook_probe(fuzz_bridge.http, fuzz_bridge.target, case))
 
@@ -104,6 +106,8 @@ def test_fuzz_webhook(fuzz_bridge: FuzzBridge) -> None:
 def test_fuzz_operator_endpoints(fuzz_bridge: FuzzBridge) -> None:
     @settings(FUZZ, max_examples=60)
     @given(case=fs.operator_cases)
+    @example(case={"path": "/preload", "body": b'{"voices": ["\\ud800"]}', "key": "valid"})
+    @example(case={"path": "/warmup", "body": b'{"voice": ' + fs.BIG.encode() + b"}", "key": "valid"})
     def run(case: dict) -> None:
         fuzz_bridge.example(operator_probe(fuzz_bridge.http, fuzz_bridge.target, case))
 
@@ -124,6 +128,7 @@ def test_fuzz_media_stream_messages(fuzz_bridge: FuzzBridge) -> None:
 
     @settings(FUZZ, max_examples=60)
     @given(messages=st.lists(fs.twilio_messages, min_size=1, max_size=6))
+    @example(messages=['{"event": "media", "media": {"payload": "/w==", "chunk": ' + fs.BIG + "}}"])
     def run(messages: list[str | bytes]) -> None:
         fuzz_bridge.example(fuzzer.probe(messages))
 
@@ -149,6 +154,7 @@ def test_fuzz_agent_messages(fuzz_bridge: FuzzBridge) -> None:
 
     @settings(FUZZ, max_examples=60)
     @given(messages=st.lists(fs.agent_messages, min_size=1, max_size=6))
+    @example(messages=['{"type": "play", "source": "http://10.0.0.1/a.wav", "loop": ' + fs.BIG + "}"])
     def run(messages: list[str | bytes]) -> None:
         fuzz_bridge.example(fuzzer.probe(messages))
 
