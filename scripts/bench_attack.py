@@ -197,8 +197,9 @@ async def scenario(name: str, calls: int, settle_s: float) -> tuple[list[CallFig
                 async with httpx.AsyncClient(timeout=10) as http:
                     t0 = time.monotonic()
                     try:
-                        await http.get(bridge.base_url + "/health")
+                        health = await http.get(bridge.base_url + "/health")
                         health_ms.append((time.monotonic() - t0) * 1000)
+                        attack.counts[f"health_{health.status_code}"] += 1
                     except httpx.HTTPError:
                         attack.counts["health_failed"] += 1
                 try:
