@@ -28,7 +28,7 @@ import json
 import logging
 import resource
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +150,8 @@ class ConnectionGuard:
         self.body_timeout_s = body_timeout_s
         self.requests = PendingCount(max_pending, max_pending_per_peer)
         self.streams = PendingCount(max_pending, max_pending_per_peer)
+        self._waiting: OrderedDict[int, GuardedH11Protocol] = OrderedDict()
+        """Connections waiting for their request's headers, oldest first (for eviction)."""
         self.refused: Counter[str] = Counter()
         self._suppressed: Counter[str] = Counter()
         self._last_logged: dict[str, float] = {}
@@ -157,6 +159,31 @@ class ConnectionGuard:
     @property
     def pending(self) -> int:
         return self.requests.total + self.streams.total
+
+    # ---- connections waiting for headers ---------------------------------------------------------
+    def admit(self, connection: GuardedH11Protocol) -> str | None:
+        """Count ``connection`` as waiting for headers; returns why not (the refusal's reason).
+
+        At the global cap the OLDEST waiting connection is closed to make room, rather than the
+        newcomer refused: idle connections from many addresses (a slowloris spread over a botnet,
+        each address under its per-peer cap) would otherwise lock every new caller and webhook
+        out. A real request sends its headers within milliseconds, so it is never the oldest for
+        long; an attacker's connections end up evicting each other. The per-peer cap still
+        refuses the newcomer: one address cannot evict others' connections past its share.
+        """
+        refusal = self.requests.acquire(connection.peer)
+        if refusal == "pending_global" and self._waiting:
+            _, oldest = self._waiting.popitem(last=False)
+            oldest.evict()
+            refusal = self.requests.acquire(connection.peer)
+        if refusal is None:
+            self._waiting[id(connection)] = connection
+        return refusal
+
+    def done_waiting(self, connection: GuardedH11Protocol) -> None:
+        """``connection``'s headers are in, or it closed: it no longer counts."""
+        self._waiting.pop(id(connection), None)
+        self.requests.release(connection.peer)
 
     # ---- refusals --------------------------------------------------------------------------------
     def refuse(self, reason: str, peer: str, what: str) -> None:
@@ -175,6 +202,7 @@ class ConnectionGuard:
         return {
             "connections": f"{self.max_connections} connections open",
             "pending_global": f"{self.max_pending} unauthenticated connections open",
+            "evicted": f"the oldest of {self.max_pending} connections waiting for headers",
             "pending_per_peer": f"{self.max_pending_per_peer} unauthenticated connections from it",
             "header_timeout": f"headers not received within {self.header_timeout_s:g} s",
             "idle_timeout": f"nothing sent within {self.header_timeout_s:g} s",
@@ -210,7 +238,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._peer = self.client[0] if self.client else "unknown"
+        self.peer = self.client[0] if self.client else "unknown"
         self._pending = False
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_body = False
@@ -223,7 +251,7 @@ class GuardedH11Protocol(H11Protocol):
         self._await_headers()
 
     def _refuse(self, reason: str) -> None:
-        self.guard.refuse(reason, self._peer, "connection")
+        self.guard.refuse(reason, self.peer, "connection")
         self.transport.write(_raw_response(503, b"Service Unavailable", "server_busy",
                                            "too many connections; retry shortly"))
         self.transport.close()
@@ -231,7 +259,7 @@ class GuardedH11Protocol(H11Protocol):
     def _await_headers(self) -> None:
         """The connection now waits for a request: it is unauthenticated until the headers are in."""
         if not self._pending:
-            refusal = self.guard.requests.acquire(self._peer)
+            refusal = self.guard.admit(self)
             if refusal is not None:
                 self._refuse(refusal)
                 return
@@ -242,8 +270,17 @@ class GuardedH11Protocol(H11Protocol):
     def _headers_done(self) -> None:
         if self._pending:
             self._pending = False
-            self.guard.requests.release(self._peer)
+            self.guard.done_waiting(self)
         self._disarm()
+
+    def evict(self) -> None:
+        """Closed to make room for a newer connection at the global cap (its count is released
+        by the guard, which already took it off the waiting list)."""
+        self._pending = False
+        self.guard.requests.release(self.peer)
+        self._disarm()
+        self.guard.refuse("evicted", self.peer, "idle connection")
+        self.transport.close()
 
     def _arm(self, delay: float, reason: str) -> None:
         self._disarm()
@@ -264,10 +301,10 @@ class GuardedH11Protocol(H11Protocol):
         if reason == "header_timeout" and not self._received:
             # Connected and silent: close without an answer (nothing was asked; a 408 written
             # here could be read as the answer to a request sent just after).
-            self.guard.refuse("idle_timeout", self._peer, "connection")
+            self.guard.refuse("idle_timeout", self.peer, "connection")
             self.transport.close()
             return
-        self.guard.refuse(reason, self._peer, "request")
+        self.guard.refuse(reason, self.peer, "request")
         if reason == "header_timeout" or not self.cycle.response_started:
             what = "headers" if reason == "header_timeout" else "body"
             self.transport.write(_raw_response(408, b"Request Timeout", "request_timeout",
@@ -322,7 +359,7 @@ class GuardedH11Protocol(H11Protocol):
         self._disarm()
         if getattr(self, "_pending", False):
             self._pending = False
-            self.guard.requests.release(self._peer)
+            self.guard.done_waiting(self)
         super().connection_lost(exc)
 
 

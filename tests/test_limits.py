@@ -139,14 +139,22 @@ async def test_idle_connections_past_the_per_peer_cap_get_503_and_other_peers_ar
         assert await wait_until(lambda: guard.pending == 0)
 
 
-async def test_idle_connections_past_the_global_cap_get_503_from_any_peer() -> None:
+async def test_at_the_global_cap_the_oldest_idle_connection_makes_room_for_a_new_caller() -> None:
+    # Idle connections from many addresses, each under its per-peer cap, fill the global cap:
+    # refusing newcomers would lock every caller and webhook out (a spread-out slowloris), so the
+    # oldest connection still waiting for headers is closed instead and the newcomer is served.
     async with running_bridge(max_pending=6, max_pending_per_peer=0, header_timeout_s=5) as rb:
         guard = guard_of(rb)
         idle = [await connect(rb, f"127.0.0.{2 + i}") for i in range(6)]
         assert await wait_until(lambda: guard.pending == 6)
-        async with raw(rb, "127.0.1.1") as (reader, _):
-            assert (await response_head(reader, 3)).startswith(b"HTTP/1.1 503")
-        assert guard.refused["pending_global"] == 1
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.1.1")
+        async with httpx.AsyncClient(transport=transport) as caller:
+            assert (await caller.get(f"{rb.base_url}/health")).status_code == 200
+        assert guard.refused["evicted"] == 1 and guard.refused["pending_global"] == 0
+        oldest_reader = idle[0][0]
+        async with asyncio.timeout(3):
+            assert await oldest_reader.read() == b""  # closed without an answer
+        assert await wait_until(lambda: guard.pending == 5)
         for _, writer in idle:
             writer.close()
 
