@@ -209,6 +209,11 @@ async def capacity_runs(bridge_args: tuple[str, ...], env: dict[str, str], ladde
                 before = cpu_seconds(server_pids)
                 report = await asyncio.to_thread(loadtest, bridge.base_url, calls,
                                                  Path(tmp) / f"{calls}.json")
+                async with httpx.AsyncClient(timeout=10) as client:
+                    servers_now = (await client.get(f"{bridge.base_url}/health")).json()["engine"].get(
+                        "servers", [])
+                report["first_byte_ms"] = [(s["first_byte_ms_p50"], s["first_byte_ms_p95"])
+                                           for s in servers_now]
                 if server_pids:
                     report["speech_servers_cpu_pct"] = round(
                         100 * (cpu_seconds(server_pids) - before) / max(report["elapsed_s"], 1e-9), 1)
@@ -223,9 +228,11 @@ def capacity_row(name: str, calls: int, report: dict) -> str:
     errors = report["errors"]["total"]
     generator = report["cpu"]["client_cpu_s"] / max(report["elapsed_s"], 1e-9) * 100
     other = f"{report.get('speech_servers_cpu_pct', '-')}% + {generator:.0f}%"
+    first_byte = ", ".join(f"{p50} / {p95}" for p50, p95 in report.get("first_byte_ms", [])) or "-"
     return (f"| {name} | {calls} | {report['calls']['completed']} | {report['underruns']['count']} "
             f"({report['underruns']['total_ms']:.0f} ms) | {bridge_underruns} | "
-            f"{ttfa['p50']} / {ttfa['p95']} | {report['cpu']['server_cpu_pct']}% | {other} | {errors} |")
+            f"{ttfa['p50']} / {ttfa['p95']} | {first_byte} | {report['cpu']['server_cpu_pct']}% | "
+            f"{other} | {errors} |")
 
 
 async def part_capacity(piper_ladder: list[int], remote_ladder: list[int], servers: int,
@@ -244,9 +251,9 @@ async def part_capacity(piper_ladder: list[int], remote_ladder: list[int], serve
           f"off). Remote: {servers} loopback speech server(s), first chunk {first_chunk_ms:g} ms, "
           f"{rtf:g}x real time; speech servers and load generator on the other core.\n")
     print("| engine | calls | completed | underruns heard (silence) | bridge's underrun count | "
-          "agent TTFA p50 / p95 (ms) | bridge CPU (core 0) | speech servers + load generator CPU (core 1) "
-          "| errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "agent TTFA p50 / p95 (ms) | each server's first audio byte p50 / p95 (ms) | bridge CPU (core 0) "
+          "| speech servers + load generator CPU (core 1) | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for calls, report in local:
         print(capacity_row("local Piper", calls, report))
     for calls, report in remote:
