@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from telephony import workers
 from telephony.access import HttpProblem, operator_body
 from telephony.errors import json_error
 from telephony.services import Bridge
@@ -164,6 +166,9 @@ async def health(request: Request) -> Response:
     guard = getattr(request.app.state, "connection_guard", None)
     if guard is not None:
         body["connections"] = guard.stats()
+    body["process"] = workers.identity().as_dict()  # which worker answered (--workers)
+    totals = await asyncio.to_thread(bridge.metrics.totals)
+    body["total"] = totals if totals is not None else {"active_calls": len(bridge.calls), "workers": 1}
     if bridge.drain.draining:  # the load balancer stops sending new traffic here
         body["status"] = "draining"
         body["draining_s"] = round(bridge.drain.elapsed_s(), 1)

@@ -1,0 +1,156 @@
+"""Issue 11, item 1: ``voice-bridge serve --workers N``, N processes on one port (telephony/workers.py).
+
+Real processes throughout (telephony/testing/bridge_process.py): a webhook answered by one bridge
+and its stream opened on another; then ``--workers 2`` itself, from /health to the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from telephony.drain import STREAM_ARRIVAL_S
+from telephony.testing.bridge_process import bridge_process, free_port
+from telephony.twilio_emulator import TwilioEmulator
+from tests.test_call_e2e import twiml_parameters
+from tests.test_drain import TOKEN, signed_webhook
+
+ENGINE = {"VOICE_BRIDGE_ENGINE": "synthetic", "VOICE_BRIDGE_STT": "off",
+          "VOICE_BRIDGE_LOG_LEVEL": "info"}
+
+
+def signed_env(port: int) -> dict[str, str]:
+    return {**ENGINE, "TWILIO_AUTH_TOKEN": TOKEN, "PUBLIC_URL": f"http://127.0.0.1:{port}"}
+
+
+async def stream_to(response: httpx.Response, call_sid: str, port: int) -> TwilioEmulator:
+    """Open the stream the webhook answered with, on ``port`` (another process's, maybe)."""
+    assert response.status_code == 200, response.text
+    url, params = twiml_parameters(response.text)
+    url = url.replace(url.split("/")[2], f"127.0.0.1:{port}")
+    call = TwilioEmulator(url, call_sid=call_sid, stream_sid="MZ" + call_sid[2:], custom_parameters=params)
+    await call.connect()
+    return call
+
+
+def metric(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return sample.value
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_a_webhook_answered_by_one_process_streams_on_another() -> None:
+    """Nothing but configuration is shared: the stream token one process issued verifies in the
+    other, and the call plays there (the first process never sees it)."""
+    port_a, port_b = free_port(), free_port()
+    async with bridge_process(env=signed_env(port_a), port=port_a) as a, \
+            bridge_process(env=signed_env(port_b), port=port_b) as b, \
+            httpx.AsyncClient(timeout=5) as client:
+        answered = await signed_webhook(client, a.base_url, "CA41")
+        call = await stream_to(answered, "CA41", b.port)
+        assert await call.wait_for(lambda: call.stats.media_received > 0, 10), b.log()[-2000:]
+        health_a, health_b = [(await client.get(f"{p.base_url}/health")).json() for p in (a, b)]
+        assert health_a["active_calls"] == 0 and health_b["active_calls"] == 1
+        await call.send_dtmf("#")
+        assert await call.wait_closed(15)
+        assert call.stats.close_code == 1000, call.stats.close_reason
+        assert any(u.outcome == "played" for u in call.stats.utterances)
+
+
+async def workers_answering(client: httpx.AsyncClient, base: str, want: int) -> dict[int, dict]:
+    """/health bodies by pid, asked until ``want`` different pids answered (bounded)."""
+    seen: dict[int, dict] = {}
+    for _ in range(400):
+        body = (await client.get(f"{base}/health")).json()
+        seen[body["process"]["pid"]] = body
+        if len(seen) >= want:
+            break
+    return seen
+
+
+async def test_two_workers_share_the_port_calls_metrics_and_drain() -> None:
+    port = free_port()
+    async with bridge_process("--workers", "2", env=signed_env(port), port=port) as proc, \
+            httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        base = proc.base_url
+        answering = await workers_answering(client, base, 2)
+        assert len(answering) == 2, answering
+        assert sorted(b["process"]["worker"] for b in answering.values()) == [0, 1]
+        assert all(b["process"]["workers"] == 2 for b in answering.values())
+        assert proc.process.pid not in answering  # the supervisor serves nothing itself
+
+        # Calls until both workers carry at least one (the kernel picks; bounded).
+        calls: list[TwilioEmulator] = []
+        per_worker: dict[int, int] = {}
+        for n in range(12):
+            sid = f"CA{50 + n}"
+            call = await stream_to(await signed_webhook(client, base, sid), sid, port)
+            calls.append(call)
+            assert await call.wait_for(lambda c=call: c.stats.media_received > 0, 10), proc.log()[-3000:]
+            answering = await workers_answering(client, base, 2)
+            per_worker = {pid: body["active_calls"] for pid, body in answering.items()}
+            if len(per_worker) == 2 and all(per_worker.values()):
+                break
+        assert len(per_worker) == 2 and all(per_worker.values()), per_worker
+        assert sum(per_worker.values()) == len(calls)
+        health = (await client.get(f"{base}/health")).json()
+        assert health["total"] == {"active_calls": len(calls), "workers": 2}
+
+        text = (await client.get(f"{base}/metrics")).text  # one worker answers for all
+        assert metric(text, "voice_bridge_calls_total") == len(calls)
+        assert metric(text, "voice_bridge_active_calls") == len(calls)
+        assert metric(text, "voice_bridge_workers") == 2
+
+        proc.process.send_signal(signal.SIGTERM)
+        for call in calls:  # the calls play on through the drain; the callers end them
+            assert await call.wait_for(
+                lambda c=call: any(u.outcome == "played" for u in c.stats.utterances), 20)
+            assert call.stats.close_code is None
+            await call.send_dtmf("#")
+        for call in calls:
+            assert await call.wait_closed(15)
+            assert call.stats.close_code == 1000, call.stats.close_reason
+        started = time.monotonic()
+        # A worker whose answered webhook's stream went to the other worker waits for it up to
+        # STREAM_ARRIVAL_S (telephony/drain.py); then every worker has drained.
+        returncode = await asyncio.to_thread(proc.process.wait, STREAM_ARRIVAL_S + 15)
+        assert returncode == 0, proc.log()[-3000:]
+        assert time.monotonic() - started < STREAM_ARRIVAL_S + 10
+        log = proc.log()
+        assert "SIGTERM: every worker drains" in log
+        assert log.count("drain: every call ended") == 2
+        assert "every worker has exited; supervisor done" in log
+
+
+async def test_a_worker_that_dies_is_restarted() -> None:
+    async with bridge_process("--workers", "2", "--insecure-dev", env=ENGINE) as proc, \
+            httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        answering = await workers_answering(client, proc.base_url, 2)
+        assert len(answering) == 2
+        victim = next(iter(answering))
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(600):  # restarted after RESTART_BACKOFF_S[1] (1 s): bounded by the count
+            answering = await workers_answering(client, proc.base_url, 2)
+            if len(answering) == 2 and victim not in answering:
+                break
+            await asyncio.sleep(0.02)
+        assert len(answering) == 2 and victim not in answering, proc.log()[-3000:]
+        assert "restarting in" in proc.log()
+        assert {b["total"]["workers"] for b in answering.values()} == {2}  # the dead one no longer counts
+
+
+async def test_a_worker_that_cannot_start_fails_the_start() -> None:
+    env = {**ENGINE, "VOICE_BRIDGE_ENGINE": "piper", "VOICE_BRIDGE_DEFAULT_VOICE": "no-such-voice"}
+    try:
+        async with bridge_process("--workers", "2", "--insecure-dev", env=env, ready_timeout_s=60):
+            raise AssertionError("started with a default voice that does not exist")
+    except RuntimeError as exc:
+        assert "exited with 1" in str(exc)
+        assert "before the bridge started; stopping" in str(exc)
