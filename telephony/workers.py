@@ -17,6 +17,9 @@ How:
   exits 0 when all have exited 0; SIGINT (or a second SIGTERM) is forwarded as well and stops them
   at once. Children run in their own process group, so a terminal's Ctrl-C reaches them once,
   through the parent; they get SIGTERM if the parent dies (``PR_SET_PDEATHSIG``);
+- the lean stream listener (telephony/fast_stream.py, ``VOICE_BRIDGE_STREAM_PORT``) takes its
+  socket from ``listen_socket("stream", host, port)`` like the HTTP listener does: the inherited
+  one in a worker, a new one otherwise;
 - ``/metrics`` adds up across workers through prometheus-client's multiprocess mode: the parent
   creates ``PROMETHEUS_MULTIPROC_DIR`` (a temporary directory), marks dead children's live gauges
   dead and removes the directory at exit (telephony/metrics.py).

@@ -183,3 +183,83 @@ async def test_the_load_test_drives_two_workers_from_two_generator_processes() -
     assert len(by_pid) == 3 and str(proc.process.pid) in by_pid  # the supervisor and two workers
     assert data["cpu"]["server_cpu_s"] == pytest.approx(sum(by_pid.values()), abs=0.02)
     assert data["bridge_counters"]["calls_total"] == 4  # /metrics: both workers' calls
+
+
+async def test_two_workers_serve_the_lean_stream_port_too() -> None:
+    """With ``--stream-port`` (the lean picows listener, telephony/fast_stream.py) the supervisor
+    binds that port once as well and both workers accept streams on it: calls opened there land
+    on both. Skipped until that listener is in this checkout."""
+    pytest.importorskip("telephony.fast_stream")
+    port, stream_port = free_port(), free_port()
+    async with bridge_process("--workers", "2", "--insecure-dev", "--stream-port", str(stream_port),
+                              env=ENGINE, port=port) as proc, \
+            httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        calls: list[TwilioEmulator] = []
+        per_worker: dict[int, int] = {}
+        for n in range(12):
+            sid = f"CA{70 + n}"
+            answered = await client.post(f"{proc.base_url}/twiml", data={"CallSid": sid})
+            call = await stream_to(answered, sid, stream_port)
+            calls.append(call)
+            assert await call.wait_for(lambda c=call: c.stats.media_received > 0, 10), proc.log()[-3000:]
+            answering = await workers_answering(client, proc.base_url, 2)
+            per_worker = {pid: body["active_calls"] for pid, body in answering.items()}
+            if len(per_worker) == 2 and all(per_worker.values()):
+                break
+        assert len(per_worker) == 2 and all(per_worker.values()), per_worker
+        for call in calls:
+            await call.close()
+
+
+def server_state(url: str, *, in_flight: int, requests: int, failures: int, state: str,
+                 p95_ms: float) -> dict[str, object]:
+    return {"url": url, "in_flight": in_flight, "requests": requests, "failures": failures,
+            "state": state, "first_byte_ms_p50": p95_ms / 2, "first_byte_ms_p95": p95_ms}
+
+
+def test_multiprocess_metrics_add_up_calls_and_remote_fleets(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers' Metrics in one test process (prometheus-client's multiprocess values, the pid
+    faked): counters and live gauges add up, a fleet's ``up`` is the minimum and its p95 the
+    maximum over workers, and a dead worker's live gauges leave the totals."""
+    from prometheus_client import multiprocess, values
+
+    from telephony.metrics import Metrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    pid = {"now": 101}
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid["now"]))
+    url = "http://tts-1/v1"
+    first = Metrics()
+    first.watch_servers(lambda: [server_state(url, in_flight=2, requests=10, failures=1,
+                                              state="ok", p95_ms=300)])
+    first.calls_total.inc(3)
+    first.active_calls.inc(2)
+    first.publish()
+    pid["now"] = 102
+    second = Metrics()
+    fleet = [server_state(url, in_flight=1, requests=5, failures=0, state="backoff", p95_ms=900)]
+    second.watch_servers(lambda: fleet)
+    second.calls_total.inc(4)
+    second.active_calls.inc(1)
+    second.publish()
+    fleet[0] = server_state(url, in_flight=1, requests=7, failures=0, state="backoff", p95_ms=900)
+
+    text = second.render().decode()  # publishes the second worker's fleet again: +2 requests
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def value(name: str, **labels: str) -> float:
+        family = families[name.removesuffix("_total")]
+        return next(s.value for s in family.samples if s.name == name and s.labels == labels)
+
+    assert value("voice_bridge_calls_total") == 7
+    assert value("voice_bridge_active_calls") == 3
+    assert value("voice_bridge_workers") == 2
+    assert value("voice_bridge_engine_server_in_flight", server=url) == 3
+    assert value("voice_bridge_engine_server_requests_total", server=url) == 17
+    assert value("voice_bridge_engine_server_failures_total", server=url) == 1
+    assert value("voice_bridge_engine_server_up", server=url) == 0
+    assert value("voice_bridge_engine_server_first_byte_seconds", server=url, quantile="0.95") == 0.9
+    assert second.totals() == {"active_calls": 3, "workers": 2}
+    multiprocess.mark_process_dead(101, str(tmp_path))
+    assert second.totals() == {"active_calls": 1, "workers": 1}
