@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = f" w{me.index}" if me.count > 1 else ""
     logging.basicConfig(level=settings.log_level.upper(),
                         format=f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s")
-    count = settings.workers or workers.default_workers(settings.insecure_dev)
+    count = settings.workers or workers.default_workers(settings.insecure_dev, settings.engine)
     if count > 1:
         return _supervise(argv if argv is not None else sys.argv[1:], settings, count)
     from telephony.app import create_app

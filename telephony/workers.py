@@ -78,9 +78,14 @@ def identity() -> WorkerIdentity:
                           os.getpid())
 
 
-def default_workers(insecure_dev: bool) -> int:
-    """One per core, or 1 for local development (``--insecure-dev``)."""
-    return 1 if insecure_dev else max(1, os.cpu_count() or 1)
+def default_workers(insecure_dev: bool, engine: str = "piper") -> int:
+    """One per core this process may run on (``taskset``/cpuset respected), or 1 for local
+    development (``--insecure-dev``) and for the in-process GPU engine (``chatterbox``: each worker
+    would load its own copy of the model onto the GPU)."""
+    if insecure_dev or engine == "chatterbox":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
 
 
 def _inherited() -> dict[str, int]:

@@ -263,3 +263,11 @@ def test_multiprocess_metrics_add_up_calls_and_remote_fleets(tmp_path: Path,
     assert second.totals() == {"active_calls": 3, "workers": 2}
     multiprocess.mark_process_dead(101, str(tmp_path))
     assert second.totals() == {"active_calls": 1, "workers": 1}
+
+
+def test_default_workers_one_per_usable_core_and_one_for_local_or_gpu_work() -> None:
+    from telephony.workers import default_workers
+
+    assert default_workers(False) == len(os.sched_getaffinity(0))
+    assert default_workers(True) == 1  # --insecure-dev
+    assert default_workers(False, "chatterbox") == 1  # one GPU model copy, not one per core
