@@ -167,8 +167,9 @@ async def health(request: Request) -> Response:
     if guard is not None:
         body["connections"] = guard.stats()
     body["process"] = workers.identity().as_dict()  # which worker answered (--workers)
-    totals = await asyncio.to_thread(bridge.metrics.totals)
-    body["total"] = totals if totals is not None else {"active_calls": len(bridge.calls), "workers": 1}
+    body["total"] = (await asyncio.to_thread(bridge.metrics.totals)
+                     if bridge.metrics.multiprocess_dir is not None
+                     else {"active_calls": len(bridge.calls), "workers": 1})
     if bridge.drain.draining:  # the load balancer stops sending new traffic here
         body["status"] = "draining"
         body["draining_s"] = round(bridge.drain.elapsed_s(), 1)
@@ -189,4 +190,4 @@ async def voices(request: Request) -> Response:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
-    return Response(bridge.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await bridge.metrics.render_async(), media_type=CONTENT_TYPE_LATEST)

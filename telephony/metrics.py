@@ -97,6 +97,17 @@ class Metrics:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry) + generate_latest(self._custom)
         self.publish()
+        return self._render_all_workers()
+
+    async def render_async(self) -> bytes:
+        """``render`` for the endpoint: under ``--workers`` every worker's files are read in a
+        thread, off the event loop (the fleet state is published first, on it)."""
+        if self.multiprocess_dir is None:
+            return self.render()
+        self.publish()
+        return await asyncio.to_thread(self._render_all_workers)
+
+    def _render_all_workers(self) -> bytes:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.multiprocess_dir)
         return generate_latest(registry)
