@@ -965,7 +965,10 @@ def parse_twiml(xml: str, base_url: str) -> tuple[str, dict[str, str]]:
     stream_url = urllib.parse.urlsplit(stream.attrib["url"])
     base = urllib.parse.urlsplit(base_url)
     scheme = "wss" if base.scheme == "https" else "ws"
-    return urllib.parse.urlunsplit((scheme, base.netloc, stream_url.path, "", "")), params
+    # A bridge serving the stream on its own port (VOICE_BRIDGE_STREAM_PORT, no PUBLIC_URL) names
+    # that port on the same host: keep it.
+    netloc = stream_url.netloc if stream_url.hostname == base.hostname else base.netloc
+    return urllib.parse.urlunsplit((scheme, netloc, stream_url.path, "", "")), params
 
 
 # ================================================================== the loopback agent server

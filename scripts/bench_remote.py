@@ -137,9 +137,9 @@ async def ttfa_run(bridge: BridgeProcess, utterances: int, label: str) -> dict[s
 
 
 async def part_ttfa(utterances: int) -> None:
-    common = ("--insecure-dev", "--log-level", "info", "--preset", "adaptive")
+    common = ("--insecure-dev", "--log-level", "info", "--preset", "adaptive", "--stt", "off")
     results = {}
-    async with bridge_process("--insecure-dev", "--log-level", "warning", "--engine", "piper",
+    async with bridge_process("--insecure-dev", "--log-level", "warning", "--engine", "piper", "--stt", "off",
                               env={"VOICE_BRIDGE_API_KEY": API_KEY}) as server:
         env = {"VOICE_BRIDGE_ENGINE_URL": server.api_base, "VOICE_BRIDGE_ENGINE_API_KEY": API_KEY,
                "VOICE_BRIDGE_ENGINE_VOICES": "joe"}
@@ -179,21 +179,39 @@ async def speech_servers(count: int, first_chunk_ms: float, rtf: float
                          ) -> AsyncIterator[list[BridgeProcess]]:
     async with contextlib.AsyncExitStack() as stack:
         yield [await stack.enter_async_context(bridge_process(
-            "--insecure-dev", "--log-level", "warning", "--engine", "synthetic", cpu=1,
+            "--insecure-dev", "--log-level", "warning", "--engine", "synthetic", "--stt", "off", cpu=1,
             env={"VOICE_BRIDGE_API_KEY": API_KEY, "VOICE_BRIDGE_ENGINE_CONCURRENCY": "64",
                  "VOICE_BRIDGE_SYNTHETIC_FIRST_CHUNK_MS": str(first_chunk_ms),
                  "VOICE_BRIDGE_SYNTHETIC_REALTIME_FACTOR": str(rtf)})) for _ in range(count)]
 
 
-async def capacity_runs(bridge_args: tuple[str, ...], env: dict[str, str], ladder: list[int]
-                        ) -> list[tuple[int, dict]]:
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of processes, from /proc."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def capacity_runs(bridge_args: tuple[str, ...], env: dict[str, str], ladder: list[int],
+                        servers: list[BridgeProcess] | None = None) -> list[tuple[int, dict]]:
     rows = []
-    async with bridge_process(*bridge_args, cpu=0, env={"VOICE_BRIDGE_PHRASE_CACHE_MB": "0", **env}
-                              ) as bridge:
+    # Recognition off: a local Whisper decode per caller turn is the CPU cost that grows with calls
+    # (bench_stt.py measures it; at scale it is remote too, VOICE_BRIDGE_STT=openai). Here the
+    # engine path is what is measured.
+    async with bridge_process(*bridge_args, cpu=0, env={"VOICE_BRIDGE_PHRASE_CACHE_MB": "0",
+                                                        "VOICE_BRIDGE_STT": "off", **env}) as bridge:
         with tempfile.TemporaryDirectory() as tmp:
             for calls in ladder:
+                server_pids = [s.process.pid for s in servers or []]
+                before = cpu_seconds(server_pids)
                 report = await asyncio.to_thread(loadtest, bridge.base_url, calls,
                                                  Path(tmp) / f"{calls}.json")
+                if server_pids:
+                    report["speech_servers_cpu_pct"] = round(
+                        100 * (cpu_seconds(server_pids) - before) / max(report["elapsed_s"], 1e-9), 1)
                 rows.append((calls, report))
                 print(f"  {calls} calls: underruns {report['underruns']['count']}", file=sys.stderr)
     return rows
@@ -203,9 +221,11 @@ def capacity_row(name: str, calls: int, report: dict) -> str:
     ttfa = report["ttfa_agent_ms"]
     bridge_underruns = int(report["bridge_counters"].get("underruns_total", 0))
     errors = report["errors"]["total"]
+    generator = report["cpu"]["client_cpu_s"] / max(report["elapsed_s"], 1e-9) * 100
+    other = f"{report.get('speech_servers_cpu_pct', '-')}% + {generator:.0f}%"
     return (f"| {name} | {calls} | {report['calls']['completed']} | {report['underruns']['count']} "
             f"({report['underruns']['total_ms']:.0f} ms) | {bridge_underruns} | "
-            f"{ttfa['p50']} / {ttfa['p95']} | {report['cpu']['server_cpu_pct']}% | {errors} |")
+            f"{ttfa['p50']} / {ttfa['p95']} | {report['cpu']['server_cpu_pct']}% | {other} | {errors} |")
 
 
 async def part_capacity(piper_ladder: list[int], remote_ladder: list[int], servers: int,
@@ -218,14 +238,15 @@ async def part_capacity(piper_ladder: list[int], remote_ladder: list[int], serve
         env = {"VOICE_BRIDGE_ENGINE_URL": ",".join(s.api_base for s in remotes),
                "VOICE_BRIDGE_ENGINE_API_KEY": API_KEY, "VOICE_BRIDGE_ENGINE_VOICES": "synthetic",
                "VOICE_BRIDGE_ENGINE_CONCURRENCY": "256"}
-        remote = await capacity_runs((*base, "--engine", "openai"), env, remote_ladder)
+        remote = await capacity_runs((*base, "--engine", "openai"), env, remote_ladder, remotes)
 
     print(f"\nB. Concurrent dialogue_dtmf calls on one bridge process pinned to one core (phrase cache "
           f"off). Remote: {servers} loopback speech server(s), first chunk {first_chunk_ms:g} ms, "
           f"{rtf:g}x real time; speech servers and load generator on the other core.\n")
     print("| engine | calls | completed | underruns heard (silence) | bridge's underrun count | "
-          "agent TTFA p50 / p95 (ms) | bridge CPU (one core) | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+          "agent TTFA p50 / p95 (ms) | bridge CPU (core 0) | speech servers + load generator CPU (core 1) "
+          "| errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for calls, report in local:
         print(capacity_row("local Piper", calls, report))
     for calls, report in remote:

@@ -41,9 +41,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         log.info("voice-bridge ready: engine=%s voice=%s preset=%s", bridge.engine.name,
                  bridge.default_voice, settings.default_preset)
         log.info(speech_api.access_summary(settings))
+        fast_stream = None
+        if settings.stream_port is not None:
+            from telephony.fast_stream import FastStreamServer
+
+            fast_stream = FastStreamServer(app)
+            await fast_stream.start(settings.host, settings.stream_port)
         try:
             yield
         finally:
+            if fast_stream is not None:
+                await fast_stream.aclose()
             await bridge.aclose()
 
     app = FastAPI(title="voice-bridge", lifespan=lifespan)

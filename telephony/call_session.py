@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from binascii import a2b_base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 from telephony.agents.base import Agent, AgentError, CallInfo, EndResult, SpeechOutcome, SpeechResult
 from telephony.barge_in import BargeInSettings
 from telephony.listener import CallerListener
+from telephony.media_fastpath import scan_media
 from telephony.playout import PlayoutClock
 from telephony.services import Bridge
 from telephony.speaker import AudioClip, Speaker, SpeakerHooks, Utterance
@@ -235,9 +237,7 @@ class CallSession:
             self._reader = asyncio.current_task()  # ``abort`` may cancel the wait for a message
             try:
                 async for message in messages:
-                    if self.recorder is not None:
-                        self.recorder.twilio_message(message)
-                    if not self._handle(message):
+                    if not self.feed(message):
                         break
                 else:
                     if self.end_reason == "unknown":
@@ -278,8 +278,30 @@ class CallSession:
 
         self._spawn(close_then_stop(), "abort")
 
+    def feed(self, raw: str | bytes) -> bool:
+        """One message from Twilio (recorded, then handled); False when the call is over.
+
+        ``run`` calls it for each message its iterator yields; a transport that delivers messages
+        by callback (telephony/fast_stream.py) calls it directly, with no task switch per message.
+        """
+        if self.recorder is not None:
+            self.recorder.twilio_message(raw)
+        return self._handle(raw)
+
     def _handle(self, raw: str | bytes) -> bool:
         """Process one Twilio message; False when the call is over. Never blocks."""
+        media = scan_media(raw)  # the common case, without json.loads (telephony/media_fastpath.py)
+        if media is not None:
+            stream_sid, payload = media
+            if stream_sid != self.info.stream_sid:
+                self._protocol_error("wrong_stream_sid", stream_sid)
+                return True
+            self.inbound_frames += 1
+            interruptible = self.speaker.speaking_interruptibly
+            if self.listener.needs_audio(interruptible=interruptible):  # decode only if heard
+                self.listener.feed(self._decoder.to_pcm16(a2b_base64(payload)),
+                                   interruptible=interruptible)
+            return True
         try:
             message = parse_inbound(raw)
         except ProtocolError as exc:

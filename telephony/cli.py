@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the Twilio bridge server")
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    serve.add_argument("--stream-port", type=int, default=None,
+                       help="also serve /media-stream on this port with the lean picows listener")
     serve.add_argument("--public-url", default=None, help="externally visible https:// base URL")
     serve.add_argument("--engine", default=None, help="piper (default) or synthetic")
     serve.add_argument("--voice", dest="default_voice", default=None, help="default voice id")

@@ -34,6 +34,10 @@ class Settings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    stream_port: int | None = Field(None, ge=0, le=65535)
+    """When set, ``/media-stream`` is also served on this port by the lean picows listener
+    (telephony/fast_stream.py); the webhook points Twilio there unless PUBLIC_URL is set (then
+    the operator's proxy routes the path ``/media-stream`` to this port)."""
     public_url: str | None = None
     """Externally visible base URL (https://...). Builds the stream's wss:// URL and is the URL
     signatures are checked against (never the Host header, which a proxy rewrites)."""
@@ -380,7 +384,7 @@ class Settings(BaseModel):
         return [v.strip() for v in (self.engine_voices or "").split(",") if v.strip()]
 
     def stream_public_base(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        return self.public_url or f"http://{self.host}:{self.stream_port or self.port}"
 
 
 def _url_host(url: str) -> str | None:

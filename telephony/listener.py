@@ -75,6 +75,12 @@ class CallerListener:
         self._closed = False
 
     # ---- frames in ------------------------------------------------------------------------------
+    def needs_audio(self, *, interruptible: bool) -> bool:
+        """Whether ``feed`` would look at this frame: lets the caller skip decoding it (with no
+        recogniser, frames are only heard while the bot speaks interruptibly)."""
+        return not self._closed and (self.recogniser is not None or interruptible
+                                     or self._vad_active)
+
     def feed(self, pcm16: np.ndarray, *, interruptible: bool) -> None:
         """One inbound frame (8 kHz int16). Never blocks."""
         if self._closed:

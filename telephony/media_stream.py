@@ -185,7 +185,9 @@ async def _media_stream(ws: WebSocket, started: Callable[[], None]) -> None:
         send_text=send_text, close_socket=close_socket, greeting=params.get("greeting", ""),
         auth_mode=auth_mode, recorder=recorder, voice_load_ms=voice_load_ms,
     )
-    await session.run(_messages(ws, lambda: send_text.stalled))
+    pushed = getattr(ws, "pushed_messages", None)  # the lean listener feeds the session itself
+    stalled = lambda: send_text.stalled  # noqa: E731
+    await session.run(pushed(session, stalled) if pushed else _messages(ws, stalled))
     if not send_text.stalled:  # a peer that stopped reading already had its bounded close
         await _close(ws, 1000, "call ended")
 

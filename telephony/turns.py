@@ -224,6 +224,29 @@ class TurnTracker:
         # their next speech frame.
 
 
+_SQUARES = (mulaw_to_pcm16(bytes(range(256))).astype(np.float64) ** 2).astype(np.float32)
+"""The square of each μ-law byte's int16 value: a frame's mean square without decoding it."""
+_LEVELS: dict[bytes, float] = {}
+_LEVELS_MAX = 32768
+"""Frame -> mean square, shared by all calls. Phrase-cached prompts send the very same frame
+objects on every call (their hash is cached on the object), so their level is computed once per
+process, not 50 times a second per call; live frames are computed and cached like any other.
+Bounded (about 11 minutes of distinct audio); emptied when full."""
+
+
+def frame_level(frame: bytes) -> float:
+    """Mean square (int16 scale) of one 160-byte μ-law frame; -1 for a short frame (ignored)."""
+    level = _LEVELS.get(frame)
+    if level is None:
+        if len(frame) != FRAME_SAMPLES:
+            return -1.0
+        level = float(_SQUARES[np.frombuffer(frame, np.uint8)].sum(dtype=np.float64)) / FRAME_SAMPLES
+        if len(_LEVELS) >= _LEVELS_MAX:
+            _LEVELS.clear()
+        _LEVELS[frame] = level
+    return level
+
+
 class EchoReference:
     """How loud the bot's own voice may come back right now, from the frames the bridge sent.
 
@@ -240,14 +263,13 @@ class EchoReference:
         self._levels: deque[tuple[float, float]] = deque()
 
     def on_sent(self, frames: list[bytes]) -> None:
-        if not frames:
+        loudest = -1.0
+        for frame in frames:
+            level = frame_level(frame)
+            if level > loudest:
+                loudest = level
+        if loudest < 0:
             return
-        pcm = mulaw_to_pcm16(b"".join(frames)).astype(np.float32)
-        usable = pcm.size - pcm.size % FRAME_SAMPLES
-        if usable == 0:
-            return
-        blocks = pcm[:usable].reshape(-1, FRAME_SAMPLES)
-        loudest = float(np.max(np.einsum("ij,ij->i", blocks, blocks))) / FRAME_SAMPLES
         now = self._clock()
         levels = self._levels
         # Only a running maximum matters: drop older entries that are not louder.

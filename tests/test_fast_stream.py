@@ -1,0 +1,257 @@
+"""The lean ``/media-stream`` listener (picows, telephony/fast_stream.py) and the inbound media
+fast path (telephony/media_fastpath.py): the same calls as over the ASGI route, Twilio emulated
+over a real WebSocket, every outbound message validated by the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from picows import WSCloseCode, WSMsgType
+
+from telephony.fast_stream import PicowsSocket, frame_header
+from telephony.media_fastpath import scan_media
+from telephony.twilio_emulator import TwilioEmulator
+from telephony.twilio_media import parse_inbound
+from tests.asgi_server import free_port_url
+from tests.bridge_harness import RunningBridge, running_bridge
+from tests.test_call_e2e import LONG_GREETING, caller_speech, session_of, twiml_parameters
+from tts_core.engines.synthetic import SyntheticEngine
+
+
+@asynccontextmanager
+async def fast_bridge(**overrides: object) -> AsyncIterator[tuple[RunningBridge, str]]:
+    """The bridge with the lean listener on its own port; PUBLIC_URL stays the HTTP port's, as
+    behind a proxy that routes /media-stream to the stream port (signatures are over PUBLIC_URL)."""
+    port = int(free_port_url().rsplit(":", 1)[1])
+    async with running_bridge(stream_port=port, **overrides) as rb:
+        yield rb, f"ws://127.0.0.1:{port}/media-stream"
+
+
+async def open_fast_call(rb: RunningBridge, url: str, client: httpx.AsyncClient, call_sid: str,
+                         query: str = "", *, signed: bool = False) -> TwilioEmulator:
+    response = await rb.webhook(client, call_sid, query)
+    assert response.status_code == 200, response.text
+    public_url, params = twiml_parameters(response.text)
+    headers = {"X-Twilio-Signature": rb.sign(public_url)} if signed else {}
+    call = TwilioEmulator(url, call_sid=call_sid, stream_sid="MZ" + call_sid[2:],
+                          custom_parameters=params, headers=headers)
+    await call.connect()
+    return call
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["token", "signature"])
+async def test_greeting_over_the_lean_listener_has_valid_frames_and_marks(signed: bool) -> None:
+    async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
+        call = await open_fast_call(rb, url, client, "CA2", "?greeting=Hello%20caller.", signed=signed)
+        assert await call.wait_for(lambda: call.played_utterances(), timeout=10)
+        await call.hang_up()
+        assert call.stats.invalid == []  # every message exactly Twilio's shape, 160-byte frames
+        utterance = call.played_utterances()[0]
+        assert utterance.frames >= 10
+        assert utterance.underruns == 0
+        assert any(name.endswith("-end") for name in call.stats.mark_names)
+        assert call.stats.marks_echoed >= 1
+
+
+async def test_the_lean_listener_authenticates_like_the_asgi_route() -> None:
+    async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
+        response = await rb.webhook(client, "CA3")
+        _, params = twiml_parameters(response.text)
+        forged = TwilioEmulator(url, call_sid="CA3", custom_parameters=params,
+                                headers={"X-Twilio-Signature": "forged"})
+        await forged.connect(send_start=False)
+        assert await forged.wait_closed(5)
+        assert forged.stats.close_code == 1008
+        no_token = TwilioEmulator(url, call_sid="CA4", custom_parameters={"greeting": "Hi."})
+        await no_token.connect()
+        assert await no_token.wait_closed(5)
+        assert no_token.stats.close_code == 1008
+        assert no_token.stats.media_received == 0
+        assert rb.bridge.calls == {}
+
+
+async def test_other_paths_on_the_stream_port_are_404() -> None:
+    async with fast_bridge() as (_, url), httpx.AsyncClient() as client:
+        response = await client.get(url.replace("ws://", "http://").replace("/media-stream", "/twiml"))
+        assert response.status_code == 404
+
+
+async def test_dtmf_and_pound_end_the_stream_after_the_goodbye() -> None:
+    async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
+        call = await open_fast_call(rb, url, client, "CA9", "?greeting=Hi.")
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1)
+        await call.send_dtmf("5")
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 2)
+        await call.send_dtmf("#")
+        assert await call.wait_closed(10), "pound should end the stream after the goodbye"
+        assert len(call.played_utterances()) >= 3, "goodbye must be heard before the stream closes"
+        assert call.stats.close_code == 1000
+        assert call.stats.invalid == []
+
+
+async def test_malformed_messages_pushed_to_the_session_are_counted_and_the_call_goes_on() -> None:
+    async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
+        call = await open_fast_call(rb, url, client, "CA10", "?greeting=")
+        assert await call.wait_for(lambda: any(s.info.call_sid == "CA10" for s in rb.bridge.calls.values()))
+        await call.send_raw("{not json")
+        await call.send_raw(b"\x00\x01binary")
+        await call.send_json({"event": "bogus"})
+        await call.send_json({"event": "media", "streamSid": call.stream_sid,
+                              "media": {"payload": "%%%not-base64%%%"}})
+        await call.send_json({"event": "media", "streamSid": call.stream_sid,
+                              "media": {"payload": "A" * 100_000}})
+        await call.send_json({"event": "media", "sequenceNumber": "9", "streamSid": "MZother",
+                              "media": {"track": "inbound", "chunk": "1", "timestamp": "20",
+                                        "payload": "/w=="}})  # the fast path's shape
+        await call.send_dtmf("1")
+        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1), "call must go on"
+        errors = session_of(rb, "CA10").protocol_errors
+        assert errors.get("wrong_stream_sid") == 1
+        assert sum(errors.values()) >= 6
+        await call.hang_up()
+
+
+async def test_barge_in_over_the_lean_listener_clears_twilio() -> None:
+    engine = SyntheticEngine(realtime_factor=0.3)
+    async with fast_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as (rb, url):
+        call = TwilioEmulator(url, call_sid="CA11", custom_parameters={"greeting": LONG_GREETING})
+        await call.connect()
+        assert await call.wait_for(lambda: call.stats.media_received > 30)
+        speech_started = asyncio.get_running_loop().time()
+        await call.stream_audio(caller_speech(0.6))
+        assert await call.wait_for(lambda: call.stats.clears >= 1, timeout=5)
+        assert call.stats.clear_times[0] - speech_started < 0.6
+        assert session_of(rb, "CA11").barge_ins == 1
+        assert session_of(rb, "CA11").inbound_frames >= 25
+        await call.hang_up()
+
+
+async def test_a_dropped_socket_ends_the_call_and_frees_everything() -> None:
+    engine = SyntheticEngine(realtime_factor=0.5)
+    async with fast_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as (rb, url):
+        call = TwilioEmulator(url, call_sid="CA12", custom_parameters={"greeting": LONG_GREETING})
+        await call.connect()
+        assert await call.wait_for(lambda: call.stats.media_received > 10)
+        await call.close()  # no stop message
+        for _ in range(300):
+            if not rb.bridge.calls and engine.busy_slots == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert rb.bridge.calls == {}
+        assert engine.busy_slots == 0
+
+
+# ---- units ----------------------------------------------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+async def test_frames_sent_in_one_loop_pass_leave_in_one_write() -> None:
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), set())
+    transport = _Recorder()
+    sock._transport = SimpleNamespace(underlying_transport=transport)  # type: ignore[assignment]
+    messages = ['{"event":"media","streamSid":"MZ1","media":{"payload":"' + "A" * 216 + '"}}'] * 3
+    for text in messages:
+        await sock.send_text(text)
+    assert transport.writes == []  # corked until the loop's next pass
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 1
+    expected = b"".join(frame_header(len(m)) + m.encode() for m in messages)
+    assert transport.writes[0] == expected
+    assert expected[:4] == b"\x81\x7e" + len(messages[0]).to_bytes(2, "big")  # unmasked text frame
+
+
+def test_frame_header_lengths() -> None:
+    assert frame_header(5) == b"\x81\x05"
+    assert frame_header(300) == b"\x81\x7e\x01\x2c"
+    assert frame_header(70000) == b"\x81\x7f" + (70000).to_bytes(8, "big")
+
+
+def _media(payload: str, **overrides: str) -> dict[str, object]:
+    media = {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": payload}
+    return {"event": "media", "sequenceNumber": "3", "streamSid": "MZ1", "media": {**media, **overrides}}
+
+
+def test_scan_media_agrees_with_the_full_parser_on_twilio_shaped_messages() -> None:
+    payload = base64.b64encode(bytes(range(160))).decode()
+    for raw in (json.dumps(_media(payload)), json.dumps(_media(payload), separators=(",", ":"))):
+        scanned = scan_media(raw)
+        assert scanned is not None
+        assert scanned[0] == "MZ1"
+        assert base64.b64decode(scanned[1]) == parse_inbound(raw).payload  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("raw", [
+    json.dumps(_media("AAAA=")),  # surplus padding: the full parser reports it
+    json.dumps(_media("AAA")),  # length not a multiple of 4
+    json.dumps(_media("%%%%")),
+    json.dumps(_media("AAAA", extra="x")),
+    json.dumps(_media("AAAA")).replace('"MZ1"', '"MZ\\u0031"'),  # escapes: JSON's job
+    json.dumps({"event": "mark", "streamSid": "MZ1", "mark": {"name": "x"}}),
+    b"binary",
+])
+def test_scan_media_leaves_anything_unusual_to_the_full_parser(raw: str | bytes) -> None:
+    assert scan_media(raw) is None
+
+
+class _TextFrame:
+    """What the listener reads of a picows text frame."""
+
+    msg_type = WSMsgType.TEXT
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def get_payload_as_utf8_text(self) -> str:
+        return self.payload.decode("utf-8")
+
+
+class _FakeWSTransport:
+    def __init__(self) -> None:
+        self.underlying_transport = _Recorder()
+        self.closed_with: list[object] = []
+
+    def send_close(self, code: object, message: bytes = b"") -> None:
+        self.closed_with.append(code)
+
+    def disconnect(self, graceful: bool = True) -> None:
+        pass
+
+
+async def test_a_handler_that_stops_reading_gets_its_socket_closed_not_an_unbounded_inbox() -> None:
+    from telephony.fast_stream import MAX_INBOX
+
+    tasks: set[asyncio.Task[None]] = set()
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks)
+    transport = _FakeWSTransport()
+    sock._transport = transport  # type: ignore[assignment]
+    frame = _TextFrame(b'{"event":"connected"}')
+    for _ in range(MAX_INBOX + 5):
+        sock.on_ws_frame(transport, frame)  # type: ignore[arg-type]
+    await asyncio.gather(*tasks)
+    assert len(sock._inbox) == MAX_INBOX
+    assert transport.closed_with == [WSCloseCode.TRY_AGAIN_LATER]
+
+
+async def test_invalid_utf8_closes_with_1007() -> None:
+    tasks: set[asyncio.Task[None]] = set()
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks)
+    transport = _FakeWSTransport()
+    sock._transport = transport  # type: ignore[assignment]
+    sock.on_ws_frame(transport, _TextFrame(b"\xff\xfe"))  # type: ignore[arg-type]
+    await asyncio.gather(*tasks)
+    assert transport.closed_with == [WSCloseCode.INVALID_TEXT]
+    assert not sock._inbox
