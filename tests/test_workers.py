@@ -188,8 +188,7 @@ async def test_the_load_test_drives_two_workers_from_two_generator_processes() -
 async def test_two_workers_serve_the_lean_stream_port_too() -> None:
     """With ``--stream-port`` (the lean picows listener, telephony/fast_stream.py) the supervisor
     binds that port once as well and both workers accept streams on it: calls opened there land
-    on both. Skipped until that listener is in this checkout."""
-    pytest.importorskip("telephony.fast_stream")
+    on both."""
     port, stream_port = free_port(), free_port()
     async with bridge_process("--workers", "2", "--insecure-dev", "--stream-port", str(stream_port),
                               env=ENGINE, port=port) as proc, \
