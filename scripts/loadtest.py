@@ -18,7 +18,12 @@ Measured, overall and per call:
 * delivery RTF: wall time over which an utterance's frames arrived / its audio length (below 1
   when the bridge keeps ahead of real time, above 1 when it falls behind);
 * errors: invalid outbound messages, closes with unexpected codes, timeouts, failed webhooks;
-* the bridge process's CPU (utime+stime from /proc, --server-pid or found by its port).
+* the bridge process's CPU (utime+stime from /proc, --server-pid or found by its port); a bridge
+  started with ``--workers N`` is N+1 processes holding the port (the supervisor and its workers):
+  their CPU is added up, and listed per process.
+
+``--processes K`` runs the load generator itself as K processes (the calls split between them), so
+it can keep up with a bridge that has several cores; the report is over all their calls.
 
 Usage:
   voice-bridge serve --insecure-dev --engine synthetic &
@@ -88,6 +93,13 @@ class LoadConfig:
     keep_timelines: bool = False
     progress: Callable[[Progress], None] | None = None
     progress_interval_s: float = 0.5
+    processes: int = 1
+    """Load generator processes (the calls are split between them)."""
+    call_prefix: str = "c"
+    clock_zero: float | None = None
+    """The run's start (CLOCK_MONOTONIC is system-wide): shared by the generator processes."""
+    measure_bridge: bool = True
+    """False in the generator processes of ``--processes``: the parent measures the bridge."""
 
 
 @dataclass
@@ -135,6 +147,13 @@ def read_cpu_s(pid: int) -> float | None:
 
 def pid_listening_on(port: int) -> int | None:
     """The pid of the (same-user) process with a listening TCP socket on ``port``, if any."""
+    pids = pids_listening_on(port)
+    return pids[0] if pids else None
+
+
+def pids_listening_on(port: int) -> list[int]:
+    """Every (same-user) process holding a listening TCP socket on ``port``: one bridge, or a
+    ``--workers`` supervisor and its workers (they share the socket)."""
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table, encoding="ascii") as handle:
@@ -143,8 +162,9 @@ def pid_listening_on(port: int) -> int | None:
                 if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
                     inodes.add(parts[9])
     if not inodes:
-        return None
+        return []
     targets = {f"socket:[{inode}]" for inode in inodes}
+    pids: list[int] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -152,24 +172,37 @@ def pid_listening_on(port: int) -> int | None:
             for fd in os.listdir(f"/proc/{entry}/fd"):
                 with contextlib.suppress(OSError):
                     if os.readlink(f"/proc/{entry}/fd/{fd}") in targets:
-                        return int(entry)
-    return None
+                        pids.append(int(entry))
+                        break
+    return sorted(pids)
 
 
-async def find_server_pid(config: LoadConfig, http: httpx.AsyncClient) -> tuple[int | None, str]:
+def read_cpu_total(pids: list[int]) -> float | None:
+    """utime + stime summed over ``pids`` (None if one is unreadable)."""
+    values = [read_cpu_s(pid) for pid in pids]
+    return None if not values or any(v is None for v in values) else sum(values)  # type: ignore[misc]
+
+
+async def find_server_pids(config: LoadConfig, http: httpx.AsyncClient) -> tuple[list[int], str]:
     if config.server_pid in (None, "", "none"):
-        return None, "not measured"
+        return [], "not measured"
     if config.server_pid != "auto":
-        return int(config.server_pid), "--server-pid"
+        return [int(p) for p in str(config.server_pid).split(",")], "--server-pid"
     with contextlib.suppress(Exception):
         health = (await http.get(config.url.rstrip("/") + "/health", timeout=5)).json()
         if isinstance(health.get("pid"), int):
-            return health["pid"], "/health"
+            return [health["pid"]], "/health"
     import urllib.parse
 
     port = urllib.parse.urlsplit(config.url).port or 80
-    pid = await asyncio.to_thread(pid_listening_on, port)
-    return pid, "listening socket" if pid else "not found"
+    pids = await asyncio.to_thread(pids_listening_on, port)
+    return pids, "listening socket" if pids else "not found"
+
+
+def _generator_process(config: LoadConfig) -> tuple[list[CallResult], float, list[float]]:
+    """One load generator process of ``--processes K``: its calls, its CPU, its loop lags."""
+    report = asyncio.run(run_load(config))
+    return report.calls, report.data["cpu"]["client_cpu_s"], report.data.get("_lags", [])
 
 
 async def bridge_counters(http: httpx.AsyncClient, url: str) -> dict[str, float] | None:
@@ -201,7 +234,7 @@ async def run_load(config: LoadConfig) -> Report:
     if not config.recordings:
         config.recordings = [load_recording(p) for p in find_recordings([DEFAULT_RECORDINGS])]
     wall_started = datetime.datetime.now(datetime.UTC)
-    zero = time.monotonic()
+    zero = time.monotonic() if config.clock_zero is None else config.clock_zero
     deadline = zero + config.duration_s
     results: list[CallResult] = []
     active: dict[str, CallReplay] = {}
@@ -212,14 +245,16 @@ async def run_load(config: LoadConfig) -> Report:
 
     limits = httpx.Limits(max_connections=max(10, config.calls * 2))
     async with httpx.AsyncClient(limits=limits) as http, AgentServer() as agents:
-        pid, pid_source = await find_server_pid(config, http)
-        same_process = pid == os.getpid()
-        counters_before = await bridge_counters(http, config.url)
-        cpu_before = read_cpu_s(pid) if pid else None
+        pids, pid_source = await find_server_pids(config, http)
+        same_process = os.getpid() in pids
+        counters_before = await bridge_counters(http, config.url) if config.measure_bridge else None
+        cpu_before = read_cpu_total(pids)
+        cpu_before_each = {pid: read_cpu_s(pid) for pid in pids}
         client_before = time.process_time()
+        client_cpu_elsewhere = 0.0
 
         async def one_call(recording: RecordedCall) -> None:
-            call_id = f"c{next(counter):04d}"
+            call_id = f"{config.call_prefix}{next(counter):04d}"
             replay = CallReplay(recording, call_id=call_id, base_url=config.url,
                                 agent_server=agents, auth_token=config.auth_token,
                                 public_url=config.public_url, voice=config.voice,
@@ -255,7 +290,7 @@ async def run_load(config: LoadConfig) -> Report:
                 now = time.monotonic()
                 lags.append((now - before - tick) * 1000)
                 if now >= next_sample:
-                    cpu = read_cpu_s(pid) if pid else None
+                    cpu = read_cpu_total(pids)
                     pct = (None if cpu is None or last_cpu is None
                            else round(100 * (cpu - last_cpu) / (now - last_t), 1))
                     samples.append({"t": round(now - zero, 2), "active_calls": len(active),
@@ -266,44 +301,82 @@ async def run_load(config: LoadConfig) -> Report:
                     config.progress(_progress(config, zero, results, active, len(results)))
 
         monitor_task = asyncio.create_task(monitor())
-        slots = [asyncio.create_task(slot(i)) for i in range(config.calls)]
-        _done, pending = await asyncio.wait(slots, timeout=max(0.0, deadline - time.monotonic()))
-        for task in pending:
-            task.cancel()  # a running replay hangs up and reports "cut"
-        await asyncio.gather(*pending, return_exceptions=True)
+        if config.processes > 1:
+            client_cpu_elsewhere = await _run_generators(config, zero, results, lags)
+        else:
+            slots = [asyncio.create_task(slot(i)) for i in range(config.calls)]
+            _done, pending = await asyncio.wait(slots, timeout=max(0.0, deadline - time.monotonic()))
+            for task in pending:
+                task.cancel()  # a running replay hangs up and reports "cut"
+            await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.sleep(0.2)  # let the bridge finish its side before reading its CPU
         monitor_task.cancel()
         await asyncio.gather(monitor_task, return_exceptions=True)
         if config.progress:
             config.progress(_progress(config, zero, results, active, len(results)))
         elapsed = time.monotonic() - zero
-        cpu_after = read_cpu_s(pid) if pid else None
-        client_cpu = time.process_time() - client_before
-        counters_after = await bridge_counters(http, config.url)
+        cpu_after = read_cpu_total(pids)
+        cpu_after_each = {pid: read_cpu_s(pid) for pid in pids}
+        client_cpu = time.process_time() - client_before + client_cpu_elsewhere
+        counters_after = await bridge_counters(http, config.url) if config.measure_bridge else None
 
     results.sort(key=lambda r: r.call_id)
     data = build_report(config, results, elapsed=elapsed, wall_started=wall_started)
     audio_s = sum(r.audio_s for r in results)
     server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     data["cpu"] = {
-        "server_pid": pid, "pid_source": pid_source,
+        "server_pid": ",".join(map(str, pids)) if len(pids) > 1 else (pids[0] if pids else None),
+        "server_cpu_s_by_pid": {str(pid): round(cpu_after_each[pid] - cpu_before_each[pid], 2)
+                                for pid in pids if cpu_after_each.get(pid) is not None
+                                and cpu_before_each.get(pid) is not None},
+        "pid_source": pid_source,
         "server_cpu_s": None if server_cpu is None else round(server_cpu, 2),
         "server_cpu_pct": None if server_cpu is None else round(100 * server_cpu / elapsed, 1),
         "server_cpu_s_per_audio_s": (None if server_cpu is None or not audio_s
                                      else round(server_cpu / audio_s, 4)),
         "cores": os.cpu_count(),
         "client_cpu_s": round(client_cpu, 2),
+        "client_processes": config.processes,
         "same_process": same_process,
         "note": ("the bridge runs inside the load generator's process: CPU figures include both"
                  if same_process else ""),
     }
     data["client_loop_lag_ms"] = summarize(lags, 1)
+    if not config.measure_bridge:  # a generator process of --processes: its lags go to the parent
+        data["_lags"] = lags
     data["bridge_counters"] = (
         {k: round(counters_after.get(k, 0) - (counters_before or {}).get(k, 0), 3)
          for k in counters_after if counters_after.get(k, 0) != (counters_before or {}).get(k, 0)}
         if counters_after is not None else None)
     data["timeseries"] = _timeseries(results, samples, elapsed)
     return Report(data, results)
+
+
+async def _run_generators(config: LoadConfig, zero: float, results: list[CallResult],
+                         lags: list[float]) -> float:
+    """``--processes K``: K generator processes (spawned, each a fresh interpreter) share the
+    calls; returns their CPU seconds. The bridge is measured here, once, around all of them."""
+    import concurrent.futures
+    import dataclasses
+    import multiprocessing
+
+    k = config.processes
+    shares = [config.calls // k + (1 if i < config.calls % k else 0) for i in range(k)]
+    subs = [dataclasses.replace(config, calls=n, processes=1, call_prefix=f"p{i}c", clock_zero=zero,
+                                server_pid=None, progress=None, measure_bridge=False,
+                                ramp_up_s=config.ramp_up_s * n / max(1, config.calls))
+            for i, n in enumerate(shares) if n > 0]
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ProcessPoolExecutor(
+            len(subs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        outcomes = await asyncio.gather(*(loop.run_in_executor(pool, _generator_process, sub)
+                                          for sub in subs))
+    cpu = 0.0
+    for calls, client_cpu, sub_lags in outcomes:
+        results.extend(calls)
+        cpu += client_cpu
+        lags.extend(sub_lags)
+    return cpu
 
 
 def _progress(config: LoadConfig, zero: float, results: list[CallResult],
@@ -476,7 +549,7 @@ def format_report(report: Report, max_calls: int = 40) -> str:
     lines.append("")
     per_call = d["per_call"]
     if per_call:
-        lines.append(f"{'call':<7}{'recording':<16}{'status':<10}{'turns':>6}{'ttfa p50':>9}"
+        lines.append(f"{'call':<10}{'recording':<16}{'status':<10}{'turns':>6}{'ttfa p50':>9}"
                      f"{'ttfa max':>9}{'underr':>7}{'ms':>6}{'barge':>7}{'close':>7}{'errors':>7}")
         shown = per_call
         if len(per_call) > max_calls:
@@ -493,7 +566,7 @@ def format_report(report: Report, max_calls: int = 40) -> str:
             p50 = ttfas[len(ttfas) // 2] if ttfas else None
             barge = c["barge_in_ms"][0] if c["barge_in_ms"] else None
             worst = max(ttfas) if ttfas else None
-            lines.append(f"{c['call_id']:<7}{c['recording'][:15]:<16}{c['status']:<10}"
+            lines.append(f"{c['call_id']:<10}{c['recording'][:15]:<16}{c['status']:<10}"
                          f"{len(c['turns']):>6}{_fmt(p50, 0):>9}{_fmt(worst, 0):>9}"
                          f"{c['underruns']:>7}{c['underrun_ms']:>6.0f}{_fmt(barge, 0):>7}"
                          f"{_fmt(c['close_code']):>7}{len(c['errors']):>7}")
@@ -599,13 +672,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timelines", action="store_true", help="per-call event timelines in --json")
     parser.add_argument("--fail-on-underrun", action="store_true", help="exit 3 if any underrun")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="load generator processes, the calls split between them (default 1)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.calls < 1 or args.duration <= 0 or args.ramp_up < 0:
-        print("loadtest: --calls must be >= 1, --duration > 0, --ramp-up >= 0", file=sys.stderr)
+    if args.calls < 1 or args.duration <= 0 or args.ramp_up < 0 or args.processes < 1:
+        print("loadtest: --calls and --processes must be >= 1, --duration > 0, --ramp-up >= 0",
+              file=sys.stderr)
         return 2
     try:
         check_loopback(args.url, args.allow_remote)
@@ -629,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         public_url=args.public_url, voice=args.voice, preset=args.preset,
         server_pid=args.server_pid, tail_timeout_s=args.tail_timeout,
         allow_remote=args.allow_remote, keep_timelines=args.timelines,
-        progress=progress if show else None,
+        progress=progress if show else None, processes=args.processes,
     )
     report = asyncio.run(run_load(config))
     if show:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from telephony.config import ConfigError, settings_from_env
+from telephony.config import ConfigError, Settings, settings_from_env
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--insecure-dev", action="store_true", default=None,
                        help="allow running without TWILIO_AUTH_TOKEN (no signature checks)")
     serve.add_argument("--log-level", default=None)
+    serve.add_argument("--workers", type=int, default=None,
+                       help="processes serving the port (default: one per core; 1 with "
+                       "--insecure-dev); limits such as max calls apply per process")
     return parser
 
 
@@ -42,15 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"voice-bridge: {exc}", file=sys.stderr)
         return 2
+    from telephony import workers
+
+    me = workers.identity()
+    tag = f" w{me.index}" if me.count > 1 else ""
     logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s")
+    count = settings.workers or workers.default_workers(settings.insecure_dev, settings.engine)
+    if count > 1:
+        return _supervise(argv if argv is not None else sys.argv[1:], settings, count)
     from telephony.app import create_app
     from telephony.conn_guard import plan_budget, raise_fd_limit
-    from telephony.net import listen_socket
     from telephony.server import build_server
 
     try:
-        sock = listen_socket(settings.host, settings.port)
+        sock = workers.listen_socket("http", settings.host, settings.port)
     except OSError as exc:
         print(f"voice-bridge: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 2
@@ -67,6 +77,29 @@ def main(argv: list[str] | None = None) -> int:
     server = build_server(create_app(settings), settings, budget, log_level=settings.log_level)
     server.run(sockets=[sock])
     return 0
+
+
+def _supervise(argv: list[str], settings: Settings, count: int) -> int:
+    """``--workers N``: bind the listening socket(s) here, once, and run N workers on them."""
+    from telephony import net, workers
+
+    sockets = {}
+    ports = {"http": ("--port", settings.port)}
+    stream_port = settings.stream_port  # the lean listener (telephony/fast_stream.py)
+    if stream_port is not None:
+        ports["stream"] = ("--stream-port", stream_port)
+    overrides: dict[str, str] = {}
+    for role, (flag, port) in ports.items():
+        try:
+            sockets[role] = net.listen_socket(settings.host, port)
+        except OSError as exc:
+            print(f"voice-bridge: cannot listen on {settings.host}:{port}: {exc}", file=sys.stderr)
+            return 2
+        overrides[flag] = str(sockets[role].getsockname()[1])  # port 0: the one bound
+    logging.getLogger("voice_bridge").warning(
+        "voice-bridge: %d workers on %s:%s (pid %d supervises)", count, settings.host,
+        overrides["--port"], os.getpid())
+    return workers.run_workers(argv, count, sockets, overrides)
 
 
 if __name__ == "__main__":

@@ -206,6 +206,9 @@ class Settings(BaseModel):
     """The same, per peer IP address (0: no per-peer cap; behind a proxy every peer is the proxy)."""
     drain_s: float = Field(120.0, ge=0, le=86_400)
     """On SIGTERM live calls may run this long before they are wound down (see telephony/drain.py)."""
+    workers: int | None = Field(None, ge=1, le=1024)
+    """Processes serving one port (telephony/workers.py); default one per core, 1 under
+    --insecure-dev. Limits such as max_calls and engine_concurrency apply per process."""
     voice_disk_cache_mb: int = Field(512, ge=1, le=1_000_000)
     """Disk cache of voices fetched from the voice server; least recently used evicted past it."""
     record_dir: Path | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from telephony import workers
 from telephony.access import HttpProblem, operator_body
 from telephony.errors import json_error
 from telephony.services import Bridge
@@ -164,6 +166,10 @@ async def health(request: Request) -> Response:
     guard = getattr(request.app.state, "connection_guard", None)
     if guard is not None:
         body["connections"] = guard.stats()
+    body["process"] = workers.identity().as_dict()  # which worker answered (--workers)
+    body["total"] = (await asyncio.to_thread(bridge.metrics.totals)
+                     if bridge.metrics.multiprocess_dir is not None
+                     else {"active_calls": len(bridge.calls), "workers": 1})
     if bridge.drain.draining:  # the load balancer stops sending new traffic here
         body["status"] = "draining"
         body["draining_s"] = round(bridge.drain.elapsed_s(), 1)
@@ -184,4 +190,4 @@ async def voices(request: Request) -> Response:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
-    return Response(bridge.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await bridge.metrics.render_async(), media_type=CONTENT_TYPE_LATEST)

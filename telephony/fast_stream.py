@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -46,7 +45,7 @@ from picows import (
 from starlette.datastructures import Address
 from starlette.websockets import WebSocketState
 
-from telephony import media_stream
+from telephony import media_stream, workers
 
 log = logging.getLogger(__name__)
 
@@ -303,11 +302,7 @@ class FastStreamServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the port (useful with port 0 in tests)."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see telephony/net.py
-        sock.bind((host, port))
+        sock = workers.listen_socket("stream", host, port)  # under --workers: the shared one
         self._server = await ws_create_server(
             self._factory, sock=sock, max_frame_size=MAX_FRAME_BYTES,
             websocket_handshake_timeout=5, enable_auto_ping=True,

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from telephony.config import Settings
 from telephony.conn_guard import ConnectionGuard, FdBudget, guarded_protocol
 from telephony.drain import drain
+from telephony.workers import notify_ready
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class BridgeServer(uvicorn.Server):
         self.handle_signals = handle_signals
         self.drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        """Under --workers: publishes remote fleets' state for /metrics (telephony/metrics.py)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -94,7 +97,19 @@ class BridgeServer(uvicorn.Server):
 
         self.drain_task = asyncio.get_running_loop().create_task(run(), name="drain")
 
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            bridge = getattr(self.app.state, "bridge", None)
+            if bridge is not None and bridge.metrics.multiprocess_dir is not None:
+                self._publisher = asyncio.get_running_loop().create_task(
+                    bridge.metrics.publish_forever(), name="fleet-metrics")
+            notify_ready()  # under --workers: the supervisor counts this worker as serving
+
     async def shutdown(self, sockets: Any = None) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
         if self.drain_task is not None and not self.drain_task.done():
             self.drain_task.cancel()
             await asyncio.gather(self.drain_task, return_exceptions=True)

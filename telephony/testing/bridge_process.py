@@ -65,6 +65,8 @@ async def bridge_process(*args: str, env: dict[str, str] | None = None, ready_ti
     log = tempfile.NamedTemporaryFile(prefix=f"voice-bridge-{port}-", suffix=".log", delete=False)
     command = [sys.executable, "-m", "telephony", "serve", "--host", "127.0.0.1", "--port", str(port),
                *args]
+    if "--workers" not in args:
+        command += ["--workers", "1"]  # one process unless a test asks (the default is one per core)
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
     process = subprocess.Popen(  # noqa: ASYNC220 - a fork+exec, once per test, before any timing
