@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from tts_core.audio.mulaw import TELEPHONY_RATE, float_to_pcm16, pcm16_to_mulaw
+from tts_core.audio.mulaw import float_to_pcm16, pcm16_to_mulaw
 from tts_core.audio.resampler import StreamResampler
+from tts_core.audio.telephony_format import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, TELEPHONY_RATE
 
-FRAME_MS = 20
-FRAME_SAMPLES = TELEPHONY_RATE * FRAME_MS // 1000
-FRAME_BYTES = FRAME_SAMPLES  # μ-law is one byte per sample
+__all__ = ["FRAME_BYTES", "FRAME_MS", "FRAME_SAMPLES", "MulawFrameEncoder"]
 
 
 class MulawFrameEncoder:

@@ -15,11 +15,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-TELEPHONY_RATE = 8000
-"""Sample rate of Twilio Media Streams audio (audio/x-mulaw, 8000 Hz, mono)."""
+from tts_core.audio.telephony_format import MULAW_SILENCE, TELEPHONY_RATE
 
-MULAW_SILENCE = 0xFF
-"""μ-law code of linear 0 (what ``audioop.lin2ulaw`` gives for a zero sample)."""
+__all__ = ["MULAW_SILENCE", "TELEPHONY_RATE", "float_to_pcm16", "mulaw_to_pcm16", "pcm16_to_mulaw"]
 
 
 def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
