@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypedDict
 
 
 class ServerState(StrEnum):
@@ -32,6 +33,20 @@ class ServerState(StrEnum):
     """Failed recently; skipped until its back-off ends."""
     PROBING = "probing"
     """Back-off over; one request is testing it."""
+
+
+class ServerSnapshot(TypedDict):
+    """One server's state as /health and /metrics show it (``ServerStats.snapshot``)."""
+
+    url: str
+    state: str
+    in_flight: int
+    requests: int
+    failures: int
+    first_byte_ms_p50: float | None
+    first_byte_ms_p95: float | None
+    retry_in_s: float
+    last_error: str
 
 
 @dataclass
@@ -50,7 +65,7 @@ class ServerStats:
     first_byte_s: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     """Recent times from request to first byte of the body (not headers)."""
 
-    def snapshot(self, now: float) -> dict[str, object]:
+    def snapshot(self, now: float) -> ServerSnapshot:
         latencies = sorted(self.first_byte_s)
 
         def pct(p: float) -> float | None:
@@ -140,6 +155,6 @@ class Fleet:
         server.backoff_until = self._clock() + server.backoff_s
         server.state = ServerState.BACKOFF
 
-    def snapshot(self) -> list[dict[str, object]]:
+    def snapshot(self) -> list[ServerSnapshot]:
         now = self._clock()
         return [s.snapshot(now) for s in self.servers]

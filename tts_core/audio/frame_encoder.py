@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
 from tts_core.audio.mulaw import float_to_pcm16, pcm16_to_mulaw
 from tts_core.audio.resampler import StreamResampler
 from tts_core.audio.telephony_format import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, TELEPHONY_RATE
@@ -31,7 +32,7 @@ class MulawFrameEncoder:
         self.frames_out = 0
         self.padded_samples = 0
 
-    def push(self, chunk: np.ndarray) -> list[bytes]:
+    def push(self, chunk: FloatAudio) -> list[bytes]:
         """Add engine audio; return every whole frame now available (possibly none)."""
         if chunk.ndim != 1 and not (chunk.ndim == 2 and 1 in chunk.shape):
             raise ValueError(f"expected mono audio, got shape {chunk.shape}")

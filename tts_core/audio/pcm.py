@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
 
-def pcm_to_float32(raw: bytes, width: int, channels: int) -> np.ndarray:
+
+def pcm_to_float32(raw: bytes, width: int, channels: int) -> FloatAudio:
     """Little-endian PCM of 8 (unsigned), 16, 24 or 32 bits -> float32 of shape (frames, channels)
     in [-1, 1). A trailing partial frame is dropped. Raises ValueError for other widths."""
     frame_bytes = width * channels

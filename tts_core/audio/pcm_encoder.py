@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
 from tts_core.audio.mulaw import float_to_pcm16
 from tts_core.audio.resampler import StreamResampler
 
@@ -22,7 +23,7 @@ class Pcm16Encoder:
         self._resampler = StreamResampler(source_rate, out_rate, quality=quality)
         self.samples_out = 0
 
-    def push(self, chunk: np.ndarray) -> bytes:
+    def push(self, chunk: FloatAudio) -> bytes:
         """Add engine audio; return the PCM now available (possibly empty while the filter fills)."""
         if chunk.ndim != 1 and not (chunk.ndim == 2 and 1 in chunk.shape):
             raise ValueError(f"expected mono audio, got shape {chunk.shape}")
@@ -36,6 +37,6 @@ class Pcm16Encoder:
         """End of the response: release what the resampler still holds."""
         return self._encode(self._resampler.flush())
 
-    def _encode(self, samples: np.ndarray) -> bytes:
+    def _encode(self, samples: FloatAudio) -> bytes:
         self.samples_out += samples.size
         return float_to_pcm16(samples).astype("<i2", copy=False).tobytes() if samples.size else b""

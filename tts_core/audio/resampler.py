@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
+from tts_core.audio.arrays import FloatAudio
+
 
 class StreamResampler:
     """One utterance's resampler: ``process`` chunks in order, then ``flush`` once.
@@ -33,14 +35,14 @@ class StreamResampler:
         return soxr.ResampleStream(self.in_rate, self.out_rate, 1, dtype="float32",
                                    quality=self.quality)
 
-    def process(self, chunk: np.ndarray) -> np.ndarray:
+    def process(self, chunk: FloatAudio) -> FloatAudio:
         """Resample the next chunk; may return fewer (even zero) samples while the filter fills."""
         chunk = np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)
         if self._stream is None:
             return chunk.copy()
         return self._stream.resample_chunk(chunk, last=False)
 
-    def flush(self) -> np.ndarray:
+    def flush(self) -> FloatAudio:
         """Release what the filter still holds and make the resampler ready for a new utterance."""
         if self._stream is None:
             return np.zeros(0, dtype=np.float32)

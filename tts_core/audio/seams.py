@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
+
 
 class SeamJoiner:
     """One utterance's chunk joiner: feed chunks in order to ``join``."""
@@ -47,11 +49,11 @@ class SeamJoiner:
         self.min_ramp = min_ramp
         self.max_smooth_samples = max(self.smooth_samples, int(max_smooth_ms * sample_rate / 1000))
         self.slope_window = max(2, int(0.005 * sample_rate))
-        self._tail: np.ndarray | None = None  # last two samples of the previous chunk
+        self._tail: FloatAudio | None = None  # last two samples of the previous chunk
         self._slope = 0.0  # steepest sample step in the previous chunk's last 5 ms
         self.seams = 0
 
-    def join(self, chunk: np.ndarray) -> np.ndarray:
+    def join(self, chunk: FloatAudio) -> FloatAudio:
         """The chunk, corrected so that it continues the previous one (a new float32 array)."""
         out = np.array(chunk, dtype=np.float32, copy=True).reshape(-1)
         if out.size == 0:
@@ -80,7 +82,7 @@ class SeamJoiner:
         self._remember(out)
         return out
 
-    def _remember(self, out: np.ndarray) -> None:
+    def _remember(self, out: FloatAudio) -> None:
         if out.size > 1:
             self._slope = float(np.max(np.abs(np.diff(out[-self.slope_window:]))))
         if self._tail is not None and out.size < 2:

@@ -15,6 +15,7 @@ import struct
 import numpy as np
 import soxr
 
+from tts_core.audio.arrays import FloatAudio
 from tts_core.audio.pcm import pcm_to_float32
 
 
@@ -42,7 +43,7 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def read_wav(data: bytes) -> tuple[np.ndarray, int]:
+def read_wav(data: bytes) -> tuple[FloatAudio, int]:
     """(mono float32 in [-1, 1], sample rate). Raises AudioFileError."""
     kind = sniff(data)
     if kind != "wav":
@@ -70,7 +71,7 @@ def read_wav(data: bytes) -> tuple[np.ndarray, int]:
     raise AudioFileError("WAV file has no data chunk" if fmt else "WAV file has no fmt chunk")
 
 
-def _decode(raw: bytes, tag: int, channels: int, rate: int, bits: int) -> tuple[np.ndarray, int]:
+def _decode(raw: bytes, tag: int, channels: int, rate: int, bits: int) -> tuple[FloatAudio, int]:
     if not 1 <= channels <= MAX_CHANNELS:
         raise AudioFileError(f"WAV has {channels} channels (1 to {MAX_CHANNELS} supported)")
     if not MIN_RATE <= rate <= MAX_RATE:
@@ -94,7 +95,7 @@ def _decode(raw: bytes, tag: int, channels: int, rate: int, bits: int) -> tuple[
     return np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32), rate
 
 
-def to_rate(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+def to_rate(samples: FloatAudio, rate: int, target: int) -> FloatAudio:
     """Whole-file resampling (one call: no stream state to keep)."""
     if rate == target or samples.size == 0:
         return samples

@@ -12,12 +12,12 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from tts_core.audio.arrays import FloatAudio
+from tts_core.fleet import ServerSnapshot
 from tts_core.presets import Preset
 from tts_core.voices import Voice
 
@@ -98,7 +98,7 @@ class Engine(ABC):
         return 0
 
     # ---- synthesis -------------------------------------------------------------------------
-    async def stream(self, request: SpeechRequest) -> AsyncIterator[np.ndarray]:
+    async def stream(self, request: SpeechRequest) -> AsyncGenerator[FloatAudio, None]:
         """Stream one utterance as float32 mono chunks at ``sample_rate``.
 
         Cancelling the consumer (or closing the iterator) stops the work within one chunk.
@@ -134,7 +134,7 @@ class Engine(ABC):
                 self.stats.cancelled += 1
 
     @abstractmethod
-    def _stream(self, request: SpeechRequest) -> AsyncIterator[np.ndarray]:
+    def _stream(self, request: SpeechRequest) -> AsyncGenerator[FloatAudio, None]:
         """Engine-specific streaming; the base class validates and counts around it."""
 
     async def warmup(self, voice_id: str, preset: Preset, voice: Voice | None = None
@@ -156,7 +156,7 @@ class Engine(ABC):
             raise EngineError(f"{self.name} warmup produced no audio")
         return {"engine": round((time.perf_counter() - started) * 1000, 2)}
 
-    def servers(self) -> list[dict[str, object]]:
+    def servers(self) -> list[ServerSnapshot]:
         """Per-server state of a remote engine's fleet (for /health and /metrics); [] if local."""
         return []
 

@@ -26,20 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any, Protocol
+from types import ModuleType
+from typing import Protocol, TypeAlias, cast
 
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
 from tts_core.audio.seams import SeamJoiner
 from tts_core.engines.base import Engine, EngineError, SpeechRequest, UnsupportedVoiceError
-from tts_core.engines.conditioning import ConditioningCache
+from tts_core.engines.conditioning import Conditionals, ConditioningCache
 from tts_core.engines.replica_pool import Replica, ReplicaPool
 from tts_core.presets import Preset
 from tts_core.voices import Voice
@@ -59,6 +62,35 @@ PREPARE_EXAGGERATION = 0.5
 FETCH_HINT = "fetch it once with: huggingface-cli download ResembleAI/chatterbox --local-dir DIR"
 
 
+GenerationKwargs: TypeAlias = dict[str, float | bool]
+"""Keyword arguments of ``generate`` / ``generate_stream`` (exaggeration, chunk_size, print_metrics...)."""
+
+
+class ChatterboxModel(Protocol):
+    """The calls this adapter makes on a loaded model (``ChatterboxTTS``, or the tests' stand-in)."""
+
+    sr: int
+    conds: Conditionals | None
+    """The current voice: set before each synthesis (one synthesis per replica at a time)."""
+
+    def prepare_conditionals(self, wav_fpath: str, exaggeration: float = ...) -> None: ...
+
+    def generate(self, text: str, **kwargs: float | bool) -> object:
+        """The whole utterance as a (1, T) tensor at ``sr``."""
+        ...
+
+
+class StreamingChatterboxModel(ChatterboxModel, Protocol):
+    """The streaming fork's model (``Replica.info["stream"]`` says a model is one)."""
+
+    def generate_stream(self, text: str, **kwargs: float | bool) -> Iterator[object]:
+        """``(audio_chunk (1, n) tensor, StreamingMetrics)`` pairs (or bare chunks)."""
+        ...
+
+
+ChatterboxReplica: TypeAlias = Replica[ChatterboxModel, Conditionals]
+
+
 class ModelLoader(Protocol):
     """How models and saved conditionings are loaded (the real package, or a test's stand-in)."""
 
@@ -66,15 +98,16 @@ class ModelLoader(Protocol):
         """Weight file suffixes the loader reads, in order of preference."""
         ...
 
-    def load_model(self, checkpoint_dir: Path, device: str) -> Any: ...
+    def load_model(self, checkpoint_dir: Path, device: str) -> ChatterboxModel: ...
 
-    def load_conditionals(self, path: Path, device: str) -> Any: ...
+    def load_conditionals(self, path: Path, device: str) -> Conditionals: ...
 
 
 class ChatterboxLoader:
     """The installed ``chatterbox`` package (chatterbox-tts or chatterbox-streaming)."""
 
-    def _module(self) -> Any:
+    def _module(self) -> ModuleType:
+        """``chatterbox.tts`` (untyped: its classes are described by the Protocols above)."""
         try:
             from chatterbox import tts
         except ImportError as exc:
@@ -82,19 +115,22 @@ class ChatterboxLoader:
                 "the chatterbox engine needs the chatterbox extra: install torch for your "
                 "machine first, then pip install -e '.[chatterbox]' (see README, 'Chatterbox'); "
                 f"import failed: {exc}") from exc
-        return tts
+        module: ModuleType = tts
+        return module
 
     def weight_formats(self) -> tuple[str, ...]:
         return loader_weight_formats(self._module().ChatterboxTTS.from_local)
 
-    def load_model(self, checkpoint_dir: Path, device: str) -> Any:
-        return self._module().ChatterboxTTS.from_local(checkpoint_dir, device)
+    def load_model(self, checkpoint_dir: Path, device: str) -> ChatterboxModel:
+        model: ChatterboxModel = self._module().ChatterboxTTS.from_local(checkpoint_dir, device)
+        return model
 
-    def load_conditionals(self, path: Path, device: str) -> Any:
-        return self._module().Conditionals.load(path, map_location=device)
+    def load_conditionals(self, path: Path, device: str) -> Conditionals:
+        conds: Conditionals = self._module().Conditionals.load(path, map_location=device)
+        return conds
 
 
-def loader_weight_formats(from_local: Any) -> tuple[str, ...]:
+def loader_weight_formats(from_local: Callable[..., object]) -> tuple[str, ...]:
     """Which weight files the installed ``from_local`` opens: read from its source.
 
     chatterbox-tts switched from ``ve.pt`` to ``ve.safetensors`` after 0.1.1; the streaming fork still
@@ -145,6 +181,13 @@ def resolve_devices(device: str, cuda_count: int) -> list[str]:
     return [f"cuda:{index}"]
 
 
+def _loaded(replica: ChatterboxReplica) -> ChatterboxModel:
+    """The replica's model (``_load_replica`` sets it before the pool serves anything)."""
+    if replica.model is None:
+        raise EngineError(f"replica {replica.name} has no model loaded")
+    return replica.model
+
+
 def _cuda_device_count() -> int:
     try:
         import torch
@@ -153,7 +196,7 @@ def _cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _accepted_params(fn: Any) -> frozenset[str] | None:
+def _accepted_params(fn: Callable[..., object]) -> frozenset[str] | None:
     """Keyword names ``fn`` takes; None if it takes ``**kwargs`` (anything goes)."""
     params = inspect.signature(fn).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
@@ -161,7 +204,7 @@ def _accepted_params(fn: Any) -> frozenset[str] | None:
     return frozenset(p.name for p in params)
 
 
-def to_mono_float32(audio: Any) -> np.ndarray:
+def to_mono_float32(audio: object) -> FloatAudio:
     """A (1, T) torch tensor (or anything array-like) as a flat float32 numpy array."""
     for step in ("detach", "cpu", "numpy"):
         if hasattr(audio, step):
@@ -200,7 +243,7 @@ class ChatterboxEngine(Engine):
             Path(conds_dir) if conds_dir is not None else self.checkpoint_dir / "conds",
             self._loader.load_conditionals)
         self.sample_rate = 24000
-        self._pool: ReplicaPool | None = None
+        self._pool: ReplicaPool[ChatterboxModel, Conditionals] | None = None
         self._load_lock = asyncio.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -235,15 +278,16 @@ class ChatterboxEngine(Engine):
                 return
             # torch and chatterbox import slowly and the checkpoint is read from disk: off the loop.
             devices, fmt = await asyncio.to_thread(self._prepare_load)
-            replicas = [Replica(i, dev) for dev in devices for i in range(self.replicas)]
+            replicas: list[ChatterboxReplica] = [Replica(i, dev) for dev in devices
+                                                 for i in range(self.replicas)]
             pool = ReplicaPool(replicas)
             try:
                 # Each replica loads on its own thread: copies on different GPUs load in parallel.
-                await _all(pool.run(r, lambda r=r: self._load_replica(r)) for r in replicas)
+                await _all(pool.run(r, functools.partial(self._load_replica, r)) for r in replicas)
             except BaseException:
                 pool.shutdown()
                 raise
-            rates = {int(r.model.sr) for r in replicas}
+            rates = {int(_loaded(r).sr) for r in replicas}
             if len(rates) != 1:
                 pool.shutdown()
                 raise EngineError(f"replicas disagree on the sample rate: {sorted(rates)}")
@@ -265,7 +309,7 @@ class ChatterboxEngine(Engine):
                         self.checkpoint_dir, BUILTIN_CONDS)
         return devices, fmt
 
-    def _load_replica(self, replica: Replica) -> None:
+    def _load_replica(self, replica: ChatterboxReplica) -> None:
         try:
             model = self._loader.load_model(self.checkpoint_dir, replica.device)
         except EngineError:
@@ -286,7 +330,7 @@ class ChatterboxEngine(Engine):
             self._pool.shutdown()
 
     # ---- synthesis -------------------------------------------------------------------------------
-    async def _stream(self, request: SpeechRequest) -> AsyncIterator[np.ndarray]:
+    async def _stream(self, request: SpeechRequest) -> AsyncGenerator[FloatAudio, None]:
         await self.load()
         assert self._pool is not None
         if request.voice is None and self._pool.replicas[0].builtin_conds is None:
@@ -297,20 +341,20 @@ class ChatterboxEngine(Engine):
             understood |= {"chunk_size", "first_chunk_size", "continuation_chunk_size"}
         self.note_ignored_params(request.preset, understood)
 
-        def factory(replica: Replica, cancel: threading.Event) -> Iterator[np.ndarray]:
+        def factory(replica: ChatterboxReplica, cancel: threading.Event) -> Iterator[FloatAudio]:
             return self._synthesise(replica, request, cancel)
 
         async with aclosing(self._pool.iterate(factory, deadline=request.deadline)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
-    def _synthesise(self, replica: Replica, request: SpeechRequest,
-                    cancel: threading.Event) -> Iterator[np.ndarray]:
+    def _synthesise(self, replica: ChatterboxReplica, request: SpeechRequest,
+                    cancel: threading.Event) -> Iterator[FloatAudio]:
         """One utterance on one replica (runs on the replica's thread, holding its lock)."""
         if not replica.lock.acquire(blocking=False):
             raise EngineError(f"replica {replica.name} is already synthesising (pool bug)")
         try:
-            model = replica.model
+            model = _loaded(replica)
             # A shallow copy: generate() swaps conds.t3 to apply the preset's exaggeration, and that
             # must not change the cached conditioning other replicas share.
             model.conds = copy.copy(self._conditioning(replica, request.voice))
@@ -318,15 +362,18 @@ class ChatterboxEngine(Engine):
                 return
             stream_params = replica.info["stream"]
             if stream_params is not None:
-                yield from self._generate_stream(model, request, stream_params, cancel)
+                # info["stream"] is set only for a model that has generate_stream
+                yield from self._generate_stream(cast(StreamingChatterboxModel, model), request,
+                                                 stream_params, cancel)
             else:
                 kwargs = _filter(self._generation_kwargs(request.preset), replica.info["generate"])
                 yield to_mono_float32(model.generate(request.text, **kwargs))
         finally:
             replica.lock.release()
 
-    def _generate_stream(self, model: Any, request: SpeechRequest, accepted: frozenset[str] | None,
-                         cancel: threading.Event) -> Iterator[np.ndarray]:
+    def _generate_stream(self, model: StreamingChatterboxModel, request: SpeechRequest,
+                         accepted: frozenset[str] | None,
+                         cancel: threading.Event) -> Iterator[FloatAudio]:
         kwargs = self._generation_kwargs(request.preset)
         kwargs["chunk_size"] = chunk_size_for(request.preset, request.first_in_turn)
         kwargs["print_metrics"] = False
@@ -348,19 +395,21 @@ class ChatterboxEngine(Engine):
             if close is not None:
                 close()  # on this thread: the fork's inference_mode block exits where it began
 
-    def _conditioning(self, replica: Replica, voice: Voice | None) -> Any:
+    def _conditioning(self, replica: ChatterboxReplica, voice: Voice | None) -> Conditionals | None:
         if voice is None:
             return replica.builtin_conds
-        model = replica.model
+        model = _loaded(replica)
 
-        def prepare(wav_path: str) -> Any:
+        def prepare(wav_path: str) -> Conditionals:
             model.prepare_conditionals(wav_path, exaggeration=PREPARE_EXAGGERATION)
+            if model.conds is None:
+                raise EngineError("prepare_conditionals left the model without conditioning")
             return model.conds
 
         return self.conditioning.get(voice, replica.device, prepare)
 
     @staticmethod
-    def _generation_kwargs(preset: Preset) -> dict[str, Any]:
+    def _generation_kwargs(preset: Preset) -> GenerationKwargs:
         return {"exaggeration": preset.exaggeration, "cfg_weight": preset.cfg_weight,
                 "temperature": preset.temperature}
 
@@ -378,10 +427,10 @@ class ChatterboxEngine(Engine):
                                 first_in_turn=True)
         pool = self._pool
 
-        async def one(replica: Replica) -> None:
+        async def one(replica: ChatterboxReplica) -> None:
             started = time.perf_counter()
 
-            def factory(rep: Replica, cancel: threading.Event) -> Iterator[np.ndarray]:
+            def factory(rep: ChatterboxReplica, cancel: threading.Event) -> Iterator[FloatAudio]:
                 return self._synthesise(rep, request, cancel)
 
             try:
@@ -411,7 +460,7 @@ def chunk_size_for(preset: Preset, first_in_turn: bool) -> int:
     return preset.chunk_size
 
 
-async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+async def _all(coros: Iterable[Coroutine[object, object, None]]) -> None:
     """Run all at once; the first failure cancels the rest and is raised as itself."""
     try:
         async with asyncio.TaskGroup() as group:
@@ -421,7 +470,7 @@ async def _all(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
         raise group_error.exceptions[0] from None
 
 
-def _filter(kwargs: dict[str, Any], accepted: frozenset[str] | None) -> dict[str, Any]:
+def _filter(kwargs: GenerationKwargs, accepted: frozenset[str] | None) -> GenerationKwargs:
     return kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
 
 

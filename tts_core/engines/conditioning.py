@@ -32,13 +32,26 @@ import wave
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Protocol, Self
 
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
 from tts_core.voices import Voice
 
 log = logging.getLogger(__name__)
+
+
+class Conditionals(Protocol):
+    """A voice's prepared conditioning as the model keeps it (Chatterbox's ``Conditionals``)."""
+
+    def save(self, fpath: Path) -> None:
+        """Write it to ``fpath`` (read back by the loader's ``load_conditionals``)."""
+        ...
+
+    def to(self, device: str) -> Self:
+        """The same conditioning on another device."""
+        ...
 
 
 def voice_key(voice: Voice) -> str:
@@ -49,7 +62,7 @@ def voice_key(voice: Voice) -> str:
     return f"{voice.id}-{digest.hexdigest()[:16]}"
 
 
-def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int) -> None:
+def write_wav(path: str | os.PathLike[str], audio: FloatAudio, sample_rate: int) -> None:
     """Reference audio as a 16-bit PCM mono WAV (what ``prepare_conditionals`` reads from a path)."""
     pcm = (np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0) * 32767).astype("<i2")
     with wave.open(os.fspath(path), "wb") as wav:
@@ -65,20 +78,20 @@ class ConditioningCache:
     def __init__(
         self,
         cache_dir: Path | None,
-        load: Callable[[Path, str], Any],
+        load: Callable[[Path, str], Conditionals],
         *,
         memory_capacity: int = 64,
     ) -> None:
         self.cache_dir = cache_dir
         self._load = load
         self.memory_capacity = memory_capacity
-        self._memory: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._memory: OrderedDict[tuple[str, str], Conditionals] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._disk_warned = False
         self.counts = {"prepared": 0, "disk_loads": 0, "memory_hits": 0, "copied": 0}
 
-    def get(self, voice: Voice, device: str, prepare: Callable[[str], Any]) -> Any:
+    def get(self, voice: Voice, device: str, prepare: Callable[[str], Conditionals]) -> Conditionals:
         """The voice's conditioning on ``device``; ``prepare(wav_path)`` runs only if no level has it.
 
         The object returned is shared: callers must not mutate it (hand the model a shallow copy).
@@ -101,7 +114,7 @@ class ConditioningCache:
             return conds
 
     # ---- levels -----------------------------------------------------------------------------------
-    def _from_memory(self, key: str, device: str) -> Any:
+    def _from_memory(self, key: str, device: str) -> Conditionals | None:
         with self._lock:
             conds = self._memory.get((key, device))
             if conds is not None:
@@ -112,7 +125,7 @@ class ConditioningCache:
     def _path(self, key: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{key}.pt"
 
-    def _from_disk(self, key: str, device: str) -> Any:
+    def _from_disk(self, key: str, device: str) -> Conditionals | None:
         path = self._path(key)
         if path is None or not path.is_file():
             return None
@@ -124,7 +137,7 @@ class ConditioningCache:
         self.counts["disk_loads"] += 1
         return conds
 
-    def _from_other_device(self, key: str, device: str) -> Any:
+    def _from_other_device(self, key: str, device: str) -> Conditionals | None:
         """Without a disk cache, another device's copy moved over beats recomputing."""
         with self._lock:
             other = next((c for (k, _), c in self._memory.items() if k == key), None)
@@ -133,7 +146,7 @@ class ConditioningCache:
         self.counts["copied"] += 1
         return copy.deepcopy(other).to(device)
 
-    def _prepare(self, voice: Voice, prepare: Callable[[str], Any]) -> Any:
+    def _prepare(self, voice: Voice, prepare: Callable[[str], Conditionals]) -> Conditionals:
         fd, tmp = tempfile.mkstemp(prefix=f"voice-{voice.id}-", suffix=".wav")
         os.close(fd)
         try:
@@ -145,7 +158,7 @@ class ConditioningCache:
         self.counts["prepared"] += 1
         return conds
 
-    def _save(self, key: str, conds: Any) -> None:
+    def _save(self, key: str, conds: Conditionals) -> None:
         path = self._path(key)
         if path is None:
             return
@@ -162,7 +175,7 @@ class ConditioningCache:
                 log.warning("cannot write the conditioning cache in %s (%s); prepared voices are "
                             "kept in memory only", path.parent, exc)
 
-    def _remember(self, key: str, device: str, conds: Any) -> None:
+    def _remember(self, key: str, device: str, conds: Conditionals) -> None:
         with self._lock:
             self._memory[(key, device)] = conds
             self._memory.move_to_end((key, device))
@@ -178,4 +191,4 @@ class ConditioningCache:
             return {**self.counts, "size": len(self._memory)}
 
 
-__all__ = ["ConditioningCache", "voice_key", "write_wav"]
+__all__ = ["Conditionals", "ConditioningCache", "voice_key", "write_wav"]

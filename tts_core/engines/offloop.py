@@ -15,11 +15,29 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Callable, Iterator
+from enum import Enum
+from typing import Final, TypeAlias, TypeVar
 
 T = TypeVar("T")
-_DONE = object()
+
+
+class Done(Enum):
+    """What ``next_or_done`` answers once a generator is exhausted (a sentinel with its own type)."""
+
+    DONE = "done"
+
+
+DONE: Final = Done.DONE
+
+
+def next_or_done(gen: Iterator[T]) -> T | Done:
+    """``next(gen, DONE)``: one step of a blocking generator, run in a worker thread."""
+    return next(gen, DONE)
+
+
+Step: TypeAlias = "concurrent.futures.Future[Iterator[T]] | concurrent.futures.Future[T | Done]"
+"""The job in flight for a generator: its factory call, or one of its steps."""
 
 
 class OffloopRunner:
@@ -50,7 +68,7 @@ class OffloopRunner:
     async def iterate(
         self, factory: Callable[[threading.Event], Iterator[T]], *,
         deadline: float | Callable[[], float | None] | None = None,
-    ) -> AsyncIterator[T]:
+    ) -> AsyncGenerator[T, None]:
         """Yield items of ``factory(cancel_event)``, computing each in a worker thread.
 
         When slots are contended, the waiter with the earliest ``deadline`` (monotonic time by which
@@ -69,7 +87,7 @@ class OffloopRunner:
         holding = True
         cancel = threading.Event()
         gen: Iterator[T] | None = None
-        pending: concurrent.futures.Future | None = None
+        pending: Step[T] | None = None
 
         def release() -> None:
             with self._lock:
@@ -80,12 +98,14 @@ class OffloopRunner:
                 pass
 
         try:
-            pending = self._executor.submit(factory, cancel)
-            gen = await asyncio.wrap_future(pending)
+            started = self._executor.submit(factory, cancel)
+            pending = started
+            gen = await asyncio.wrap_future(started)
             while True:
-                pending = self._executor.submit(next, gen, _DONE)
-                item = await asyncio.wrap_future(pending)
-                if item is _DONE:
+                step = self._executor.submit(next_or_done, gen)
+                pending = step
+                item = await asyncio.wrap_future(step)
+                if item is DONE:
                     break
                 yield item
                 if slots.outranked(priority):  # no chunk in flight: hand the slot over, queue again
@@ -104,7 +124,7 @@ class OffloopRunner:
             elif pending is not None and not pending.done():
                 # A running kernel cannot be interrupted: let the chunk in flight finish in its
                 # thread, start no other, and free the slot the moment the thread returns.
-                def finish(fut: concurrent.futures.Future, gen: object = gen) -> None:
+                def finish(fut: Step[T], gen: object = gen) -> None:
                     _close_generator(gen if gen is not None else _result_or_none(fut))
                     release()
 
@@ -203,7 +223,7 @@ def _close_generator(gen: object) -> None:
             pass
 
 
-def _result_or_none(fut: concurrent.futures.Future) -> object:
+def _result_or_none(fut: Step[T]) -> object:
     try:
         result = fut.result()
     except BaseException:

@@ -26,26 +26,32 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Generic, TypeVar
+
+from tts_core.engines.offloop import DONE, Step, next_or_done
 
 T = TypeVar("T")
-_DONE = object()
+ModelT = TypeVar("ModelT")
+"""The model a replica holds (the engine's Protocol for it)."""
+CondsT = TypeVar("CondsT")
+"""The model's prepared voice conditioning."""
 
 
 @dataclass(eq=False)
-class Replica:
+class Replica(Generic[ModelT, CondsT]):
     """One model copy on one device, with the thread that drives it."""
 
     index: int
     device: str
-    model: Any = None
+    model: ModelT | None = None
     executor: concurrent.futures.ThreadPoolExecutor = field(init=False)
     last_warmup_ms: float | None = None
-    builtin_conds: Any = None
-    info: dict[str, Any] = field(default_factory=dict)
-    """What the adapter learned about this model (its method signatures)."""
+    builtin_conds: CondsT | None = None
+    info: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    """What the adapter learned about this model (its method signatures): per method, the keyword
+    names it takes (None: it takes ``**kwargs``); a method it lacks maps to None as well."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     """Held by the replica's thread for a whole synthesis: a pool bug becomes an error, not mixed voices."""
 
@@ -58,15 +64,16 @@ class Replica:
         return f"{self.device}#{self.index}"
 
 
-class ReplicaPool:
+class ReplicaPool(Generic[ModelT, CondsT]):
     """Deadline-ordered, exclusive checkout of replicas."""
 
-    def __init__(self, replicas: list[Replica]) -> None:
+    def __init__(self, replicas: list[Replica[ModelT, CondsT]]) -> None:
         if not replicas:
             raise ValueError("a pool needs at least one replica")
         self.replicas = list(replicas)
-        self._free: list[Replica] = list(replicas)
-        self._waiters: list[tuple[float, int, Replica | None, asyncio.Future[Replica]]] = []
+        self._free: list[Replica[ModelT, CondsT]] = list(replicas)
+        self._waiters: list[tuple[float, int, Replica[ModelT, CondsT] | None,
+                                  asyncio.Future[Replica[ModelT, CondsT]]]] = []
         self._order = itertools.count()
         self._busy = 0
         self._busy_lock = threading.Lock()
@@ -76,16 +83,17 @@ class ReplicaPool:
         """Replicas checked out, including one still finishing a chunk for a consumer that left."""
         return self._busy
 
-    async def run(self, replica: Replica, fn: Callable[[], T]) -> T:
+    async def run(self, replica: Replica[ModelT, CondsT], fn: Callable[[], T]) -> T:
         """Run a blocking call on the replica's thread (loading); no checkout."""
         return await asyncio.wrap_future(replica.executor.submit(fn))
 
     # ---- checkout --------------------------------------------------------------------------------
-    async def acquire(self, priority: float, want: Replica | None = None) -> Replica:
+    async def acquire(self, priority: float, want: Replica[ModelT, CondsT] | None = None
+                      ) -> Replica[ModelT, CondsT]:
         """A free replica (``want`` if given), waiting by ``priority`` (smaller first)."""
         replica = self._take_free(want)
         if replica is None:
-            granted: asyncio.Future[Replica] = asyncio.get_running_loop().create_future()
+            granted: asyncio.Future[Replica[ModelT, CondsT]] = asyncio.get_running_loop().create_future()
             heapq.heappush(self._waiters, (priority, next(self._order), want, granted))
             try:
                 replica = await granted
@@ -97,7 +105,7 @@ class ReplicaPool:
             self._busy += 1
         return replica
 
-    def _take_free(self, want: Replica | None) -> Replica | None:
+    def _take_free(self, want: Replica[ModelT, CondsT] | None) -> Replica[ModelT, CondsT] | None:
         if want is not None:
             if want in self._free:
                 self._free.remove(want)
@@ -114,7 +122,7 @@ class ReplicaPool:
         self._free.remove(best)
         return best
 
-    def release(self, replica: Replica) -> None:
+    def release(self, replica: Replica[ModelT, CondsT]) -> None:
         """Hand the replica to the most urgent waiter that can take it (event loop thread only)."""
         for entry in sorted(self._waiters):
             _, _, want, granted = entry
@@ -129,7 +137,7 @@ class ReplicaPool:
         heapq.heapify(self._waiters)
         self._free.append(replica)
 
-    def _checkin(self, replica: Replica) -> None:
+    def _checkin(self, replica: Replica[ModelT, CondsT]) -> None:
         with self._busy_lock:
             self._busy -= 1
         self.release(replica)
@@ -137,17 +145,17 @@ class ReplicaPool:
     # ---- streaming ---------------------------------------------------------------------------------
     async def iterate(
         self,
-        factory: Callable[[Replica, threading.Event], Iterator[T]],
+        factory: Callable[[Replica[ModelT, CondsT], threading.Event], Iterator[T]],
         *,
         deadline: float | None = None,
-        replica: Replica | None = None,
-    ) -> AsyncIterator[T]:
+        replica: Replica[ModelT, CondsT] | None = None,
+    ) -> AsyncGenerator[T, None]:
         """Yield the items of ``factory(replica, cancel_event)``, every step on the replica's thread."""
         loop = asyncio.get_running_loop()
         rep = await self.acquire(time.monotonic() if deadline is None else deadline, replica)
         cancel = threading.Event()
         gen: Iterator[T] | None = None
-        pending: concurrent.futures.Future[Any] | None = None
+        pending: Step[T] | None = None
 
         def checkin(_: object = None) -> None:
             try:
@@ -156,12 +164,14 @@ class ReplicaPool:
                 pass
 
         try:
-            pending = rep.executor.submit(factory, rep, cancel)
-            gen = await asyncio.wrap_future(pending)
+            started = rep.executor.submit(factory, rep, cancel)
+            pending = started
+            gen = await asyncio.wrap_future(started)
             while True:
-                pending = rep.executor.submit(next, gen, _DONE)
-                item = await asyncio.wrap_future(pending)
-                if item is _DONE:
+                step = rep.executor.submit(next_or_done, gen)
+                pending = step
+                item = await asyncio.wrap_future(step)
+                if item is DONE:
                     break
                 yield item
         finally:
@@ -172,8 +182,8 @@ class ReplicaPool:
                 self._close_then_checkin(rep, gen, pending, checkin)
 
     @staticmethod
-    def _close_then_checkin(rep: Replica, gen: Iterator[Any] | None,
-                            pending: concurrent.futures.Future[Any] | None,
+    def _close_then_checkin(rep: Replica[ModelT, CondsT], gen: Iterator[T] | None,
+                            pending: Step[T] | None,
                             checkin: Callable[..., None]) -> None:
         # The replica's single thread runs jobs in order: this close runs after the chunk in
         # flight (if any), on the thread the generator started on, then the replica is free.
@@ -189,14 +199,14 @@ class ReplicaPool:
             replica.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _finished(pending: concurrent.futures.Future[Any] | None) -> bool:
+def _finished(pending: Step[T] | None) -> bool:
     """The last job ended the generator (exhausted or raised), or the factory itself failed."""
     if pending is None or not pending.done() or pending.cancelled():
         return False
-    return pending.exception() is not None or pending.result() is _DONE
+    return pending.exception() is not None or pending.result() is DONE
 
 
-def _close(gen: object, pending: concurrent.futures.Future[Any] | None) -> None:
+def _close(gen: object, pending: Step[T] | None) -> None:
     if gen is None and pending is not None and pending.done() and not pending.cancelled():
         if pending.exception() is None:
             gen = pending.result()  # the factory finished after its consumer left

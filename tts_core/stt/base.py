@@ -13,6 +13,10 @@ import abc
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+from tts_core.audio.arrays import FloatAudio
+from tts_core.fleet import ServerSnapshot
 
 SAMPLE_RATE = 16000
 """What every recogniser takes (Whisper's rate; telephone audio is upsampled once per turn)."""
@@ -45,7 +49,7 @@ class Recogniser(abc.ABC):
 
     @abc.abstractmethod
     async def transcribe(
-        self, audio: np.ndarray, *, language: str | None = None, deadline: float | None = None,
+        self, audio: FloatAudio, *, language: str | None = None, deadline: float | None = None,
     ) -> Transcript:
         """Recognise one turn: float32 mono at ``SAMPLE_RATE``.
 
@@ -64,7 +68,7 @@ class Recogniser(abc.ABC):
         """Decodes in progress (for /health)."""
         return 0
 
-    def servers(self) -> list[dict[str, object]]:
+    def servers(self) -> list[ServerSnapshot]:
         """Per-server state of a remote recogniser's fleet (for /health and /metrics); [] if local."""
         return []
 
@@ -72,7 +76,7 @@ class Recogniser(abc.ABC):
         """Release pools and connections. Idempotent."""
 
 
-def check_audio(audio: np.ndarray) -> np.ndarray:
+def check_audio(audio: ArrayLike) -> FloatAudio:
     """The one audio shape recognisers accept: 1-D float32 (a copy only when it must convert)."""
     samples = np.asarray(audio)
     if samples.ndim != 1:
