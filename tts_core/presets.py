@@ -7,7 +7,6 @@ models forbid unknown keys and bound every number.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -60,7 +59,7 @@ class Preset(BaseModel):
             raise ValueError("first_chunk_size must not exceed continuation_chunk_size")
         return self
 
-    def generation_params(self) -> dict[str, Any]:
+    def generation_params(self) -> dict[str, float]:
         """The engine-facing parameters (everything but name and segmentation)."""
         return self.model_dump(exclude={"name", "segmentation"}, exclude_none=True)
 
@@ -93,7 +92,7 @@ class PresetBook:
         return name in self._presets
 
 
-def parse_presets(data: Any, source: str = "presets") -> PresetBook:
+def parse_presets(data: object, source: str = "presets") -> PresetBook:
     """Validate a parsed YAML document; errors name the preset and the key."""
     if not isinstance(data, dict) or not isinstance(data.get("presets"), dict):
         raise PresetError(f"{source}: expected a mapping with a 'presets' mapping")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -32,11 +33,12 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO, NotRequired, TypedDict
 
 import httpx
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
 from tts_core.audio.pcm import pcm_to_float32
 from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
 
@@ -59,7 +61,7 @@ class Voice:
     """A cloning voice: mono float32 reference audio plus an optional transcript."""
 
     id: str
-    audio: np.ndarray
+    audio: FloatAudio
     sample_rate: int
     transcript: str | None = None
     source: str = "local"
@@ -108,7 +110,7 @@ def decode_wav(
     *,
     min_seconds: float = MIN_REFERENCE_S,
     max_seconds: float = MAX_REFERENCE_S,
-) -> tuple[np.ndarray, int]:
+) -> tuple[FloatAudio, int]:
     """Decode a PCM WAV (8/16/24/32-bit, any channel count) into read-only mono float32 in [-1, 1].
 
     Raises ``InvalidVoiceAudio`` with a readable message for anything that cannot serve as
@@ -206,6 +208,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # ---- the store -------------------------------------------------------------------------------------
 
 
+class PreloadReport(TypedDict):
+    """``PreloadResult.as_dict``: one voice's entry in the ``/preload`` answer."""
+
+    ok: bool
+    source: str | None
+    elapsed_ms: float
+    error: NotRequired[str | None]
+    error_type: NotRequired[str | None]
+
+
 @dataclass(frozen=True)
 class PreloadResult:
     """Outcome of preloading one voice."""
@@ -219,8 +231,8 @@ class PreloadResult:
     error_type: str | None = None
     """Exception class name on failure, e.g. VoiceNotFound, VoiceFetchError, InvalidVoiceId."""
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ok": self.ok, "source": self.source,
+    def as_dict(self) -> PreloadReport:
+        out: PreloadReport = {"ok": self.ok, "source": self.source,
                                "elapsed_ms": round(self.elapsed_ms, 2)}
         if not self.ok:
             out["error"] = self.error
@@ -336,7 +348,7 @@ class VoiceStore:
         if task is None or task.done():
             task = asyncio.create_task(self._load(voice_id), name=f"voice-load-{voice_id}")
             self._inflight[voice_id] = task
-            task.add_done_callback(lambda t, vid=voice_id: self._load_done(vid, t))
+            task.add_done_callback(functools.partial(self._load_done, voice_id))
         else:
             self._counts["coalesced"] += 1
         # shield: a waiter that gives up must not cancel the load the other waiters share
@@ -598,7 +610,8 @@ class VoiceStore:
 
 
 def _media_type(resp: httpx.Response) -> str:
-    return resp.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    content_type: str = resp.headers.get("content-type", "")
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def _ms_since(started: float) -> float:
@@ -611,6 +624,7 @@ __all__ = [
     "VOICE_ID_PATTERN",
     "InvalidVoiceAudio",
     "InvalidVoiceId",
+    "PreloadReport",
     "PreloadResult",
     "Voice",
     "VoiceFetchError",

@@ -23,13 +23,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import TypeAlias
 
 import httpx
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
 from tts_core.audio.resampler import StreamResampler
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
 from tts_core.engines.speech_response import (
@@ -38,7 +39,7 @@ from tts_core.engines.speech_response import (
     SseAudioDecoder,
     describe_error_body,
 )
-from tts_core.fleet import Fleet, NoServerAvailable, ServerStats
+from tts_core.fleet import Fleet, NoServerAvailable, ServerSnapshot, ServerStats
 from tts_core.presets import Preset
 from tts_core.voices import Voice
 
@@ -48,6 +49,8 @@ OPENAI_PCM_RATE = 24000
 STREAM_FIELDS = frozenset({"stream_format", "stream", "speed"})
 MAX_ERROR_BODY = 64 * 1024
 CONNECTIONS_PER_POOL = 16
+SpeechBody: TypeAlias = dict[str, str | bool | int | float]
+"""The JSON body of ``POST /audio/speech`` (model, input, voice, response_format, speed...)."""
 _REQUEST_ERRORS = frozenset({400, 413, 422})
 """Statuses that blame our request (bad voice, text too long), not the server: no failover, since
 every server would refuse it alike, and the server stays in service."""
@@ -78,7 +81,7 @@ class OpenAIRemoteEngine(Engine):
         backoff_s: float = 5.0,
         max_in_flight_per_server: int = 64,
         http_client: httpx.AsyncClient | None = None,
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         unknown = set(stream_fields) - STREAM_FIELDS
@@ -136,12 +139,12 @@ class OpenAIRemoteEngine(Engine):
     def busy_slots(self) -> int:
         return sum(s.in_flight for s in self.fleet.servers)
 
-    def servers(self) -> list[dict[str, object]]:
+    def servers(self) -> list[ServerSnapshot]:
         return self.fleet.snapshot()
 
     # ---- synthesis -------------------------------------------------------------------------
-    def request_body(self, request: SpeechRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "input": request.text,
+    def request_body(self, request: SpeechRequest) -> SpeechBody:
+        body: SpeechBody = {"model": self.model, "input": request.text,
                                 "voice": request.voice_id, "response_format": "pcm"}
         if "stream_format" in self._stream_fields:
             body["stream_format"] = "audio"
@@ -155,7 +158,7 @@ class OpenAIRemoteEngine(Engine):
                     body.setdefault(key, value)
         return body
 
-    async def _stream(self, request: SpeechRequest) -> AsyncIterator[np.ndarray]:
+    async def _stream(self, request: SpeechRequest) -> AsyncGenerator[FloatAudio, None]:
         if not self._send_preset_params:
             self.note_ignored_params(request.preset, {"speed"} & self._stream_fields)
         body = self.request_body(request)
@@ -177,8 +180,8 @@ class OpenAIRemoteEngine(Engine):
                     raise EngineError(str(exc)) from None
                 log.warning("TTS server failed before audio, retrying on another: %s", exc)
 
-    async def _stream_from(self, server: ServerStats, body: dict[str, Any]
-                           ) -> AsyncIterator[np.ndarray]:
+    async def _stream_from(self, server: ServerStats, body: SpeechBody
+                           ) -> AsyncGenerator[FloatAudio, None]:
         """One attempt on one server. Raises _ServerFailed before the first audio byte,
         EngineError after it (or for a request the server refused)."""
         if not self._clients:
@@ -327,7 +330,7 @@ class _BodyDecoder:
     def done(self) -> bool:
         return self._sse is not None and self._sse.done
 
-    def feed(self, data: bytes) -> np.ndarray:
+    def feed(self, data: bytes) -> FloatAudio:
         if self._sse is not None:
             data = self._sse.feed(data)
             if not data:
@@ -339,12 +342,12 @@ class _BodyDecoder:
             self._rate_known = True
         return self._convert(samples)
 
-    def finish(self) -> np.ndarray:
+    def finish(self) -> FloatAudio:
         if self._resampler is None:
             return _EMPTY
         return self._resampler.flush()
 
-    def _convert(self, samples: np.ndarray) -> np.ndarray:
+    def _convert(self, samples: FloatAudio) -> FloatAudio:
         rate = self._engine_rate if self._fixed or self._rate is None else self._rate
         if rate == self._engine_rate:
             return samples

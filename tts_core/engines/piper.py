@@ -7,15 +7,17 @@ rest of voice-bridge does not depend on it and an operator can swap it out.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from tts_core.audio.arrays import FloatAudio
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
 from tts_core.engines.offloop import OffloopRunner
+
+if TYPE_CHECKING:  # piper (GPL-3.0, slow to import) is imported at load time only
+    from piper import PiperVoice, SynthesisConfig
 
 BUILTIN_VOICE = "joe"
 
@@ -44,7 +46,7 @@ class PiperEngine(Engine):
         self._config_path = config_path
         self._gain = gain
         self._runner = OffloopRunner(max_concurrency, name="piper")
-        self._voice: Any = None
+        self._voice: PiperVoice | None = None
         self._load_lock = threading.Lock()
         self.sample_rate = 22050
 
@@ -78,15 +80,16 @@ class PiperEngine(Engine):
     async def aclose(self) -> None:
         self._runner.shutdown()
 
-    async def _stream(self, request: SpeechRequest) -> AsyncIterator[np.ndarray]:
+    async def _stream(self, request: SpeechRequest) -> AsyncGenerator[FloatAudio, None]:
         if self._voice is None:
             await self.load()
+        voice = self._loaded_voice()
         self.note_ignored_params(request.preset, set(self.UNDERSTOOD))
         syn_config = self._synthesis_config(request)
         text = request.text
 
-        def chunks(cancel: threading.Event) -> Iterator[np.ndarray]:
-            for chunk in self._voice.synthesize(text, syn_config=syn_config):
+        def chunks(cancel: threading.Event) -> Iterator[FloatAudio]:
+            for chunk in voice.synthesize(text, syn_config=syn_config):
                 yield chunk.audio_float_array
                 if cancel.is_set():
                     return
@@ -97,10 +100,15 @@ class PiperEngine(Engine):
             async for chunk in items:
                 yield chunk
 
-    def _synthesis_config(self, request: SpeechRequest) -> Any:
+    def _loaded_voice(self) -> PiperVoice:
+        if self._voice is None:
+            raise EngineError("the Piper voice is not loaded")
+        return self._voice
+
+    def _synthesis_config(self, request: SpeechRequest) -> SynthesisConfig:
         from piper import SynthesisConfig
 
-        cfg = self._voice.config
+        cfg = self._loaded_voice().config
         preset = request.preset
         return SynthesisConfig(
             length_scale=cfg.length_scale / preset.speed,

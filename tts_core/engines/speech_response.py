@@ -16,6 +16,8 @@ import struct
 
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
+
 MAX_HEADER_BYTES = 64 * 1024
 """A WAV header (with any extra chunks) or one SSE event larger than this is not a speech answer."""
 
@@ -38,7 +40,7 @@ class PcmDecoder:
         self.header_rate: int | None = None
         self.bytes_in = 0
 
-    def feed(self, data: bytes) -> np.ndarray:
+    def feed(self, data: bytes) -> FloatAudio:
         self.bytes_in += len(data)
         if self._head is not None:
             self._head += data
@@ -175,9 +177,8 @@ def error_message(body: object) -> str | None:
             else:
                 parts.append(str(item))
         return "; ".join(parts) or None
-    if isinstance(body.get("message"), str):
-        return body["message"]
-    return None
+    message = body.get("message")
+    return message if isinstance(message, str) else None
 
 
 def describe_error_body(raw: bytes) -> str:

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
 from tts_core.engines.base import Engine, SpeechRequest
 from tts_core.engines.offloop import PrioritySlots, slot_priority
 
 
-def speechlike(duration_s: float, rate: int, seed: int = 0, f0: float = 130.0) -> np.ndarray:
+def speechlike(duration_s: float, rate: int, seed: int = 0, f0: float = 130.0) -> FloatAudio:
     """Voiced harmonics of a gliding f0 with 4 Hz syllable envelope, peak ~0.5."""
     rng = np.random.default_rng(seed)
     n = max(1, int(duration_s * rate))
@@ -27,7 +28,8 @@ def speechlike(duration_s: float, rate: int, seed: int = 0, f0: float = 130.0) -
     harmonics = sum((0.6**k) * np.sin(k * phase) for k in range(1, 12))
     envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, 6))
     signal = harmonics * envelope
-    return (0.5 * signal / max(1e-9, np.abs(signal).max())).astype(np.float32)
+    audio: FloatAudio = (0.5 * signal / max(1e-9, np.abs(signal).max())).astype(np.float32)
+    return audio
 
 
 class SyntheticEngine(Engine):
@@ -68,7 +70,7 @@ class SyntheticEngine(Engine):
     async def load(self) -> None:
         return None
 
-    async def _stream(self, request: SpeechRequest) -> AsyncIterator[np.ndarray]:
+    async def _stream(self, request: SpeechRequest) -> AsyncGenerator[FloatAudio, None]:
         seed = int.from_bytes(hashlib.sha1(request.text.encode()).digest()[:4], "little")
         audio = speechlike(len(request.text) * self.seconds_per_char / request.preset.speed,
                            self.sample_rate, seed=seed)

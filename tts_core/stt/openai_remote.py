@@ -22,15 +22,15 @@ import json
 import logging
 import time
 import wave
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import httpx
 import numpy as np
 import soxr
 
+from tts_core.audio.arrays import FloatAudio
 from tts_core.engines.speech_response import describe_error_body
-from tts_core.fleet import Fleet, NoServerAvailable, ServerStats
+from tts_core.fleet import Fleet, NoServerAvailable, ServerSnapshot, ServerStats
 from tts_core.stt.base import SAMPLE_RATE, Recogniser, RecogniserError, Transcript, check_audio
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class RemoteRecogniser(Recogniser):
         backoff_s: float = 5.0,
         max_in_flight_per_server: int = 64,
         http_client: httpx.AsyncClient | None = None,
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if upload_rate not in UPLOAD_RATES:
             raise RecogniserError(f"upload rate must be one of {UPLOAD_RATES}, not {upload_rate}")
@@ -107,12 +107,12 @@ class RemoteRecogniser(Recogniser):
     def busy(self) -> int:
         return sum(s.in_flight for s in self.fleet.servers)
 
-    def servers(self) -> list[dict[str, object]]:
+    def servers(self) -> list[ServerSnapshot]:
         return self.fleet.snapshot()
 
     # ---- recognising -----------------------------------------------------------------------------
     async def transcribe(
-        self, audio: np.ndarray, *, language: str | None = None, deadline: float | None = None,
+        self, audio: FloatAudio, *, language: str | None = None, deadline: float | None = None,
     ) -> Transcript:
         """One turn: tried on the least-busy server, then once on another if that one fails.
 
@@ -193,7 +193,7 @@ OpenAIRecogniser = RemoteRecogniser
 """The name ``tts_core.stt.create_recogniser("openai", ...)`` looks up."""
 
 
-def encode_wav(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+def encode_wav(samples: FloatAudio, rate: int = SAMPLE_RATE) -> bytes:
     """16 kHz float32 mono -> a mono 16-bit WAV file at ``rate`` (16000 or 8000)."""
     if rate != SAMPLE_RATE:
         samples = soxr.resample(samples, SAMPLE_RATE, rate, quality="HQ").astype(np.float32)
