@@ -15,7 +15,11 @@ ENGINE_NAMES = ("piper", "synthetic", "openai", "chatterbox")
 
 
 def create_engine(name: str, **options: Any) -> Engine:
-    """Build an engine by name. Heavy imports happen here, only for the engine chosen."""
+    """Build an engine by name. Heavy imports happen here, only for the engine chosen.
+
+    ``options`` go to the chosen engine's constructor, whose signature checks them (they differ per
+    engine, hence Any here).
+    """
     if name == "piper":
         from tts_core.engines.piper import PiperEngine
 

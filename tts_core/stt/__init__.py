@@ -17,6 +17,8 @@ REMOTE_MODULE = "tts_core.stt.openai_remote"
 
 
 def create_recogniser(kind: str, **options: Any) -> Recogniser:
+    """Build a recogniser by kind. ``options`` go to its constructor, whose signature checks them
+    (they differ per kind, hence Any here)."""
     if kind == "local":
         from tts_core.stt.whisper_local import WhisperRecogniser
 
@@ -30,7 +32,8 @@ def create_recogniser(kind: str, **options: Any) -> Recogniser:
             raise RecogniserError(
                 "VOICE_BRIDGE_STT=openai (remote recognition) is not available yet in this build; "
                 "use VOICE_BRIDGE_STT=local or off") from None
-        return module.OpenAIRecogniser(**options)  # type: ignore[no-any-return]
+        recogniser: Recogniser = module.OpenAIRecogniser(**options)
+        return recogniser
     raise RecogniserError(f"unknown recogniser {kind!r} (known: local, openai)")
 
 

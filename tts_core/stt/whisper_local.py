@@ -27,10 +27,11 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
+from tts_core.audio.arrays import FloatAudio
 from tts_core.engines.offloop import PrioritySlots
 from tts_core.stt.base import SAMPLE_RATE, Recogniser, RecogniserError, Transcript, check_audio
 
@@ -49,6 +50,60 @@ itself ("5 5 5 5 ..."); such a decode is redone once in the full 30 s window, wh
 far less often (it costs ~4x, on the rare turn that needs it), and that result is kept."""
 """Whisper's own silence rule: no-speech probability above 0.6 with a low average log-probability
 means the turn held no words (noise, a cough), and the text it made up is dropped."""
+
+
+
+# faster-whisper and CTranslate2 ship no types: the parts of them this module uses, as Protocols.
+class _Tokenizer(Protocol):
+    """``faster_whisper.tokenizer.Tokenizer``."""
+
+    @property
+    def sot_sequence(self) -> list[int]: ...
+
+    @property
+    def no_timestamps(self) -> int: ...
+
+    def decode(self, tokens: list[int]) -> str: ...
+
+
+class _GenerationResult(Protocol):
+    """``ctranslate2.models.WhisperGenerationResult``."""
+
+    sequences_ids: list[list[int]]
+    scores: list[float]
+    no_speech_prob: float
+
+
+class _Ct2Whisper(Protocol):
+    """``ctranslate2.models.Whisper``: the encoder and decoder (features and results are its
+    ``StorageView``s, opaque here)."""
+
+    is_multilingual: bool
+
+    def encode(self, features: object, to_cpu: bool = False) -> object: ...
+
+    def detect_language(self, features: object) -> list[list[tuple[str, float]]]: ...
+
+    def generate(self, features: object, prompts: list[list[int]], *, beam_size: int, max_length: int,
+                 return_scores: bool, return_no_speech_prob: bool, suppress_blank: bool,
+                 ) -> list[_GenerationResult]: ...
+
+
+class _FeatureExtractor(Protocol):
+    """``faster_whisper.feature_extractor.FeatureExtractor``: audio -> log-Mel (n_mels, frames)."""
+
+    hop_length: int
+
+    def __call__(self, waveform: FloatAudio, padding: int = 160) -> FloatAudio: ...
+
+
+class _WhisperModel(Protocol):
+    """``faster_whisper.WhisperModel``."""
+
+    model: _Ct2Whisper
+    feature_extractor: _FeatureExtractor
+    hf_tokenizer: object
+
 
 _verified: dict[tuple[str, int, int], str] = {}
 _verified_lock = threading.Lock()
@@ -139,8 +194,8 @@ class WhisperRecogniser(Recogniser):
         # The pinned hash guards the packaged default; another directory is the operator's choice
         # (they may pin it too).
         self.expected_sha256 = expected_sha256 or (DEFAULT_MODEL_SHA256 if model is None else None)
-        self._model: Any = None
-        self._tokenizers: dict[str | None, Any] = {}
+        self._model: _WhisperModel | None = None
+        self._tokenizers: dict[str | None, _Tokenizer] = {}
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots: PrioritySlots | None = None
         self._busy = 0
@@ -188,7 +243,7 @@ class WhisperRecogniser(Recogniser):
         try:
             from faster_whisper import WhisperModel
 
-            model = WhisperModel(path, device="cpu", compute_type=self.compute_type,
+            model: _WhisperModel = WhisperModel(path, device="cpu", compute_type=self.compute_type,
                                  cpu_threads=self.cpu_threads, num_workers=self.concurrency)
         except RecogniserError:
             raise
@@ -206,7 +261,7 @@ class WhisperRecogniser(Recogniser):
         return self._busy
 
     async def transcribe(
-        self, audio: np.ndarray, *, language: str | None = None, deadline: float | None = None,
+        self, audio: FloatAudio, *, language: str | None = None, deadline: float | None = None,
     ) -> Transcript:
         if self._model is None or self._executor is None or self._slots is None:
             raise RecogniserError("speech recogniser is not loaded")
@@ -239,18 +294,24 @@ class WhisperRecogniser(Recogniser):
         future.add_done_callback(release)
         return await asyncio.wrap_future(future)
 
-    def _tokenizer(self, language: str | None) -> Any:
+    def _loaded(self) -> _WhisperModel:
+        model = self._model
+        if model is None:  # closed while this decode waited in the pool
+            raise RecogniserError("speech recogniser is closed")
+        return model
+
+    def _tokenizer(self, language: str | None) -> _Tokenizer:
         tokenizer = self._tokenizers.get(language)
         if tokenizer is None:
             from faster_whisper.tokenizer import Tokenizer
 
-            model = self._model
+            model = self._loaded()
             tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
                                   language=language if model.model.is_multilingual else "en")
             self._tokenizers[language] = tokenizer
         return tokenizer
 
-    def _decode(self, audio: np.ndarray, language: str | None) -> Transcript:
+    def _decode(self, audio: FloatAudio, language: str | None) -> Transcript:
         """Blocking: features, encoder, greedy decoder; runs in a pool thread."""
         started = time.perf_counter()
         limit = WINDOWS_S[-1] * SAMPLE_RATE
@@ -263,11 +324,11 @@ class WhisperRecogniser(Recogniser):
         return Transcript(text=text, language=language or "en", duration=audio.size / SAMPLE_RATE,
                           decode_ms=(time.perf_counter() - started) * 1000)
 
-    def _decode_window(self, audio: np.ndarray, language: str | None, window: int
+    def _decode_window(self, audio: FloatAudio, language: str | None, window: int
                        ) -> tuple[str, str | None]:
         import ctranslate2
 
-        model = self._model
+        model = self._loaded()
         padded = np.zeros(window * SAMPLE_RATE, dtype=np.float32)
         padded[: audio.size] = audio
         frames = window * SAMPLE_RATE // model.feature_extractor.hop_length
