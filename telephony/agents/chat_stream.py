@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tts_core.errors import UpstreamFailed
+
 T = TypeVar("T")
 
 MAX_ERROR_BODY = 64 * 1024
@@ -33,13 +35,14 @@ MAX_EVENT_CHARS = 256 * 1024
 """One SSE event larger than this is not a chat delta: the stream is treated as malformed."""
 
 
-class ChatError(Exception):
-    """The chat server did not deliver a reply; ``kind`` is a short metric label
-    (connect, http, malformed, server, first_token_timeout, stall, truncated)."""
+class ChatError(UpstreamFailed):
+    """The chat server did not deliver a reply; ``failure`` is a short metric label (connect, http,
+    malformed, server, first_token_timeout, stall, truncated). It is not ``kind``: that name is the
+    error tree's category (``upstream_failed``), the same for every way the server can fail."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, failure: str, reason: str) -> None:
         super().__init__(reason)
-        self.kind = kind
+        self.failure = failure
 
 
 @dataclass(frozen=True)
@@ -116,15 +119,16 @@ async def stream_chat(http: httpx.AsyncClient, server: ChatServer,
         finished = False
         while True:
             if last_token_at is None:
-                deadline, kind = first_deadline, "first_token_timeout"
+                deadline, failure = first_deadline, "first_token_timeout"
             else:
-                deadline, kind = last_token_at + server.stall_timeout_s, "stall"
+                deadline, failure = last_token_at + server.stall_timeout_s, "stall"
             try:
                 data = await _before(deadline, anext(events, None))
             except TimeoutError:
-                if kind == "stall":
+                if failure == "stall":
                     raise ChatError("stall", f"no token for {server.stall_timeout_s:g} s") from None
-                raise ChatError(kind, f"no first token within {server.first_token_timeout_s:g} s") from None
+                raise ChatError("first_token_timeout",
+                                f"no first token within {server.first_token_timeout_s:g} s") from None
             except httpx.HTTPError as exc:
                 raise ChatError("truncated", f"the stream broke: {_describe(exc)}") from None
             if data is None:
