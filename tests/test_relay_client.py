@@ -28,6 +28,7 @@ from telephony.agents.relay.text_replies import MAX_TURN_CHARS
 from telephony.agents.relay_client import RelayAgent
 from telephony.egress import EgressPolicy
 from tts_core.audio import pcm16_to_mulaw
+from tts_core.errors import Forbidden, UpstreamFailed
 
 AUTH_TOKEN = "12345678901234567890123456789012"
 LOOPBACK = EgressPolicy(allow_hosts=frozenset({"127.0.0.1"}))
@@ -232,9 +233,19 @@ async def test_connect_refused_raises_agent_error_fast() -> None:
     agent = RelayAgent(f"ws://127.0.0.1:{port}/x", auth_token=None, http_client=media_client({}),
                        egress=LOOPBACK)
     t0 = time.monotonic()
-    with pytest.raises(AgentError, match="cannot connect"):
+    with pytest.raises(AgentError, match="cannot connect") as info:
         await agent.on_start(FakeCall())
     assert time.monotonic() - t0 < 2.0
+    assert isinstance(info.value, UpstreamFailed) and info.value.ws_close_code == 1011
+    await agent.on_stop(FakeCall())
+
+
+async def test_an_agent_url_the_egress_policy_refuses_is_a_forbidden_agent_error() -> None:
+    agent = RelayAgent("ws://127.0.0.1:9/x", auth_token=None, http_client=media_client({}),
+                       egress=EgressPolicy())  # the default policy: loopback is not a public address
+    with pytest.raises(AgentError, match="agent URL refused") as info:
+        await agent.on_start(FakeCall())
+    assert isinstance(info.value, Forbidden) and info.value.http_status == 403
     await agent.on_stop(FakeCall())
 
 
@@ -580,8 +591,9 @@ async def test_fetch_audio_limits_and_schemes() -> None:
         assert rate == 8000 and audio.shape == (4000,)
         with pytest.raises(AudioFetchError, match="too large"):
             await fetch_audio(client, "http://x/a.wav", max_bytes=len(body) - 1)
-        with pytest.raises(AudioFetchError, match="only http"):
+        with pytest.raises(AudioFetchError, match="only http") as refused:
             await fetch_audio(client, "file:///etc/passwd", max_bytes=1000)
+        assert isinstance(refused.value, UpstreamFailed)  # in the error tree, by its class
 
 
 async def test_text_sent_after_an_interrupted_stream_is_spoken_or_reported(app: AgentApp) -> None:
