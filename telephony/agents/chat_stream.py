@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -88,7 +88,7 @@ class ChatServer:
 
 
 async def stream_chat(http: httpx.AsyncClient, server: ChatServer,
-                      messages: list[dict[str, str]]) -> AsyncIterator[str]:
+                      messages: list[dict[str, str]]) -> AsyncGenerator[str, None]:
     """Yield the reply's text pieces as the server streams them; raise ``ChatError`` on failure."""
     loop = asyncio.get_running_loop()
     first_deadline = loop.time() + server.first_token_timeout_s
@@ -149,7 +149,7 @@ async def stream_chat(http: httpx.AsyncClient, server: ChatServer,
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
-async def without_reasoning(tokens: AsyncIterator[str]) -> AsyncIterator[str]:
+async def without_reasoning(tokens: AsyncIterator[str]) -> AsyncGenerator[str, None]:
     """Drop a leading ``<think>…</think>`` block: reasoning models (Qwen3, DeepSeek-R1 distills)
     served without a reasoning parser write their chain of thought into ``content``, and a caller
     must not hear it. Anything else passes through unchanged, token by token; only the first few
@@ -282,8 +282,9 @@ def _error_text(payload: object) -> str:
             return error
         if isinstance(error, dict):
             for key in ("message", "detail", "msg"):
-                if isinstance(error.get(key), str):
-                    return error[key]
+                text = error.get(key)
+                if isinstance(text, str):
+                    return text
             if "detail" in error:
                 return json.dumps(error["detail"])[:300]
     return json.dumps(payload)[:300]
