@@ -52,10 +52,6 @@ class PlayRequest:
         self._loader = loader
         self.held_bytes = 0
 
-    @property
-    def source(self) -> str:
-        return self.message.source
-
     async def prepare(self) -> Speak | None:
         """Download, reserve, decode; None when refused or failed (the agent has been told).
 
