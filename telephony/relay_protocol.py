@@ -3,15 +3,21 @@
 voice-bridge plays Twilio's role (the agent app is the WebSocket server), so an application written
 for Twilio ConversationRelay can use our voice unchanged. Field names follow Twilio's docs
 (camelCase on the wire, snake_case here).
+
+This module is the only place that turns wire text into messages and messages into wire text:
+``serialize`` for what we send (``ToAgentMessage``), ``parse_agent_frame`` / ``parse_agent_message``
+for what we receive (``AgentMessage``). Everything past it works with the typed messages, so a
+dispatcher can ``match`` on their classes instead of comparing string tags.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AliasChoices,
     AliasGenerator,
     BaseModel,
     ConfigDict,
@@ -22,10 +28,16 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from telephony.untrusted import has_lone_surrogate
+from tts_core.errors import InvalidInput, TooLarge
 
 
-class RelayProtocolError(ValueError):
-    """An agent message we cannot use; the text is sent back to the agent as an ``error``."""
+class RelayProtocolError(InvalidInput, ValueError):
+    """An agent message we cannot use; the text is sent back to the agent as an ``error`` (the
+    session goes on). ``ValueError`` stays a base for callers that still catch that."""
+
+
+class RelayMessageTooLarge(RelayProtocolError, TooLarge):
+    """A text frame over the relay's per-message limit (answered with an ``error``, not a close)."""
 
 
 _CONFIG = ConfigDict(
@@ -39,6 +51,7 @@ class _ToAgent(BaseModel):
     model_config = _CONFIG
 
     def to_json(self) -> str:
+        """This message as the agent receives it (see ``serialize``)."""
         return json.dumps(self.model_dump(by_alias=True, exclude_none=True), separators=(",", ":"))
 
 
@@ -48,7 +61,8 @@ class Setup(_ToAgent):
     account_sid: str = ""
     call_sid: str
     parent_call_sid: str = ""
-    from_: str = Field("", alias="from")
+    from_: str = Field("", validation_alias=AliasChoices("from", "from_"), serialization_alias="from")
+    """``from`` on the wire (a Python keyword, hence the underscore here)."""
     to: str = ""
     forwarded_from: str = ""
     call_type: str = "PSTN"
@@ -82,7 +96,7 @@ class Error(_ToAgent):
 
 
 # ---- from the agent ----------------------------------------------------------------------------------
-def _boolish(value: Any) -> bool:
+def _boolish(value: object) -> bool:
     """Twilio's docs show both JSON booleans and "true"/"false" strings; accept those, nothing else
     (pydantic's lax bool would also take 1, "yes", "on"...)."""
     if isinstance(value, bool):
@@ -92,7 +106,7 @@ def _boolish(value: Any) -> bool:
     raise ValueError("must be a boolean (true/false or \"true\"/\"false\")")
 
 
-def _interruptible(value: Any) -> bool:
+def _interruptible(value: object) -> bool:
     """Like ``_boolish``, plus ConversationRelay's newer "none" | "dtmf" | "speech" | "any": the
     bridge barges in on caller speech, so "speech" and "any" mean interruptible."""
     if isinstance(value, str) and value.strip().lower() in {"none", "dtmf", "speech", "any"}:
@@ -117,7 +131,7 @@ class Text(_FromAgent):
 
     @field_validator("token", mode="before")
     @classmethod
-    def _token_is_text(cls, value: Any) -> Any:
+    def _token_is_text(cls, value: object) -> object:
         if not isinstance(value, str):
             raise ValueError("token must be a string")
         return value
@@ -135,7 +149,7 @@ class Play(_FromAgent):
 
     @field_validator("loop", mode="before")
     @classmethod
-    def _loop_is_count(cls, value: Any) -> Any:
+    def _loop_is_count(cls, value: object) -> object:
         if isinstance(value, bool):
             raise ValueError("loop must be a number")
         return value
@@ -169,14 +183,37 @@ class End(_FromAgent):
 
     @field_validator("handoff_data", mode="before")
     @classmethod
-    def _stringify(cls, value: Any) -> Any:
+    def _stringify(cls, value: object) -> object:
         return value if value is None or isinstance(value, str) else json.dumps(value)
 
 
+ToAgentMessage = Setup | Prompt | Dtmf | Interrupt | Error
+"""Every message voice-bridge sends an agent application."""
 AgentMessage = Text | Play | SendDigits | Language | End
-_BY_TYPE: dict[str, type[_FromAgent]] = {
+"""Every message an agent application may send voice-bridge."""
+_BY_TYPE: dict[str, type[AgentMessage]] = {
     "text": Text, "play": Play, "sendDigits": SendDigits, "language": Language, "end": End,
 }
+
+
+def serialize(message: ToAgentMessage) -> str:
+    """The WebSocket text frame for ``message``: compact JSON, Twilio's field names, no nulls."""
+    return message.to_json()
+
+
+def parse_agent_frame(frame: str | bytes, *, max_bytes: int) -> AgentMessage:
+    """One WebSocket frame from an agent, as a message, or ``RelayProtocolError`` whose text is
+    the ``error`` to send back: binary frames, frames over ``max_bytes`` (``RelayMessageTooLarge``)
+    and invalid messages are each named for what they are."""
+    if isinstance(frame, bytes):
+        raise RelayProtocolError("binary WebSocket frames are not supported; send JSON text messages")
+    size = len(frame.encode())
+    if size > max_bytes:
+        raise RelayMessageTooLarge(f"message too large: {size} bytes (limit {max_bytes})")
+    try:
+        return parse_agent_message(frame)
+    except RelayProtocolError as exc:
+        raise RelayProtocolError(f"invalid message: {exc}") from None
 
 
 def parse_agent_message(raw: str | bytes) -> AgentMessage:
@@ -198,7 +235,7 @@ def parse_agent_message(raw: str | bytes) -> AgentMessage:
         raise RelayProtocolError(f"unknown message type {str(kind)[:40]!r}; expected one of "
                                  f"{', '.join(_BY_TYPE)}")
     try:
-        return model.model_validate(message)  # type: ignore[return-value]
+        return model.model_validate(message)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise RelayProtocolError(f"invalid {kind} message: {problems}") from None

@@ -18,6 +18,7 @@ from telephony.config import ConfigError, settings_from_env
 from tests.chat_standin import Script, StandInChatServer
 from tests.fake_call import FakeCall
 from tests.test_call_e2e import rb_wait
+from tts_core.errors import UpstreamFailed
 
 API_KEY = "sk-standin-secret-4242"
 SYSTEM = "You are a test agent. Answer briefly."
@@ -318,6 +319,18 @@ async def test_a_chat_server_that_refuses_connections_gets_an_apology(
     assert errors == ["llm_connect"] and "cannot reach the chat server" in caplog.text
     assert API_KEY not in caplog.text
     await agent.on_stop(call)
+
+
+async def test_a_chat_failure_is_an_upstream_failure_labelled_for_metrics(http: httpx.AsyncClient) -> None:
+    from telephony.agents.chat_stream import stream_chat
+
+    async with StandInChatServer() as gone:
+        url = gone.url
+    with pytest.raises(UpstreamFailed) as info:
+        async for _token in stream_chat(http, ChatServer(base_url=url), [{"role": "user", "content": "hi"}]):
+            pass
+    assert (info.value.failure, info.value.kind, info.value.http_status) == (
+        "connect", "upstream_failed", 502)
 
 
 @pytest.mark.parametrize(("tokens", "spoken"), [

@@ -18,12 +18,17 @@ import pytest
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.server import ServerConnection, serve
 
-from telephony.agents import relay_client as rc
 from telephony.agents.audio_fetch import AudioFetchError, decode_wav, fetch_audio
 from telephony.agents.base import AgentError, CallInfo, SpeechOutcome, SpeechResult
+from telephony.agents.play_budget import PlayBudget
+from telephony.agents.relay.dispatch import dispatch_frame
+from telephony.agents.relay.session import RelaySession
+from telephony.agents.relay.speech_jobs import MAX_PENDING_JOBS, SNIPPET_CHARS, ready
+from telephony.agents.relay.text_replies import MAX_TURN_CHARS
 from telephony.agents.relay_client import RelayAgent
 from telephony.egress import EgressPolicy
 from tts_core.audio import pcm16_to_mulaw
+from tts_core.errors import Forbidden, UpstreamFailed
 
 AUTH_TOKEN = "12345678901234567890123456789012"
 LOOPBACK = EgressPolicy(allow_hosts=frozenset({"127.0.0.1"}))
@@ -228,9 +233,19 @@ async def test_connect_refused_raises_agent_error_fast() -> None:
     agent = RelayAgent(f"ws://127.0.0.1:{port}/x", auth_token=None, http_client=media_client({}),
                        egress=LOOPBACK)
     t0 = time.monotonic()
-    with pytest.raises(AgentError, match="cannot connect"):
+    with pytest.raises(AgentError, match="cannot connect") as info:
         await agent.on_start(FakeCall())
     assert time.monotonic() - t0 < 2.0
+    assert isinstance(info.value, UpstreamFailed) and info.value.ws_close_code == 1011
+    await agent.on_stop(FakeCall())
+
+
+async def test_an_agent_url_the_egress_policy_refuses_is_a_forbidden_agent_error() -> None:
+    agent = RelayAgent("ws://127.0.0.1:9/x", auth_token=None, http_client=media_client({}),
+                       egress=EgressPolicy())  # the default policy: loopback is not a public address
+    with pytest.raises(AgentError, match="agent URL refused") as info:
+        await agent.on_start(FakeCall())
+    assert isinstance(info.value, Forbidden) and info.value.http_status == 403
     await agent.on_stop(FakeCall())
 
 
@@ -576,8 +591,9 @@ async def test_fetch_audio_limits_and_schemes() -> None:
         assert rate == 8000 and audio.shape == (4000,)
         with pytest.raises(AudioFetchError, match="too large"):
             await fetch_audio(client, "http://x/a.wav", max_bytes=len(body) - 1)
-        with pytest.raises(AudioFetchError, match="only http"):
+        with pytest.raises(AudioFetchError, match="only http") as refused:
             await fetch_audio(client, "file:///etc/passwd", max_bytes=1000)
+        assert isinstance(refused.value, UpstreamFailed)  # in the error tree, by its class
 
 
 async def test_text_sent_after_an_interrupted_stream_is_spoken_or_reported(app: AgentApp) -> None:
@@ -633,47 +649,73 @@ async def test_play_downloads_of_one_call_are_bounded(app: AgentApp) -> None:
 
 
 # ---- per-reply bounds, without a socket --------------------------------------------------------
-def bare_agent() -> tuple[RelayAgent, list[str], FakeCall]:
-    agent = RelayAgent("ws://127.0.0.1:9/relay", auth_token=None, http_client=httpx.AsyncClient())
-    sent: list[str] = []
+class SocketlessConnection:
+    """The connection a bare session writes to: records what would have been sent."""
 
-    async def fake_send(message) -> None:
-        sent.append(getattr(message, "description", type(message).__name__))
-    agent._send = fake_send  # type: ignore[method-assign]
+    url = "ws://127.0.0.1:9/relay"
+    close_code = None
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, message) -> None:
+        self.sent.append(getattr(message, "description", type(message).__name__))
+
+    async def close(self) -> None:
+        pass
+
+
+def bare_session() -> tuple[RelaySession, list[str], FakeCall]:
+    connection = SocketlessConnection()
     call = FakeCall()
-    agent._call = call  # type: ignore[assignment]
-    return agent, sent, call
+    session = RelaySession(call, connection, http=httpx.AsyncClient(), play_max_bytes=1_000_000,
+                           play_budget=PlayBudget(1_000_000), max_message_bytes=64 * 1024,
+                           end_hangs_up=False)
+    return session, connection.sent, call
 
 
 def text_message(token: str, last: bool = False) -> str:
     return json.dumps({"type": "text", "token": token, "last": last})
 
 
+async def handle(session: RelaySession, frame: str) -> None:
+    await dispatch_frame(frame, session, max_bytes=session.max_message_bytes)
+
+
 async def test_an_over_long_reply_is_cut_reported_once_and_not_buffered() -> None:
-    agent, sent, _call = bare_agent()
-    await agent._handle(text_message("x" * (rc.MAX_TURN_CHARS + 1)))
-    turn = agent._turn
+    session, sent, _call = bare_session()
+    await handle(session, text_message("x" * (MAX_TURN_CHARS + 1)))
+    turn = session.replies.current
     for _ in range(2000):                      # the agent keeps streaming the same reply
-        await agent._handle(text_message("y" * 1000))
+        await handle(session, text_message("y" * 1000))
     held = sum(map(len, turn.discarded))
-    await agent._handle(text_message("", last=True))
-    assert held <= 4 * rc.SNIPPET_CHARS
-    assert len(sent) == 1 and sent[0].startswith(f"reply longer than {rc.MAX_TURN_CHARS}")
+    await handle(session, text_message("", last=True))
+    assert held <= 4 * SNIPPET_CHARS
+    assert len(sent) == 1 and sent[0].startswith(f"reply longer than {MAX_TURN_CHARS}")
+    await session.stop()
 
 
 async def test_a_reply_refused_for_lack_of_room_is_refused_once_and_never_spoken_in_pieces() -> None:
-    agent, sent, call = bare_agent()
+    session, sent, call = bare_session()
     gate = asyncio.Event()
-    for _ in range(rc.MAX_PENDING_JOBS):       # fill the job table with waiting speech
-        agent._start_job(lambda c: gate.wait(), text="busy")
-    await agent._handle(text_message("Your balance "))
-    await agent._handle(text_message("is forty "))
-    await agent._handle(text_message("dollars."))
+
+    async def busy(result: SpeechResult) -> None:
+        pass
+
+    async def wait_for_gate(c) -> SpeechResult:
+        await gate.wait()
+        return SpeechResult(text="busy", outcome=SpeechOutcome.PLAYED)
+
+    for _ in range(MAX_PENDING_JOBS):          # fill the job table with waiting speech
+        session.jobs.start(ready(wait_for_gate), text="busy", settle=busy)
+    await handle(session, text_message("Your balance "))
+    await handle(session, text_message("is forty "))
+    await handle(session, text_message("dollars."))
     gate.set()
     await asyncio.sleep(0.05)
-    await agent._handle(text_message(" Anything else?"))
-    await agent._handle(text_message("", last=True))
+    await handle(session, text_message(" Anything else?"))
+    await handle(session, text_message("", last=True))
     await asyncio.sleep(0.05)
     assert len(sent) == 1, "one refusal expected for one reply"
     assert not [e for e in call.events if e[0].startswith("say") and e[1] != "busy"]
-    await agent.on_stop(call)
+    await session.stop()

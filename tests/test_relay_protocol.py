@@ -14,12 +14,16 @@ from telephony.relay_protocol import (
     Language,
     Play,
     Prompt,
+    RelayMessageTooLarge,
     RelayProtocolError,
     SendDigits,
     Setup,
     Text,
+    parse_agent_frame,
     parse_agent_message,
+    serialize,
 )
+from tts_core.errors import InvalidInput, TooLarge
 
 
 def parse(**fields):
@@ -196,3 +200,49 @@ def test_error_text_does_not_echo_huge_input():
 def test_interruptible_accepts_conversation_relays_newer_values(value: str, expected: bool) -> None:
     message = parse_agent_message(json.dumps({"type": "text", "token": "hi", "interruptible": value}))
     assert message.interruptible is expected
+
+
+# ---- one place for wire text: serialize and parse_agent_frame ---------------------------------------
+def test_serialize_gives_the_exact_compact_wire_text() -> None:
+    assert serialize(Dtmf(digit="1")) == '{"type":"dtmf","digit":"1"}'
+    assert serialize(Error(description="bad")) == '{"type":"error","description":"bad"}'
+    assert json.loads(serialize(Setup(session_id="VX1", call_sid="CA1", from_="+1555")))["from"] == "+1555"
+
+
+def test_a_frame_becomes_its_typed_message() -> None:
+    message = parse_agent_frame('{"type":"play","source":"https://a.example/x.wav","loop":"2"}',
+                                max_bytes=1024)
+    assert message == Play(type="play", source="https://a.example/x.wav", loop=2)
+
+
+def test_a_binary_frame_is_refused_as_binary() -> None:
+    with pytest.raises(RelayProtocolError) as info:
+        parse_agent_frame(b'{"type":"end"}', max_bytes=1024)
+    assert info.value.message == "binary WebSocket frames are not supported; send JSON text messages"
+
+
+def test_the_frame_limit_counts_utf8_bytes_not_characters() -> None:
+    frame = json.dumps({"type": "text", "token": "é" * 300}, ensure_ascii=False)  # ~600 bytes
+    assert isinstance(parse_agent_frame(frame, max_bytes=len(frame.encode())), Text)
+    with pytest.raises(RelayMessageTooLarge) as info:
+        parse_agent_frame(frame, max_bytes=len(frame))
+    assert info.value.message == f"message too large: {len(frame.encode())} bytes (limit {len(frame)})"
+
+
+def test_an_invalid_frame_is_refused_with_what_is_wrong() -> None:
+    with pytest.raises(RelayProtocolError) as info:
+        parse_agent_frame('{"type":"text","token":5}', max_bytes=1024)
+    assert info.value.message.startswith("invalid message: invalid text message: token")
+
+
+def test_protocol_errors_sit_in_the_error_tree() -> None:
+    with pytest.raises(InvalidInput) as invalid:
+        parse_agent_message("{")
+    assert isinstance(invalid.value, ValueError)  # older ``except ValueError`` callers still work
+    assert (invalid.value.kind, invalid.value.http_status, invalid.value.ws_close_code) == (
+        "invalid_request", 400, 1008)
+    with pytest.raises(TooLarge) as large:
+        parse_agent_frame("x" * 10, max_bytes=5)
+    assert isinstance(large.value, RelayProtocolError)
+    assert (large.value.kind, large.value.http_status, large.value.ws_close_code) == (
+        "too_large", 413, 1009)

@@ -24,6 +24,7 @@ import numpy as np
 from telephony.egress import EgressRefused
 from tts_core.audio import mulaw_to_pcm16
 from tts_core.audio.pcm import pcm_to_float32
+from tts_core.errors import UpstreamFailed
 from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
 
 WAVE_FORMAT_PCM = 0x0001
@@ -41,10 +42,11 @@ MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
-class AudioFetchError(Exception):
+class AudioFetchError(UpstreamFailed):
     """The audio could not be fetched or decoded; the message is fit to show the agent: it names a
     category ("play source refused: address not allowed", "download failed: cannot connect"), never
-    an address, a redirect target or a low-level error from inside our network."""
+    an address, a redirect target or a low-level error from inside our network. An upstream failure:
+    the media server an agent pointed us at gave nothing we can play."""
 
 
 async def fetch_audio(

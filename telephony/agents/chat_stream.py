@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+
+from tts_core.errors import UpstreamFailed
 
 T = TypeVar("T")
 
@@ -33,13 +35,14 @@ MAX_EVENT_CHARS = 256 * 1024
 """One SSE event larger than this is not a chat delta: the stream is treated as malformed."""
 
 
-class ChatError(Exception):
-    """The chat server did not deliver a reply; ``kind`` is a short metric label
-    (connect, http, malformed, server, first_token_timeout, stall, truncated)."""
+class ChatError(UpstreamFailed):
+    """The chat server did not deliver a reply; ``failure`` is a short metric label (connect, http,
+    malformed, server, first_token_timeout, stall, truncated). It is not ``kind``: that name is the
+    error tree's category (``upstream_failed``), the same for every way the server can fail."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, failure: str, reason: str) -> None:
         super().__init__(reason)
-        self.kind = kind
+        self.failure = failure
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class ChatServer:
 
 
 async def stream_chat(http: httpx.AsyncClient, server: ChatServer,
-                      messages: list[dict[str, str]]) -> AsyncIterator[str]:
+                      messages: list[dict[str, str]]) -> AsyncGenerator[str, None]:
     """Yield the reply's text pieces as the server streams them; raise ``ChatError`` on failure."""
     loop = asyncio.get_running_loop()
     first_deadline = loop.time() + server.first_token_timeout_s
@@ -116,15 +119,16 @@ async def stream_chat(http: httpx.AsyncClient, server: ChatServer,
         finished = False
         while True:
             if last_token_at is None:
-                deadline, kind = first_deadline, "first_token_timeout"
+                deadline, failure = first_deadline, "first_token_timeout"
             else:
-                deadline, kind = last_token_at + server.stall_timeout_s, "stall"
+                deadline, failure = last_token_at + server.stall_timeout_s, "stall"
             try:
                 data = await _before(deadline, anext(events, None))
             except TimeoutError:
-                if kind == "stall":
+                if failure == "stall":
                     raise ChatError("stall", f"no token for {server.stall_timeout_s:g} s") from None
-                raise ChatError(kind, f"no first token within {server.first_token_timeout_s:g} s") from None
+                raise ChatError("first_token_timeout",
+                                f"no first token within {server.first_token_timeout_s:g} s") from None
             except httpx.HTTPError as exc:
                 raise ChatError("truncated", f"the stream broke: {_describe(exc)}") from None
             if data is None:
@@ -145,7 +149,7 @@ async def stream_chat(http: httpx.AsyncClient, server: ChatServer,
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
-async def without_reasoning(tokens: AsyncIterator[str]) -> AsyncIterator[str]:
+async def without_reasoning(tokens: AsyncIterator[str]) -> AsyncGenerator[str, None]:
     """Drop a leading ``<think>…</think>`` block: reasoning models (Qwen3, DeepSeek-R1 distills)
     served without a reasoning parser write their chain of thought into ``content``, and a caller
     must not hear it. Anything else passes through unchanged, token by token; only the first few
@@ -278,8 +282,9 @@ def _error_text(payload: object) -> str:
             return error
         if isinstance(error, dict):
             for key in ("message", "detail", "msg"):
-                if isinstance(error.get(key), str):
-                    return error[key]
+                text = error.get(key)
+                if isinstance(text, str):
+                    return text
             if "detail" in error:
                 return json.dumps(error["detail"])[:300]
     return json.dumps(payload)[:300]

@@ -230,10 +230,10 @@ class OpenAIChatAgent(Agent):
                 raise ChatError("empty", "the reply had no text to speak")
         except ChatError as exc:
             turn.error = exc
-            log.warning("call %s: LLM %s (%s): %s", self._call_sid, exc.kind,
+            log.warning("call %s: LLM %s (%s): %s", self._call_sid, exc.failure,
                         self.server.display_url, exc)
             if self._on_error is not None:
-                self._on_error(f"llm_{exc.kind}")
+                self._on_error(f"llm_{exc.failure}")
         except Exception as exc:  # a bug here must still end in an apology, not silence
             turn.error = ChatError("internal", repr(exc))
             log.exception("call %s: LLM stream failed", self._call_sid)
@@ -282,7 +282,7 @@ class OpenAIChatAgent(Agent):
         log.debug("call %s: LLM turn: first token %s ms, %d chars, %s%s", self._call_sid,
                   None if turn.first_token_ms is None else round(turn.first_token_ms),
                   turn.chars, result.outcome.value if result else "cancelled",
-                  f", error {turn.error.kind}" if turn.error else "")
+                  f", error {turn.error.failure}" if turn.error else "")
 
 
 def _result(task: asyncio.Task[SpeechResult] | None) -> SpeechResult | None:
