@@ -40,7 +40,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.server import Server, ServerConnection
 
-from telephony.twilio_emulator import FRAME_BYTES, FRAME_S, SILENCE, HeardUtterance, TwilioEmulator
+from telephony.testing.twilio_emulator import FRAME_BYTES, FRAME_S, SILENCE, HeardUtterance, TwilioEmulator
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

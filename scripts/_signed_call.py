@@ -18,7 +18,7 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from telephony.testing.bridge_process import BridgeProcess, bridge_process, free_port
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.twilio_emulator import TwilioEmulator
 
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 OPERATOR_KEY = "bench-operator-key-0123456789"

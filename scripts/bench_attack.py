@@ -39,7 +39,7 @@ for _path in (str(ROOT), str(ROOT / "scripts")):
 import httpx  # noqa: E402
 from _signed_call import production_bridge, raise_fd_limit, signed_webhook, stream_of  # noqa: E402
 
-from telephony.twilio_emulator import TwilioEmulator  # noqa: E402
+from telephony.testing.twilio_emulator import TwilioEmulator  # noqa: E402
 
 
 def attacker(i: int, peers: int = 40) -> str:

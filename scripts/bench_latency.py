@@ -34,7 +34,7 @@ import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.twilio_emulator import TwilioEmulator
 
 GREETING = "Thanks for calling. How can I help you today?"
 AGENT_TURNS = [

@@ -42,7 +42,7 @@ import httpx
 import websockets
 
 from telephony.testing.bridge_process import BridgeProcess, bridge_process
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.twilio_emulator import TwilioEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "bench-remote-key"

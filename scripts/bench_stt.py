@@ -56,7 +56,7 @@ import soxr
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from telephony.twilio_emulator import SILENCE, TwilioEmulator
+from telephony.testing.twilio_emulator import SILENCE, TwilioEmulator
 from tts_core.audio.mulaw import float_to_pcm16, mulaw_to_pcm16, pcm16_to_mulaw
 from tts_core.stt.wer import word_errors
 

@@ -25,7 +25,7 @@ import websockets
 from twilio.request_validator import RequestValidator
 
 from telephony.access import form_params
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.twilio_emulator import TwilioEmulator
 
 T = TypeVar("T")
 STREAM_CLOSE_OK = {1000, 1003, 1007, 1008, 1009, 1013}

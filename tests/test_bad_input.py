@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from telephony.relay_protocol import RelayProtocolError, parse_agent_message
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.twilio_emulator import TwilioEmulator
 from telephony.twilio_media import ProtocolError, parse_inbound
 from telephony.untrusted import close_reason
 from tests.bridge_harness import running_bridge

@@ -457,7 +457,7 @@ async def test_end_to_end_a_caller_turn_is_answered_with_audio_the_caller_hears(
 
 async def test_end_to_end_barge_in_closes_the_llm_stream_and_keeps_only_the_heard_words(
         chat_standin: StandInChatServer) -> None:
-    from telephony.twilio_emulator import TwilioEmulator
+    from telephony.testing.twilio_emulator import TwilioEmulator
     from tests.bridge_harness import running_bridge
     from tests.test_call_e2e import caller_speech, session_of
     from tts_core.engines.synthetic import SyntheticEngine

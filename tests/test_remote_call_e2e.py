@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from telephony.testing.bridge_process import BridgeProcess, bridge_process
-from telephony.twilio_emulator import SILENCE, TwilioEmulator
+from telephony.testing.twilio_emulator import SILENCE, TwilioEmulator
 from tests.bridge_harness import running_bridge
 from tests.test_call_e2e import open_call
 from tests.test_relay_e2e import AgentApp, agent_app, wait_until

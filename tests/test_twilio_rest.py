@@ -22,7 +22,7 @@ from telephony.agents import Agent, CallControl, EndResult
 from telephony.agents.demo import DemoAgent
 from telephony.agents.relay_client import asks_for_hangup
 from telephony.config import ConfigError, Settings, settings_from_env
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.twilio_emulator import TwilioEmulator
 from telephony.twilio_rest import HangupOutcome, TwilioCalls, make_client
 from tests.asgi_server import free_port_url
 from tests.bridge_harness import RunningBridge, running_bridge

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from telephony.drain import STREAM_ARRIVAL_S
 from telephony.testing.bridge_process import bridge_process, free_port
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.twilio_emulator import TwilioEmulator
 from tests.test_call_e2e import twiml_parameters
 from tests.test_drain import TOKEN, signed_webhook
 
