@@ -50,22 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(ROOT), str(ROOT / "scripts")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import httpx
 
-import httpx  # noqa: E402
-from _replay import (  # noqa: E402
-    AgentServer,
-    CallReplay,
-    CallResult,
-    RecordedCall,
-    check_loopback,
-    find_recordings,
-    load_recording,
-    summarize,
-)
+from telephony.recorded_call import RecordedCall, find_recordings, load_recording
+from telephony.testing.replay import CallReplay, check_loopback
+from telephony.testing.replay_agent import AgentServer
+from telephony.testing.replay_result import CallResult, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_RECORDINGS = ROOT / "tests" / "data" / "calls"
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -29,22 +29,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(ROOT), str(ROOT / "scripts")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+from telephony.recorded_call import RecordedCall, agent_turn_messages, load_recording, silent_call
+from telephony.testing.replay import CallReplay, check_loopback, heard_wav
+from telephony.testing.replay_agent import AgentServer
+from telephony.testing.replay_result import CallResult
 
-from _replay import (  # noqa: E402
-    AgentServer,
-    CallReplay,
-    CallResult,
-    RecordedCall,
-    agent_turn_messages,
-    check_loopback,
-    heard_wav,
-    load_recording,
-    silent_call,
-)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def simulate(

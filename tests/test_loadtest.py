@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from telephony import recorded_call
+from telephony.testing.replay import check_loopback
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
-import _replay  # noqa: E402
 import loadtest  # noqa: E402
 import simulate_call  # noqa: E402
 
@@ -25,8 +27,8 @@ CALLS = Path(__file__).resolve().parent / "data" / "calls"
 FIXTURES = ("greeting_only", "dialogue_dtmf", "barge_in", "monologue")
 
 
-def fixture(name: str) -> _replay.RecordedCall:
-    return _replay.load_recording(CALLS / f"{name}.jsonl")
+def fixture(name: str) -> recorded_call.RecordedCall:
+    return recorded_call.load_recording(CALLS / f"{name}.jsonl")
 
 
 # ---------------------------------------------------------------------------------- the format
@@ -35,7 +37,7 @@ def fixture(name: str) -> _replay.RecordedCall:
 def test_writer_compacts_silence_and_the_reader_expands_it_exactly() -> None:
     buffer = io.StringIO()
     speech = bytes(range(160))
-    with _replay.RecordingWriter(buffer, source="test") as writer:
+    with recorded_call.RecordingWriter(buffer, source="test") as writer:
         writer.twilio(0.0, {"event": "start", "start": {"customParameters": {"greeting": "Hi"}}})
         for k in range(50):  # 1 s of silence, an agent token in the middle of it
             writer.twilio(k * 0.02, _media(b"\xff" * 160))
@@ -50,7 +52,7 @@ def test_writer_compacts_silence_and_the_reader_expands_it_exactly() -> None:
     assert {"t": 0.0, "from": "twilio", "silence_ms": 1000} in lines
     times = [line["t"] for line in lines if "t" in line]
     assert times == sorted(times), "lines stay in time order"
-    call = _replay.parse_recording(buffer.getvalue().splitlines())
+    call = recorded_call.parse_recording(buffer.getvalue().splitlines())
     actions = list(call.twilio_actions())
     media = [a for a in actions if a[1] == "media"]
     assert len(media) == 52
@@ -77,8 +79,8 @@ def _media(payload: bytes) -> dict[str, object]:
 ])
 def test_malformed_recordings_are_refused_with_the_line(line: str, message: str) -> None:
     header = '{"type":"header","format":"voice-bridge-recorded-call","version":1,"sample_rate":8000}'
-    with pytest.raises(_replay.RecordingError, match=message):
-        _replay.parse_recording(line.replace("HEADER", header).splitlines(), "x.jsonl")
+    with pytest.raises(recorded_call.RecordingError, match=message):
+        recorded_call.parse_recording(line.replace("HEADER", header).splitlines(), "x.jsonl")
 
 
 def test_fixtures_are_small_and_hold_what_their_names_say() -> None:
@@ -99,9 +101,9 @@ def test_fixtures_are_small_and_hold_what_their_names_say() -> None:
 def test_loadtest_refuses_non_loopback_hosts(capsys: pytest.CaptureFixture[str]) -> None:
     assert loadtest.main(["--url", "http://203.0.113.5:8080", "--calls", "1"]) == 2
     assert "--allow-remote" in capsys.readouterr().err
-    _replay.check_loopback("http://127.0.0.1:8080", False)
-    _replay.check_loopback("http://localhost:1", False)
-    _replay.check_loopback("https://bridge.example.com", True)
+    check_loopback("http://127.0.0.1:8080", False)
+    check_loopback("http://localhost:1", False)
+    check_loopback("https://bridge.example.com", True)
 
 
 # ---------------------------------------------------------------------------------- against the bridge
@@ -165,7 +167,7 @@ async def test_a_slow_engine_shows_up_as_underruns() -> None:
 async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> None:
     from tests.bridge_harness import AUTH_TOKEN, running_bridge
 
-    recording = _replay.silent_call(0.0, stop=False, agent=_replay.agent_turn_messages(
+    recording = recorded_call.silent_call(0.0, stop=False, agent=recorded_call.agent_turn_messages(
         "Hello there. This is a simulated call.", 0.2))
     wav = tmp_path / "heard.wav"
     async with running_bridge() as rb:
@@ -196,7 +198,7 @@ async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path:
                 break
             await asyncio.sleep(0.01)
         (path,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*.jsonl")))
-        recorded = _replay.load_recording(path)
+        recorded = recorded_call.load_recording(path)
         config.recordings = [recorded]
         again = await loadtest.run_load(config)
     lines = path.read_text().splitlines()
