@@ -5,7 +5,8 @@ Lines are queued and written by a background task, so a slow disk never blocks a
 queue fills, lines are dropped and the drop is counted in the file's trailer.
 
 The lines are formatted by telephony/recorded_call.py, the format's one reader and writer (shared
-with the replay tools in telephony/testing): runs of digitally silent inbound frames (160 bytes of 0xFF) become
+with the replay tools in telephony/testing): runs of digitally silent inbound frames (160 bytes of
+0xFF) become
 one ``{"t", "from": "twilio", "silence_ms": N}`` line, which replayers expand back into N/20 frames
 20 ms apart: lossless, and minutes of a listening caller cost one line.
 """

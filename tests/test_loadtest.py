@@ -110,7 +110,7 @@ def test_loadtest_refuses_non_loopback_hosts(capsys: pytest.CaptureFixture[str])
 
 
 async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
-    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
     from tts_core.engines.synthetic import SyntheticEngine
 
     recordings = [fixture(n) for n in ("greeting_only", "dialogue_dtmf", "barge_in")]
@@ -148,7 +148,7 @@ async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
 
 
 async def test_a_slow_engine_shows_up_as_underruns() -> None:
-    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
     from tts_core.engines.synthetic import SyntheticEngine
 
     engine = SyntheticEngine(realtime_factor=1.5)  # audio comes slower than real time
@@ -165,7 +165,7 @@ async def test_a_slow_engine_shows_up_as_underruns() -> None:
 
 
 async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> None:
-    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
 
     recording = recorded_call.silent_call(0.0, stop=False, agent=recorded_call.agent_turn_messages(
         "Hello there. This is a simulated call.", 0.2))
@@ -186,7 +186,7 @@ async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> No
 
 
 async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path: Path) -> None:
-    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
 
     original = fixture("barge_in")
     async with running_bridge(record_dir=tmp_path) as rb:
@@ -219,7 +219,7 @@ async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path:
 
 
 async def test_refused_calls_are_reported_as_errors() -> None:
-    from tests.bridge_harness import running_bridge
+    from telephony.testing.bridge_harness import running_bridge
 
     async with running_bridge() as rb:
         config = loadtest.LoadConfig(url=rb.base_url, recordings=[fixture("greeting_only")], calls=2,
