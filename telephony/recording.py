@@ -18,6 +18,7 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,11 @@ class CallRecorder:
     """One call's recording: lines formatted by the shared ``RecordingWriter``, queued here and
     written to disk by a background task."""
 
-    def __init__(self, path: Path, start: Start) -> None:
+    def __init__(self, path: Path, start: Start, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
-        self.started = time.monotonic()
+        self._clock = clock
+        """Where offsets are read (tests inject a scripted one to place frames on a known grid)."""
+        self.started = clock()
         self.dropped = 0
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_LINES)
         self._task = asyncio.create_task(self._writer(), name=f"recorder:{start.call_sid}")
@@ -47,13 +50,14 @@ class CallRecorder:
                                        recorded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     @classmethod
-    def open(cls, directory: Path, start: Start) -> CallRecorder:
+    def open(cls, directory: Path, start: Start, *,
+             clock: Callable[[], float] = time.monotonic) -> CallRecorder:
         directory.mkdir(parents=True, exist_ok=True)
         name = _SAFE.sub("_", start.call_sid)[:64] or "call"
-        return cls(directory / f"{name}-{int(time.time())}.jsonl", start)
+        return cls(directory / f"{name}-{int(time.time())}.jsonl", start, clock=clock)
 
     def _offset(self) -> float:
-        return round(time.monotonic() - self.started, 4)
+        return round(self._clock() - self.started, 4)
 
     def write(self, line: str) -> None:
         """Queue one formatted line (the writer's sink); never blocks: a full queue drops it."""
