@@ -110,7 +110,8 @@ class CallReplay:
         result.started_at_s = round(self._started_at - self.clock_zero, 3)
         try:
             async with contextlib.AsyncExitStack() as stack:
-                http = self._http or await stack.enter_async_context(httpx.AsyncClient())
+                http: httpx.AsyncClient = (self._http if self._http is not None
+                                           else await stack.enter_async_context(httpx.AsyncClient()))
                 url, params = await place_webhook(http, self.base_url, self.public_url, self.call_sid,
                                                   self.webhook_query(), self.auth_token)
             self.emulator = ReplayEmulator(url, call_sid=self.call_sid, stream_sid=self.stream_sid,

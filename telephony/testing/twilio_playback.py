@@ -160,8 +160,9 @@ class TwilioPlayback:
             self.heard += SILENCE_FRAME
 
     def _reach_marks_at_head(self, now: float) -> None:
-        while self._buffer and isinstance(self._buffer[0], str):
-            self._reach_mark(self._buffer.popleft(), now)
+        while self._buffer and isinstance(head := self._buffer[0], str):
+            self._buffer.popleft()
+            self._reach_mark(head, now)
 
     def _reach_mark(self, name: str, now: float) -> None:
         current = self.current
