@@ -29,17 +29,11 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(ROOT), str(ROOT / "scripts")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import httpx
 
-import httpx  # noqa: E402
-from _signed_call import production_bridge, raise_fd_limit, signed_webhook, stream_of  # noqa: E402
-
-from telephony.twilio_emulator import TwilioEmulator  # noqa: E402
+from telephony.testing.signed_call import production_bridge, raise_fd_limit, signed_webhook, stream_of
+from telephony.testing.twilio_emulator import TwilioEmulator
 
 
 def attacker(i: int, peers: int = 40) -> str:

@@ -26,15 +26,15 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import websockets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.fake_agents import OneTurnAgent, word_tokens
+from telephony.testing.twilio_emulator import TwilioEmulator
 
 GREETING = "Thanks for calling. How can I help you today?"
 AGENT_TURNS = [
@@ -64,35 +64,18 @@ def row(name: str, values: list[float]) -> str:
             f"{max(values):.1f} |")
 
 
-class Agent:
-    """A loopback ConversationRelay agent that speaks one turn per call and notes when."""
+def agent_text(call_sid: str) -> str:
+    return AGENT_TURNS[hash(call_sid) % len(AGENT_TURNS)] + f" Reference {call_sid[-4:]}."
 
-    def __init__(self) -> None:
-        self.first_token_sent: dict[str, float] = {}
-        self.sentence_first: set[str] = set()
 
-    async def handler(self, ws: websockets.ServerConnection) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):  # the call may hang up mid-turn
-            await self._speak(ws)
-
-    async def _speak(self, ws: websockets.ServerConnection) -> None:
-        setup = json.loads(await ws.recv())
-        call_sid = setup["callSid"]
-        text = AGENT_TURNS[hash(call_sid) % len(AGENT_TURNS)] + f" Reference {call_sid[-4:]}."
-        await asyncio.sleep(0.3)  # the caller has spoken; the LLM starts streaming
-        if call_sid in self.sentence_first:  # first sentence in one message, then word by word
-            first, _, rest = text.partition(". ")
-            words = [first + ".", *rest.split(" ")]
-        else:
-            words = text.split(" ")
-        for index, word in enumerate(words):
-            token = word if index == 0 else " " + word
-            if index == 0:
-                self.first_token_sent[call_sid] = time.monotonic()
-            await ws.send(json.dumps({"type": "text", "token": token, "last": index == len(words) - 1}))
-            await asyncio.sleep(0.03)  # LLM-like token pace
-        async for _ in ws:
-            pass
+def agent_tokens(sentence_first: set[str]) -> Callable[[str, str], list[str]]:
+    """Calls in ``sentence_first`` get their first sentence in one message, then word by word."""
+    def tokens(call_sid: str, text: str) -> list[str]:
+        if call_sid not in sentence_first:
+            return word_tokens(text)
+        first, _, rest = text.partition(". ")
+        return [first + ".", *(" " + word for word in rest.split(" "))]
+    return tokens
 
 
 async def open_call(client: httpx.AsyncClient, base: str, call_sid: str, query: str,
@@ -108,7 +91,8 @@ async def open_call(client: httpx.AsyncClient, base: str, call_sid: str, query: 
     return call
 
 
-async def measure(base: str, calls: int, agent: Agent, agent_url: str) -> dict[str, list[float]]:
+async def measure(base: str, calls: int, agent: OneTurnAgent, sentence_first: set[str],
+                  agent_url: str) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {"cached": [], "live": [], "agent": [], "streamed": []}
     async with httpx.AsyncClient(timeout=30) as client:
         for i in range(calls):
@@ -132,7 +116,7 @@ async def measure(base: str, calls: int, agent: Agent, agent_url: str) -> dict[s
             for kind, suffix in (("agent", "B"), ("streamed", "C")):
                 sid = f"CA{i:030d}{suffix}"
                 if kind == "agent":
-                    agent.sentence_first.add(sid)
+                    sentence_first.add(sid)
                 call = await open_call(client, base, sid, f"?greeting=&agentUrl={agent_url}", 0.0)
                 assert await call.wait_for(lambda c=call: c.stats.utterances, 10)
                 results[kind].append((call.stats.utterances[0].first_frame_received
@@ -163,7 +147,8 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=30)
     args = parser.parse_args()
 
-    agent = Agent()
+    sentence_first: set[str] = set()
+    agent = OneTurnAgent(agent_text, tokens_for=agent_tokens(sentence_first))
     agent_server = await websockets.serve(agent.handler, "127.0.0.1", 0)
     agent_url = f"ws://127.0.0.1:{agent_server.sockets[0].getsockname()[1]}/agent"
     port = free_port()
@@ -183,7 +168,7 @@ async def main() -> None:
                         break
                 await asyncio.sleep(0.1)
             await client.post(f"{base}/warmup", json={})
-        results = await measure(base, args.calls, agent, agent_url)
+        results = await measure(base, args.calls, agent, sentence_first, agent_url)
     finally:
         server.terminate()
         server.wait(10)

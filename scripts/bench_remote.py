@@ -33,7 +33,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,7 +41,8 @@ import httpx
 import websockets
 
 from telephony.testing.bridge_process import BridgeProcess, bridge_process
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.fake_agents import OneTurnAgent
+from telephony.testing.twilio_emulator import TwilioEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "bench-remote-key"
@@ -63,27 +63,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 # ---- A: time to first audio -----------------------------------------------------------------------
-class SentenceAgent:
-    """A loopback ConversationRelay agent: one new sentence per call, sent as one text message."""
-
-    def __init__(self) -> None:
-        self.sent_at: dict[str, float] = {}
-
-    async def handler(self, ws: websockets.ServerConnection) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            setup = json.loads(await ws.recv())
-            sid = setup["callSid"]
-            await asyncio.sleep(0.3)  # the webhook's warmup is done; the caller has spoken
-            n = int(sid[-6:])
-            text = f"{SENTENCES[n % len(SENTENCES)]}, reference {n}."  # never a phrase-cache hit
-            self.sent_at[sid] = time.monotonic()
-            await ws.send(json.dumps({"type": "text", "token": text, "last": True}))
-            async for _ in ws:
-                pass
+def sentence_for(call_sid: str) -> str:
+    """A new sentence per call (never a phrase-cache hit), sent as one text message."""
+    n = int(call_sid[-6:])
+    return f"{SENTENCES[n % len(SENTENCES)]}, reference {n}."
 
 
 async def one_call(client: httpx.AsyncClient, bridge: BridgeProcess, sid: str, agent_url: str,
-                   agent: SentenceAgent) -> float:
+                   agent: OneTurnAgent) -> float:
     response = await client.post(f"{bridge.base_url}/twiml",
                                  params={"greeting": "", "agentUrl": agent_url}, data={"CallSid": sid})
     response.raise_for_status()
@@ -96,7 +83,7 @@ async def one_call(client: httpx.AsyncClient, bridge: BridgeProcess, sid: str, a
     try:
         if not await call.wait_for(lambda: call.stats.utterances, 20):
             raise RuntimeError(f"{sid}: no audio")
-        return (call.stats.utterances[0].first_frame_received - agent.sent_at[sid]) * 1000
+        return (call.stats.utterances[0].first_frame_received - agent.first_token_sent[sid]) * 1000
     finally:
         await call.hang_up()
 
@@ -114,7 +101,7 @@ def engine_first_chunks(log: str) -> dict[str, float]:
 
 
 async def ttfa_run(bridge: BridgeProcess, utterances: int, label: str) -> dict[str, list[float]]:
-    agent = SentenceAgent()
+    agent = OneTurnAgent(sentence_for, tokens_for=lambda _sid, text: [text])
     async with websockets.serve(agent.handler, "127.0.0.1", 0) as server:
         agent_url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/agent"
         async with httpx.AsyncClient(timeout=30) as client:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 import httpx
 import numpy as np
 
-from tests.bridge_harness import running_bridge
+from telephony.testing.bridge_harness import running_bridge
 from tts_core.engines import Engine, SpeechRequest
 from tts_core.engines.piper import PiperEngine
 from tts_core.engines.synthetic import SyntheticEngine

@@ -47,7 +47,7 @@ import sys
 import time
 import wave
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -55,8 +55,8 @@ import numpy as np
 import soxr
 import websockets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from telephony.twilio_emulator import SILENCE, TwilioEmulator
+from telephony.testing.fake_agents import PromptRecorder
+from telephony.testing.twilio_emulator import SILENCE, TwilioEmulator
 from tts_core.audio.mulaw import float_to_pcm16, mulaw_to_pcm16, pcm16_to_mulaw
 from tts_core.stt.wer import word_errors
 
@@ -86,23 +86,6 @@ class Turn:
     errors: int
     words: int
     read_speech: bool
-
-
-@dataclass
-class Agent:
-    """A ConversationRelay app that records every prompt with its arrival time, per call."""
-
-    prompts: dict[str, list[tuple[float, dict]]] = field(default_factory=dict)
-
-    async def handler(self, ws: websockets.ServerConnection) -> None:
-        call_sid = ""
-        async for raw in ws:
-            message = json.loads(raw)
-            if message.get("type") == "setup":
-                call_sid = message["callSid"]
-                self.prompts[call_sid] = []
-            elif message.get("type") == "prompt":
-                self.prompts[call_sid].append((time.monotonic(), message))
 
 
 # ---- speech ----------------------------------------------------------------------------------------
@@ -234,7 +217,7 @@ def score(clip: Clip, prompts: list[tuple[float, dict]], speech_end: float) -> T
     return Turn(clip.name, latency, text, errors, words, clip.read_speech)
 
 
-async def accuracy_run(base: str, agent: Agent, agent_url: str, clips: list[Clip], rounds: int,
+async def accuracy_run(base: str, agent: PromptRecorder, agent_url: str, clips: list[Clip], rounds: int,
                        tag: str) -> list[Turn]:
     turns = []
     async with httpx.AsyncClient(timeout=30) as client:
@@ -250,8 +233,8 @@ async def accuracy_run(base: str, agent: Agent, agent_url: str, clips: list[Clip
     return turns
 
 
-async def capacity_run(base: str, pid: int, agent: Agent, agent_url: str, clips: list[Clip], calls: int,
-                       seconds: float) -> tuple[list[float], int, float]:
+async def capacity_run(base: str, pid: int, agent: PromptRecorder, agent_url: str, clips: list[Clip],
+                       calls: int, seconds: float) -> tuple[list[float], int, float]:
     """N callers, each talking half the time; returns latencies, turns without a prompt, CPU share."""
     latencies: list[float] = []
     missed = 0
@@ -314,7 +297,7 @@ async def main() -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         others = set(range(os.cpu_count() or 1)) - {args.bridge_core}
         os.sched_setaffinity(0, others)  # the load generator stays off the bridge's core
-    agent = Agent()
+    agent = PromptRecorder()
     agent_server = await websockets.serve(agent.handler, "127.0.0.1", 0)
     agent_url = f"ws://127.0.0.1:{agent_server.sockets[0].getsockname()[1]}/agent"
     logs = Path(os.environ.get("TMPDIR", "/tmp"))

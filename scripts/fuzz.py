@@ -23,21 +23,14 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(ROOT), str(ROOT / "scripts")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import httpx
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
 
-import httpx  # noqa: E402
-from _signed_call import AUTH_TOKEN, OPERATOR_KEY, production_bridge  # noqa: E402
-from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from tests import fuzz_strategies as fs  # noqa: E402
-from tests.fuzz_harness import (  # noqa: E402
+from telephony.testing import fuzz_strategies as fs
+from telephony.testing.fuzz_harness import (
     AgentFuzzer,
     LoopThread,
     ReferenceCall,
@@ -49,6 +42,7 @@ from tests.fuzz_harness import (  # noqa: E402
     start_prototype,
     webhook_probe,
 )
+from telephony.testing.signed_call import AUTH_TOKEN, OPERATOR_KEY, production_bridge
 
 
 class Run:

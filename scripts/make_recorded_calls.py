@@ -36,23 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soxr
+
+from telephony.recorded_call import SAMPLE_RATE, RecordingWriter, agent_turn_messages
+from tts_core.audio.mulaw import float_to_pcm16, pcm16_to_mulaw
+from tts_core.audio.telephony_format import FRAME_BYTES, FRAME_S
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import soxr  # noqa: E402
-from _replay import (  # noqa: E402
-    FRAME_MS,
-    SAMPLE_RATE,
-    RecordingWriter,
-    agent_turn_messages,
-)
-
-from tts_core.audio.mulaw import float_to_pcm16, pcm16_to_mulaw  # noqa: E402
-
-FRAME_BYTES = 160
-FRAME_S = FRAME_MS / 1000
 SECONDS_PER_CHAR = 0.065
 FIRST_AUDIO_S = 0.35
 TOKEN_MS = 30.0

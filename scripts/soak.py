@@ -18,15 +18,10 @@ import asyncio
 import contextlib
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(ROOT), str(ROOT / "scripts")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import httpx
 
-import httpx  # noqa: E402
-from _signed_call import proc_sample, production_bridge, signed_call  # noqa: E402
+from telephony.testing.signed_call import proc_sample, production_bridge, signed_call
 
 GREETING = "Hello, this is a soak test call. Please press a key."
 

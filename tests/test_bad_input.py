@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from telephony.relay_protocol import RelayProtocolError, parse_agent_message
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.bridge_harness import running_bridge
+from telephony.testing.twilio_emulator import TwilioEmulator
 from telephony.twilio_media import ProtocolError, parse_inbound
 from telephony.untrusted import close_reason
-from tests.bridge_harness import running_bridge
 
 BIG = "1" * 5000  # a JSON integer literal over the 4,300-digit limit
 API_KEY = "operator-key-0123456789"

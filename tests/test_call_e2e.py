@@ -10,8 +10,8 @@ import xml.etree.ElementTree as ET
 import httpx
 import pytest
 
-from telephony.twilio_emulator import TwilioEmulator
-from tests.bridge_harness import RunningBridge, running_bridge
+from telephony.testing.bridge_harness import RunningBridge, running_bridge
+from telephony.testing.twilio_emulator import TwilioEmulator
 from tts_core.audio import pcm16_to_mulaw
 from tts_core.audio.mulaw import float_to_pcm16
 from tts_core.engines.synthetic import SyntheticEngine, speechlike

@@ -445,7 +445,7 @@ def test_the_engine_is_created_by_name_without_torch(tmp_path: Path) -> None:
 async def test_a_call_through_the_bridge_speaks_a_cloned_voice_with_valid_frames(tmp_path: Path) -> None:
     import httpx
 
-    from tests.bridge_harness import OPERATOR_HEADERS, running_bridge
+    from telephony.testing.bridge_harness import OPERATOR_HEADERS, running_bridge
     from tests.test_call_e2e import open_call
     from tts_core.engines.conditioning import write_wav
 

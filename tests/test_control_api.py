@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.bridge_harness import running_bridge
+from telephony.testing.bridge_harness import running_bridge
 from tests.test_call_e2e import open_call
 from tts_core.engines import create_engine
 

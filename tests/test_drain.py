@@ -13,9 +13,9 @@ import time
 import httpx
 from twilio.request_validator import RequestValidator
 
+from telephony.testing.bridge_harness import running_bridge
 from telephony.testing.bridge_process import bridge_process, free_port
-from telephony.twilio_emulator import TwilioEmulator
-from tests.bridge_harness import running_bridge
+from telephony.testing.twilio_emulator import TwilioEmulator
 from tests.test_call_e2e import open_call, twiml_parameters
 
 TOKEN = "drain-test-auth-token-0123456789"

@@ -25,8 +25,8 @@ from telephony.agents.base import AgentError
 from telephony.agents.relay_client import RelayAgent
 from telephony.config import ConfigError, settings_from_env
 from telephony.egress import EgressPolicy, EgressRefused, address_category, guarded_client
-from tests.asgi_server import free_port_url, serve_asgi
-from tests.bridge_harness import running_bridge
+from telephony.testing.asgi_server import free_port_url, serve_asgi
+from telephony.testing.bridge_harness import running_bridge
 from tests.test_relay_client import FakeCall, wav_bytes
 
 LOOPBACK_HOST = EgressPolicy(allow_hosts=frozenset({"127.0.0.1"}))

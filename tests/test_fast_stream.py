@@ -17,10 +17,10 @@ from picows import WSCloseCode, WSMsgType
 
 from telephony.fast_stream import PicowsSocket, frame_header
 from telephony.media_fastpath import scan_media
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.asgi_server import free_port_url
+from telephony.testing.bridge_harness import RunningBridge, running_bridge
+from telephony.testing.twilio_emulator import TwilioEmulator
 from telephony.twilio_media import parse_inbound
-from tests.asgi_server import free_port_url
-from tests.bridge_harness import RunningBridge, running_bridge
 from tests.test_call_e2e import LONG_GREETING, caller_speech, session_of, twiml_parameters
 from tts_core.engines.synthetic import SyntheticEngine
 

@@ -1,8 +1,8 @@
 """Issue 10, "Also": a bounded, seeded fuzz suite over every untrusted surface of a running bridge.
 
 Each test starts one bridge (in a loop thread, reused by every example), opens a healthy reference
-call on it, feeds it Hypothesis-generated input (tests/fuzz_strategies.py) through the probes of
-tests/fuzz_harness.py, and asserts: no 5xx and the one error shape, streams closed only with
+call on it, feeds it Hypothesis-generated input (telephony/testing/fuzz_strategies.py) through the probes
+of telephony/testing/fuzz_harness.py, and asserts: no 5xx and the one error shape, streams closed only with
 policy codes, no traceback logged, and no other call affected: the reference call, poked with a key
 every few examples, plays every utterance to its end mark with valid frames.
 scripts/fuzz.py runs the same surfaces for long.
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests import fuzz_strategies as fs
-from tests.bridge_harness import AUTH_TOKEN, OPERATOR_KEY, running_bridge
-from tests.fuzz_harness import (
+from telephony.testing import fuzz_strategies as fs
+from telephony.testing.bridge_harness import AUTH_TOKEN, OPERATOR_KEY, running_bridge
+from telephony.testing.fuzz_harness import (
     AgentFuzzer,
     LoopThread,
     ReferenceCall,

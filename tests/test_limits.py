@@ -21,7 +21,7 @@ import websockets
 from twilio.request_validator import RequestValidator
 
 from telephony.conn_guard import ConnectionGuard, plan_budget, raise_fd_limit
-from tests.bridge_harness import AUTH_TOKEN, OPERATOR_HEADERS, RunningBridge, running_bridge
+from telephony.testing.bridge_harness import AUTH_TOKEN, OPERATOR_HEADERS, RunningBridge, running_bridge
 
 
 def guard_of(rb: RunningBridge) -> ConnectionGuard:

@@ -7,26 +7,28 @@ import asyncio
 import base64
 import io
 import json
+import os
+import subprocess
 import sys
 import wave
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
+from telephony import recorded_call
+from telephony.testing.load_report import format_report
+from telephony.testing.load_run import LoadConfig, run_load
+from telephony.testing.replay import check_loopback
+from telephony.testing.simulated_call import simulate, timeline_text
 
-import _replay  # noqa: E402
-import loadtest  # noqa: E402
-import simulate_call  # noqa: E402
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 CALLS = Path(__file__).resolve().parent / "data" / "calls"
 FIXTURES = ("greeting_only", "dialogue_dtmf", "barge_in", "monologue")
 
 
-def fixture(name: str) -> _replay.RecordedCall:
-    return _replay.load_recording(CALLS / f"{name}.jsonl")
+def fixture(name: str) -> recorded_call.RecordedCall:
+    return recorded_call.load_recording(CALLS / f"{name}.jsonl")
 
 
 # ---------------------------------------------------------------------------------- the format
@@ -35,7 +37,7 @@ def fixture(name: str) -> _replay.RecordedCall:
 def test_writer_compacts_silence_and_the_reader_expands_it_exactly() -> None:
     buffer = io.StringIO()
     speech = bytes(range(160))
-    with _replay.RecordingWriter(buffer, source="test") as writer:
+    with recorded_call.RecordingWriter(buffer, source="test") as writer:
         writer.twilio(0.0, {"event": "start", "start": {"customParameters": {"greeting": "Hi"}}})
         for k in range(50):  # 1 s of silence, an agent token in the middle of it
             writer.twilio(k * 0.02, _media(b"\xff" * 160))
@@ -50,7 +52,7 @@ def test_writer_compacts_silence_and_the_reader_expands_it_exactly() -> None:
     assert {"t": 0.0, "from": "twilio", "silence_ms": 1000} in lines
     times = [line["t"] for line in lines if "t" in line]
     assert times == sorted(times), "lines stay in time order"
-    call = _replay.parse_recording(buffer.getvalue().splitlines())
+    call = recorded_call.parse_recording(buffer.getvalue().splitlines())
     actions = list(call.twilio_actions())
     media = [a for a in actions if a[1] == "media"]
     assert len(media) == 52
@@ -77,8 +79,8 @@ def _media(payload: bytes) -> dict[str, object]:
 ])
 def test_malformed_recordings_are_refused_with_the_line(line: str, message: str) -> None:
     header = '{"type":"header","format":"voice-bridge-recorded-call","version":1,"sample_rate":8000}'
-    with pytest.raises(_replay.RecordingError, match=message):
-        _replay.parse_recording(line.replace("HEADER", header).splitlines(), "x.jsonl")
+    with pytest.raises(recorded_call.RecordingError, match=message):
+        recorded_call.parse_recording(line.replace("HEADER", header).splitlines(), "x.jsonl")
 
 
 def test_fixtures_are_small_and_hold_what_their_names_say() -> None:
@@ -96,28 +98,33 @@ def test_fixtures_are_small_and_hold_what_their_names_say() -> None:
     assert len(fixture("monologue").agent_turns[0].text) > 120
 
 
-def test_loadtest_refuses_non_loopback_hosts(capsys: pytest.CaptureFixture[str]) -> None:
-    assert loadtest.main(["--url", "http://203.0.113.5:8080", "--calls", "1"]) == 2
-    assert "--allow-remote" in capsys.readouterr().err
-    _replay.check_loopback("http://127.0.0.1:8080", False)
-    _replay.check_loopback("http://localhost:1", False)
-    _replay.check_loopback("https://bridge.example.com", True)
+def test_loadtest_refuses_non_loopback_hosts() -> None:
+    # The script as a user runs it: the installed packages, no sys.path edits (PYTHONPATH names this
+    # checkout, which the venv may not be installed from).
+    result = subprocess.run([sys.executable, str(SCRIPTS / "loadtest.py"), "--url", "http://203.0.113.5:8080",
+                             "--calls", "1"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(SCRIPTS.parent)}, cwd="/")
+    assert result.returncode == 2, result.stderr
+    assert "--allow-remote" in result.stderr
+    check_loopback("http://127.0.0.1:8080", False)
+    check_loopback("http://localhost:1", False)
+    check_loopback("https://bridge.example.com", True)
 
 
 # ---------------------------------------------------------------------------------- against the bridge
 
 
 async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
-    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
     from tts_core.engines.synthetic import SyntheticEngine
 
     recordings = [fixture(n) for n in ("greeting_only", "dialogue_dtmf", "barge_in")]
     async with running_bridge(engine=SyntheticEngine(realtime_factor=0.2)) as rb:
-        config = loadtest.LoadConfig(url=rb.base_url, recordings=recordings, calls=3,
-                                     duration_s=40, auth_token=AUTH_TOKEN, server_pid="auto")
-        report = await loadtest.run_load(config)
+        config = LoadConfig(url=rb.base_url, recordings=recordings, calls=3,
+                            duration_s=40, auth_token=AUTH_TOKEN, server_pid="auto")
+        report = await run_load(config)
     data = report.data
-    text = loadtest.format_report(report)
+    text = format_report(report)
     assert report.ok, text
     for key in ("ttfa_ms", "ttfa_greeting_ms", "ttfa_agent_ms", "underruns", "barge_in_ms",
                 "mark_rtt_ms", "delivery_rtf", "errors", "cpu", "per_call", "timeseries"):
@@ -146,16 +153,16 @@ async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
 
 
 async def test_a_slow_engine_shows_up_as_underruns() -> None:
-    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
     from tts_core.engines.synthetic import SyntheticEngine
 
     engine = SyntheticEngine(realtime_factor=1.5)  # audio comes slower than real time
     async with running_bridge(engine=engine) as rb:
-        config = loadtest.LoadConfig(url=rb.base_url, recordings=[fixture("monologue")], calls=1,
-                                     duration_s=6, auth_token=AUTH_TOKEN, server_pid=None)
-        report = await loadtest.run_load(config)
+        config = LoadConfig(url=rb.base_url, recordings=[fixture("monologue")], calls=1,
+                            duration_s=6, auth_token=AUTH_TOKEN, server_pid=None)
+        report = await run_load(config)
     data = report.data
-    assert data["underruns"]["count"] > 0, loadtest.format_report(report)
+    assert data["underruns"]["count"] > 0, format_report(report)
     assert data["underruns"]["total_ms"] > 0
     assert data["calls"]["cut"] == 1, "the 6 s cap ends the 11 s call"
     assert data["errors"]["invalid_messages"] == 0
@@ -163,15 +170,15 @@ async def test_a_slow_engine_shows_up_as_underruns() -> None:
 
 
 async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> None:
-    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
 
-    recording = _replay.silent_call(0.0, stop=False, agent=_replay.agent_turn_messages(
+    recording = recorded_call.silent_call(0.0, stop=False, agent=recorded_call.agent_turn_messages(
         "Hello there. This is a simulated call.", 0.2))
     wav = tmp_path / "heard.wav"
     async with running_bridge() as rb:
-        result, seconds = await simulate_call.simulate(rb.base_url, recording, greeting="Hi.",
-                                                       auth_token=AUTH_TOKEN, wav=wav)
-    assert result.errors == [] and result.status == "completed", simulate_call.timeline_text(result)
+        result, seconds = await simulate(rb.base_url, recording, greeting="Hi.",
+                                         auth_token=AUTH_TOKEN, wav=wav)
+    assert result.errors == [] and result.status == "completed", timeline_text(result)
     assert [t["kind"] for t in result.turns] == ["greeting", "agent"]
     events = [e["event"] for e in result.timeline or []]
     for expected in ("start_sent", "agent_setup", "turn_sent", "first_frame", "playing",
@@ -184,21 +191,21 @@ async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> No
 
 
 async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path: Path) -> None:
-    from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
 
     original = fixture("barge_in")
     async with running_bridge(record_dir=tmp_path) as rb:
-        config = loadtest.LoadConfig(url=rb.base_url, recordings=[original], calls=1,
-                                     duration_s=30, auth_token=AUTH_TOKEN, server_pid=None)
-        first = await loadtest.run_load(config)
+        config = LoadConfig(url=rb.base_url, recordings=[original], calls=1,
+                            duration_s=30, auth_token=AUTH_TOKEN, server_pid=None)
+        first = await run_load(config)
         for _ in range(200):
             if not rb.bridge.calls:
                 break
             await asyncio.sleep(0.01)
         (path,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*.jsonl")))
-        recorded = _replay.load_recording(path)
+        recorded = recorded_call.load_recording(path)
         config.recordings = [recorded]
-        again = await loadtest.run_load(config)
+        again = await run_load(config)
     lines = path.read_text().splitlines()
     assert any('"silence_ms"' in line for line in lines), "silent caller audio is stored compactly"
     assert len(lines) < 400 and path.stat().st_size < 100_000
@@ -210,19 +217,19 @@ async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path:
     assert abs(recorded.speech_onsets()[0] - original.speech_onsets()[0]) < 0.1
     assert recorded.agent_actions[-1][1]["type"] == "end"
     for report in (first, again):
-        assert report.ok, loadtest.format_report(report)
+        assert report.ok, format_report(report)
         (call,) = report.data["per_call"]
-        assert call["clears"] == 1 and call["barge_in_ms"], loadtest.format_report(report)
+        assert call["clears"] == 1 and call["barge_in_ms"], format_report(report)
         assert [t["outcome"] for t in call["turns"]] == ["audio", "audio"]
 
 
 async def test_refused_calls_are_reported_as_errors() -> None:
-    from tests.bridge_harness import running_bridge
+    from telephony.testing.bridge_harness import running_bridge
 
     async with running_bridge() as rb:
-        config = loadtest.LoadConfig(url=rb.base_url, recordings=[fixture("greeting_only")], calls=2,
-                                     duration_s=10, auth_token="not-the-token", server_pid=None)
-        report = await loadtest.run_load(config)
+        config = LoadConfig(url=rb.base_url, recordings=[fixture("greeting_only")], calls=2,
+                            duration_s=10, auth_token="not-the-token", server_pid=None)
+        report = await run_load(config)
     assert not report.ok
     assert report.data["errors"]["webhook_failures"] == 2
     assert report.data["calls"]["failed"] == 2

@@ -424,7 +424,7 @@ def test_llm_settings_are_read_and_the_api_key_never_shows() -> None:
 
 async def test_a_call_may_pick_openai_chat_only_when_the_operator_configured_an_llm(
         chat_standin: StandInChatServer) -> None:
-    from tests.bridge_harness import running_bridge
+    from telephony.testing.bridge_harness import running_bridge
 
     async with running_bridge() as rb, httpx.AsyncClient() as client:  # no LLM configured
         response = await rb.webhook(client, "CA60", "?agentUrl=openai-chat")
@@ -437,7 +437,7 @@ async def test_a_call_may_pick_openai_chat_only_when_the_operator_configured_an_
 # ---- (7) end to end: the real bridge, the Twilio emulator as the caller's phone --------------------------
 async def test_end_to_end_a_caller_turn_is_answered_with_audio_the_caller_hears(
         chat_standin: StandInChatServer) -> None:
-    from tests.bridge_harness import running_bridge
+    from telephony.testing.bridge_harness import running_bridge
     from tests.test_call_e2e import open_call, session_of
 
     chat_standin.script(Script(tokens=["We", " are", " open", " from", " nine", " to", " five", "."],
@@ -470,8 +470,8 @@ async def test_end_to_end_a_caller_turn_is_answered_with_audio_the_caller_hears(
 
 async def test_end_to_end_barge_in_closes_the_llm_stream_and_keeps_only_the_heard_words(
         chat_standin: StandInChatServer) -> None:
-    from telephony.twilio_emulator import TwilioEmulator
-    from tests.bridge_harness import running_bridge
+    from telephony.testing.bridge_harness import running_bridge
+    from telephony.testing.twilio_emulator import TwilioEmulator
     from tests.test_call_e2e import caller_speech, session_of
     from tts_core.engines.synthetic import SyntheticEngine
 

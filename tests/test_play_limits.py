@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.asgi_server import serve_asgi
-from tests.bridge_harness import running_bridge
+from telephony.testing.asgi_server import serve_asgi
+from telephony.testing.bridge_harness import running_bridge
 from tests.test_call_e2e import open_call
 from tests.test_relay_client import wav_bytes
 from tests.test_relay_e2e import agent_app, wait_until

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
-from tests.bridge_harness import RunningBridge, running_bridge
+from telephony.testing.bridge_harness import RunningBridge, running_bridge
 from tests.test_call_e2e import open_call, rb_wait
 from tts_core.engines.base import SpeechRequest
 from tts_core.engines.offloop import PrioritySlots

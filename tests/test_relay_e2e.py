@@ -14,7 +14,7 @@ import numpy as np
 import websockets
 from twilio.request_validator import RequestValidator
 
-from tests.bridge_harness import AUTH_TOKEN, running_bridge
+from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
 from tests.test_call_e2e import caller_speech, open_call
 from tests.test_relay_client import wav_bytes
 from tts_core.engines.synthetic import SyntheticEngine
@@ -139,7 +139,7 @@ async def test_agent_that_cannot_be_reached_ends_the_call_cleanly() -> None:
 
 
 async def test_in_process_python_agent_is_selected_by_name() -> None:
-    async with running_bridge(default_agent="python:tests.sample_agents:EchoDigitsAgent") as rb:
+    async with running_bridge(default_agent="python:telephony.testing.fake_agents:EchoDigitsAgent") as rb:
         async with httpx.AsyncClient() as client:
             call = await open_call(rb, client, "CA26", "?greeting=")
         await call.send_dtmf("4")

@@ -10,9 +10,9 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from telephony.testing.bridge_harness import running_bridge
 from telephony.testing.bridge_process import BridgeProcess, bridge_process
-from telephony.twilio_emulator import SILENCE, TwilioEmulator
-from tests.bridge_harness import running_bridge
+from telephony.testing.twilio_emulator import SILENCE, TwilioEmulator
 from tests.test_call_e2e import open_call
 from tests.test_relay_e2e import AgentApp, agent_app, wait_until
 from tts_core.engines.openai_remote import OpenAIRemoteEngine

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.asgi_server import free_port_url, serve_asgi
+from telephony.testing.asgi_server import free_port_url, serve_asgi
 from tests.speech_standin import ERROR_BODIES, SpeechStandin
 from tts_core.engines import EngineError, SpeechRequest
 from tts_core.engines.openai_remote import OpenAIRemoteEngine
@@ -250,7 +250,7 @@ async def test_warmup_warms_every_server_and_reports_each() -> None:
 
 # ---- the bridge around it ----------------------------------------------------------------------
 async def test_health_metrics_and_warmup_show_each_server() -> None:
-    from tests.bridge_harness import running_bridge
+    from telephony.testing.bridge_harness import running_bridge
 
     dead = free_port_url() + "/v1"
     async with standins() as [(_, url)]:
@@ -289,7 +289,7 @@ def test_settings_for_the_remote_engine_are_checked_at_start() -> None:
 
 
 async def test_webhooks_warm_the_fleet_once_per_voice_and_preset_not_once_per_call() -> None:
-    from tests.bridge_harness import running_bridge
+    from telephony.testing.bridge_harness import running_bridge
 
     async with standins(2) as [(a, url_a), (b, url_b)]:
         engine = OpenAIRemoteEngine([url_a, url_b], voices=["alloy", "nova"])

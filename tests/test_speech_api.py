@@ -26,7 +26,7 @@ import pytest
 
 from telephony import speech_api
 from telephony.speech_stream import AudioStreamResponse
-from tests.bridge_harness import RunningBridge, running_bridge
+from telephony.testing.bridge_harness import RunningBridge, running_bridge
 from tests.test_control_api import write_wav
 from tests.test_engines import wait_until
 from tts_core.audio import Pcm16Encoder, mulaw_to_pcm16

@@ -16,9 +16,9 @@ import pytest
 import websockets
 from twilio.request_validator import RequestValidator
 
+from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
 from telephony.testing.bridge_process import BridgeProcess, bridge_process, free_port
-from telephony.twilio_emulator import TwilioEmulator
-from tests.bridge_harness import AUTH_TOKEN, running_bridge
+from telephony.testing.twilio_emulator import TwilioEmulator
 from tests.test_call_e2e import open_call, twiml_parameters
 
 WEBHOOK_FORM = {"AccountSid": "AC1", "From": "+15550001111", "To": "+15550002222",

@@ -14,8 +14,8 @@ import numpy as np
 import websockets
 
 from telephony.agents.demo import DemoAgent, demo_answer
-from telephony.twilio_emulator import SILENCE, TwilioEmulator
-from tests.bridge_harness import running_bridge
+from telephony.testing.bridge_harness import running_bridge
+from telephony.testing.twilio_emulator import SILENCE, TwilioEmulator
 from tests.conftest import speech_clip
 from tests.test_call_e2e import open_call, session_of, twiml_parameters
 from tests.test_relay_e2e import AgentApp, agent_app, wait_until

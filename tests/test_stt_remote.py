@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.asgi_server import free_port_url, serve_asgi
-from tests.bridge_harness import running_bridge
+from telephony.testing.asgi_server import free_port_url, serve_asgi
+from telephony.testing.bridge_harness import running_bridge
 from tests.transcription_standin import TranscriptionStandin
 from tts_core.stt import RecogniserError, create_recogniser
 from tts_core.stt.openai_remote import RemoteRecogniser, parse_transcription

@@ -8,9 +8,9 @@ from __future__ import annotations
 import httpx
 import websockets
 
+from telephony.testing.asgi_server import free_port_url
+from telephony.testing.bridge_harness import running_bridge
 from telephony.testing.bridge_process import bridge_process
-from tests.asgi_server import free_port_url
-from tests.bridge_harness import running_bridge
 from tests.conftest import speech_clip
 from tests.test_call_e2e import open_call, session_of
 from tests.test_relay_e2e import wait_until

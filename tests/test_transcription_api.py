@@ -16,7 +16,7 @@ import soxr
 
 from telephony import transcription_api
 from telephony.speech_api import InFlight
-from tests.bridge_harness import running_bridge
+from telephony.testing.bridge_harness import running_bridge
 from tests.conftest import speech_clip
 from tests.test_relay_e2e import wait_until
 from tts_core.audio.mulaw import mulaw_to_pcm16

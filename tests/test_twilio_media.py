@@ -281,7 +281,7 @@ def test_encoder_matches_the_one_shot_builders():
 
 
 def test_outbound_round_trips_through_the_emulators_validator():
-    from telephony.twilio_emulator import validate_outbound
+    from telephony.testing.twilio_emulator import validate_outbound
 
     enc = OutboundEncoder(SID)
     for text in (enc.media(FRAME), enc.mark("g0-u1-s0"), enc.clear()):

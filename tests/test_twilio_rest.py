@@ -22,10 +22,10 @@ from telephony.agents import Agent, CallControl, EndResult
 from telephony.agents.demo import DemoAgent
 from telephony.agents.relay_client import asks_for_hangup
 from telephony.config import ConfigError, Settings, settings_from_env
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.asgi_server import free_port_url
+from telephony.testing.bridge_harness import RunningBridge, running_bridge
+from telephony.testing.twilio_emulator import TwilioEmulator
 from telephony.twilio_rest import HangupOutcome, TwilioCalls, make_client
-from tests.asgi_server import free_port_url
-from tests.bridge_harness import RunningBridge, running_bridge
 from tests.fake_call import FakeCall
 from tests.test_call_e2e import open_call
 from tests.test_relay_e2e import agent_app, wait_until

@@ -20,13 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from telephony.drain import STREAM_ARRIVAL_S
 from telephony.testing.bridge_process import bridge_process, free_port
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.twilio_emulator import TwilioEmulator
 from tests.test_call_e2e import twiml_parameters
 from tests.test_drain import TOKEN, signed_webhook
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
 
 ENGINE = {"VOICE_BRIDGE_ENGINE": "synthetic", "VOICE_BRIDGE_STT": "off",
           "VOICE_BRIDGE_LOG_LEVEL": "info"}
@@ -169,13 +165,14 @@ async def test_a_worker_that_cannot_start_fails_the_start() -> None:
 async def test_the_load_test_drives_two_workers_from_two_generator_processes() -> None:
     """scripts/loadtest.py against ``--workers 2``: the calls come from two generator processes,
     the bridge's CPU is every process holding the port, its counters add up over the workers."""
-    import loadtest
+    from telephony.recorded_call import load_recording
+    from telephony.testing.load_run import DEFAULT_RECORDINGS, LoadConfig, run_load
 
     async with bridge_process("--workers", "2", "--insecure-dev", env=ENGINE) as proc:
-        recording = loadtest.load_recording(loadtest.DEFAULT_RECORDINGS / "ivr_prompts.jsonl")
-        config = loadtest.LoadConfig(url=proc.base_url, recordings=[recording], calls=4,
-                                     ramp_up_s=0.5, duration_s=60, processes=2)
-        report = await loadtest.run_load(config)
+        recording = load_recording(DEFAULT_RECORDINGS / "ivr_prompts.jsonl")
+        config = LoadConfig(url=proc.base_url, recordings=[recording], calls=4,
+                            ramp_up_s=0.5, duration_s=60, processes=2)
+        report = await run_load(config)
     data = report.data
     assert data["calls"]["completed"] == 4 and report.ok, data["errors"]
     assert sorted(c["call_id"] for c in data["per_call"]) == ["p0c0001", "p0c0002", "p1c0001",

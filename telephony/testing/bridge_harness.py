@@ -1,4 +1,5 @@
-"""Runs the real bridge (FastAPI under uvicorn) on 127.0.0.1 inside the test's event loop."""
+"""Runs the real bridge (FastAPI under uvicorn) on 127.0.0.1 inside the caller's event loop (tests,
+benchmarks): the app in-process, with the test credentials below."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from telephony.conn_guard import plan_budget
 from telephony.net import listen_socket
 from telephony.server import BridgeServer, build_server
 from telephony.services import Bridge
-from tests.asgi_server import serve_asgi
+from telephony.testing.asgi_server import serve_asgi
 from tts_core.engines import Engine
 from tts_core.stt import Recogniser
 

@@ -1,10 +1,10 @@
 """Twilio's side of a Media Stream, for end-to-end tests, the load test and the call simulator.
 
 It connects like Twilio (optionally signing the handshake), sends ``connected`` and ``start``,
-streams caller audio at 20 ms, and emulates Twilio's playback: outbound frames go into a buffer
-played at exactly 160 bytes per 20 ms; a mark is echoed when playback reaches it; ``clear`` empties
-the buffer and echoes every pending mark. Every outbound message is validated against Twilio's
-documented shape, and what the caller would hear is kept for WAV output and timing analysis.
+streams caller audio at 20 ms, and checks every outbound message against Twilio's documented shape.
+What happens to the bot's audio once it arrives (the 20 ms playback clock, marks echoed when
+reached, ``clear``) is Twilio's playback, modelled in twilio_playback.py; what the caller would hear
+is kept for WAV output and timing analysis.
 """
 
 from __future__ import annotations
@@ -15,58 +15,27 @@ import binascii
 import contextlib
 import json
 import time
-from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from telephony.testing.twilio_caller import TwilioCallerMessages
+from telephony.testing.twilio_playback import EmulatorStats, HeardUtterance, TwilioPlayback
 from tts_core.audio.mulaw import mulaw_to_pcm16, pcm16_to_mulaw
+from tts_core.audio.telephony_format import FRAME_BYTES, FRAME_S, SILENCE_FRAME
 
-FRAME_BYTES = 160
-FRAME_S = 0.020
-SILENCE = b"\xff" * FRAME_BYTES
+SILENCE = SILENCE_FRAME
+"""One 20 ms frame of μ-law digital silence, as a silent caller's phone sends it."""
 
-
-@dataclass
-class HeardUtterance:
-    """One stretch of bot speech as the caller heard it."""
-
-    first_frame_received: float
-    started_playing: float | None = None
-    ended: float | None = None
-    frames: int = 0
-    underruns: int = 0
-    underrun_ms: float = 0.0
-    outcome: str = "playing"  # played | cleared | playing
+__all__ = ["SILENCE", "EmulatorStats", "HeardUtterance", "TwilioEmulator", "validate_outbound"]
 
 
-@dataclass
-class EmulatorStats:
-    media_received: int = 0
-    marks_received: int = 0
-    marks_echoed: int = 0
-    clears: int = 0
-    invalid: list[str] = field(default_factory=list)
-    utterances: list[HeardUtterance] = field(default_factory=list)
-    clear_times: list[float] = field(default_factory=list)
-    mark_names: list[str] = field(default_factory=list)
-    close_code: int | None = None
-    close_reason: str = ""
+class TwilioEmulator(TwilioCallerMessages):
+    """One call's Media Stream as Twilio opens and drives it (see the module docstring)."""
 
-    @property
-    def underruns(self) -> int:
-        return sum(u.underruns for u in self.utterances)
-
-    @property
-    def underrun_ms(self) -> float:
-        return sum(u.underrun_ms for u in self.utterances)
-
-
-class TwilioEmulator:
     def __init__(
         self,
         url: str,
@@ -79,34 +48,31 @@ class TwilioEmulator:
         media_format: dict[str, Any] | None = None,
         keep_audio: bool = True,
     ) -> None:
+        super().__init__(call_sid=call_sid, stream_sid=stream_sid, account_sid=account_sid,
+                         custom_parameters=custom_parameters, media_format=media_format)
         self.url = url
-        self.call_sid = call_sid
-        self.stream_sid = stream_sid
-        self.account_sid = account_sid
-        self.custom_parameters = custom_parameters or {}
         self.headers = headers or {}
-        self.media_format = media_format or {"encoding": "audio/x-mulaw", "sampleRate": 8000,
-                                             "channels": 1}
         self.keep_audio = keep_audio
         self.stats = EmulatorStats()
-        self.heard = bytearray()
-        """What the caller heard, 8 kHz μ-law, silence included, from the start message on."""
+        self.playback = TwilioPlayback(self.stats, self, keep_audio=keep_audio)
         self.received: list[bytes | str] = []
         """Every media frame and mark name as received, in order (with ``keep_audio``)."""
         self.outbound_log: list[tuple[float, str]] = []
-        self.start_sent_at: float | None = None
         self._ws: ClientConnection | None = None
-        self._buffer: deque[bytes | str] = deque()  # frames and mark names, in order
-        self._seq = 0
-        self._chunk = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._current: HeardUtterance | None = None
         self._closed = asyncio.Event()
-        self._echo_lock = asyncio.Lock()
-        self._pending_starts: deque[float] = deque()
-        """Receive times of utterances queued behind an end mark that has not played yet."""
         self.mark_echoes: list[tuple[float, str]] = []
         self.reading_stopped = False
+
+    @property
+    def heard(self) -> bytearray:
+        """What the caller heard, 8 kHz μ-law, silence included, from the start message on."""
+        return self.playback.heard
+
+    @property
+    def closed(self) -> bool:
+        """The bridge closed the stream (or the connection dropped)."""
+        return self._closed.is_set()
 
     # ---- connection ---------------------------------------------------------------------------------
     async def connect(self, *, send_start: bool = True) -> None:
@@ -114,22 +80,10 @@ class TwilioEmulator:
         # CPU that production never costs it.
         self._ws = await websockets.connect(self.url, additional_headers=self.headers,
                                             open_timeout=10, max_size=1 << 20, compression=None)
-        self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._playback())]
-        await self.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self.playback.run())]
+        await self.send_connected()
         if send_start:
             await self.send_start()
-
-    async def send_start(self) -> None:
-        self.start_sent_at = time.monotonic()
-        await self.send_json({
-            "event": "start", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-            "start": {"accountSid": self.account_sid, "streamSid": self.stream_sid,
-                      "callSid": self.call_sid, "tracks": ["inbound"],
-                      "customParameters": self.custom_parameters, "mediaFormat": self.media_format},
-        })
-
-    async def send_json(self, message: dict[str, Any]) -> None:
-        await self.send_raw(json.dumps(message))
 
     async def send_raw(self, data: str | bytes) -> None:
         """Send, unless the bridge already closed the stream (then the message is dropped, as
@@ -137,25 +91,6 @@ class TwilioEmulator:
         assert self._ws is not None
         with contextlib.suppress(websockets.ConnectionClosed):
             await self._ws.send(data)
-
-    async def send_media(self, payload: bytes) -> None:
-        self._chunk += 1
-        await self.send_json({
-            "event": "media", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-            "media": {"track": "inbound", "chunk": str(self._chunk),
-                      "timestamp": str(self._chunk * 20),
-                      "payload": base64.b64encode(payload).decode()},
-        })
-
-    async def stream_audio(self, mulaw: bytes, *, realtime: bool = True) -> None:
-        """Send caller audio as 20 ms media messages on Twilio's timing."""
-        started = time.monotonic()
-        for index in range(0, len(mulaw), FRAME_BYTES):
-            await self.send_media(mulaw[index : index + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff"))
-            if realtime:
-                delay = started + (index // FRAME_BYTES + 1) * FRAME_S - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
 
     async def stream_echo(self, seconds: float, *, gain_db: float = -20.0, delay_ms: float = 60.0) -> None:
         """Send, as the caller's audio, what the caller heard ``delay_ms`` ago at ``gain_db``: the
@@ -172,19 +107,6 @@ class TwilioEmulator:
             delay = started + (index + 1) * FRAME_S - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-
-    async def send_silence(self, seconds: float) -> None:
-        await self.stream_audio(SILENCE * int(seconds / FRAME_S))
-
-    async def send_dtmf(self, digit: str) -> None:
-        await self.send_json({"event": "dtmf", "streamSid": self.stream_sid,
-                              "sequenceNumber": self._next_seq(),
-                              "dtmf": {"track": "inbound_track", "digit": digit}})
-
-    async def send_stop(self) -> None:
-        await self.send_json({"event": "stop", "sequenceNumber": self._next_seq(),
-                              "streamSid": self.stream_sid,
-                              "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
 
     async def stop_reading(self) -> None:
         """Act as a Twilio side that stops reading the socket (a hung media server, a full receive
@@ -218,7 +140,8 @@ class TwilioEmulator:
             return False
 
     # ---- waiting helpers for tests ----------------------------------------------------------------
-    async def wait_for(self, predicate: Any, timeout: float = 10.0, poll: float = 0.01) -> bool:
+    async def wait_for(self, predicate: Callable[[], object], timeout: float = 10.0,
+                       poll: float = 0.01) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
@@ -232,10 +155,6 @@ class TwilioEmulator:
         return [u for u in self.stats.utterances if u.outcome == "played"]
 
     # ---- internals ----------------------------------------------------------------------------------
-    def _next_seq(self) -> str:
-        self._seq += 1
-        return str(self._seq)
-
     async def _reader(self) -> None:
         assert self._ws is not None
         try:
@@ -265,31 +184,19 @@ class TwilioEmulator:
         if event == "media":
             self.stats.media_received += 1
             frame = base64.b64decode(message["media"]["payload"])
-            if self._current is None:
-                self._current = HeardUtterance(first_frame_received=now)
-                self.stats.utterances.append(self._current)
-            elif self._buffer and isinstance(self._buffer[-1], str) and self._buffer[-1].endswith("-end"):
-                self._pending_starts.append(now)  # a new utterance queued behind the last one
-            self._buffer.append(frame)
+            self.playback.media(frame, now)
             if self.keep_audio:
                 self.received.append(frame)
         elif event == "mark":
             self.stats.marks_received += 1
             self.stats.mark_names.append(message["mark"]["name"])
-            self._buffer.append(message["mark"]["name"])
+            self.playback.mark(message["mark"]["name"])
             if self.keep_audio:
                 self.received.append(message["mark"]["name"])
         elif event == "clear":
             self.stats.clears += 1
             self.stats.clear_times.append(now)
-            pending = [item for item in self._buffer if isinstance(item, str)]
-            self._buffer.clear()
-            self._pending_starts.clear()
-            if self._current is not None:
-                self._current.outcome = "cleared"
-                self._current.ended = now
-                self._current = None
-            for name in pending:
+            for name in self.playback.clear(now):
                 self._spawn_echo(name)
 
     def _spawn_echo(self, name: str) -> None:
@@ -303,56 +210,18 @@ class TwilioEmulator:
             await self.send_json({"event": "mark", "sequenceNumber": self._next_seq(),
                                   "streamSid": self.stream_sid, "mark": {"name": name}})
 
-    async def _playback(self) -> None:
-        """Play one frame per 20 ms of wall clock; echo marks as playback reaches them."""
-        started = time.monotonic()
-        played_slots = 0
-        while True:
-            due = int((time.monotonic() - started) / FRAME_S)
-            while played_slots < due:
-                played_slots += 1
-                self._play_one_slot()
-            await asyncio.sleep(FRAME_S)
-
-    def _play_one_slot(self) -> None:
-        now = time.monotonic()
-        # Marks at the head of the buffer are reached without consuming a slot.
-        while self._buffer and isinstance(self._buffer[0], str):
-            self._reach_mark(self._buffer.popleft(), now)
-        if self._buffer:
-            frame = self._buffer.popleft()
-            assert isinstance(frame, bytes)
-            if self._current is not None:
-                if self._current.started_playing is None:
-                    self._current.started_playing = now
-                self._current.frames += 1
-            if self.keep_audio:
-                self.heard += frame
-            while self._buffer and isinstance(self._buffer[0], str):
-                self._reach_mark(self._buffer.popleft(), now)
-            return
-        if self._current is not None and self._current.started_playing is not None:
-            self._current.underrun_ms += FRAME_S * 1000
-            if not getattr(self._current, "_in_gap", False):
-                self._current.underruns += 1
-            self._current._in_gap = True  # type: ignore[attr-defined]
-        if self.keep_audio:
-            self.heard += SILENCE
-        return
-
-    def _reach_mark(self, name: str, now: float) -> None:
-        if self._current is not None:
-            self._current._in_gap = False  # type: ignore[attr-defined]
-            if name.endswith("-end"):
-                self._current.outcome = "played"
-                self._current.ended = now
-                self._current = None
-                if any(isinstance(item, bytes) for item in self._buffer):
-                    # The next utterance's frames were already buffered behind this end mark.
-                    received = self._pending_starts.popleft() if self._pending_starts else now
-                    self._current = HeardUtterance(first_frame_received=received)
-                    self.stats.utterances.append(self._current)
+    # ---- PlaybackListener: what Twilio's playback reports -----------------------------------------
+    def mark_reached(self, name: str) -> None:
         self._spawn_echo(name)
+
+    def playing(self, utterance: HeardUtterance, now: float) -> None:
+        """An utterance's first frame played (a hook for subclasses)."""
+
+    def underrun(self, utterance: HeardUtterance, now: float) -> None:
+        """A slot found the buffer empty mid-utterance (a hook for subclasses)."""
+
+    def utterance_ended(self, utterance: HeardUtterance, now: float) -> None:
+        """Playback reached an utterance's end mark (a hook for subclasses)."""
 
 
 def validate_outbound(raw: str, stream_sid: str) -> str | None:

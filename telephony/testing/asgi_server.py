@@ -1,4 +1,5 @@
-"""Serve any ASGI app on 127.0.0.1 inside the test's event loop (stand-in servers for tests)."""
+"""Serve any ASGI app on 127.0.0.1 inside the caller's event loop (the in-process bridge, and the
+tests' stand-in servers)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Drives the fuzz strategies (tests/fuzz_strategies.py) against one running bridge: the probes per
+"""Drives the fuzz strategies (fuzz_strategies.py) against one running bridge: the probes per
 surface, a healthy reference call that must keep playing through it all, and a loop thread so
 Hypothesis (synchronous) can feed an asyncio bridge that lives across examples.
 
@@ -25,7 +25,7 @@ import websockets
 from twilio.request_validator import RequestValidator
 
 from telephony.access import form_params
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.twilio_emulator import TwilioEmulator
 
 T = TypeVar("T")
 STREAM_CLOSE_OK = {1000, 1003, 1007, 1008, 1009, 1013}
@@ -101,7 +101,7 @@ async def open_stream(http: httpx.AsyncClient, target: Target, query: dict[str, 
 
 
 def closed(call: TwilioEmulator) -> bool:
-    return call.stats.close_code is not None or call._closed.is_set()
+    return call.stats.close_code is not None or call.closed
 
 
 def _error_shape(response: httpx.Response) -> None:

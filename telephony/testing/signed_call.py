@@ -1,5 +1,5 @@
-"""Shared by scripts/soak.py, scripts/bench_attack.py and scripts/fuzz.py: a production-mode bridge
-process on loopback, a Twilio-signed call against it, and the process's RSS and fd count.
+"""A production-mode bridge process on loopback (soak, attack bench, long fuzzing), a Twilio-signed
+call against it, and the process's RSS and fd count.
 
 Production mode means TWILIO_AUTH_TOKEN and PUBLIC_URL are set: webhooks must be signed and every
 stream must present the webhook's token, as in a real deployment.
@@ -18,7 +18,7 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from telephony.testing.bridge_process import BridgeProcess, bridge_process, free_port
-from telephony.twilio_emulator import TwilioEmulator
+from telephony.testing.twilio_emulator import TwilioEmulator
 
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 OPERATOR_KEY = "bench-operator-key-0123456789"
