@@ -196,7 +196,7 @@ async def test_barge_in_on_the_only_call_rendering_a_phrase_stops_the_engine() -
     result = await speaker.interrupt()
     assert result is not None and result.outcome is SpeechOutcome.INTERRUPTED
     assert await wait_until(lambda: engine.busy_slots == 0, timeout=1.0)
-    assert not cache.has(speaker._cache_key(PROMPT))  # nothing half-rendered is kept
+    assert not cache.has(speaker.cache_key(PROMPT))  # nothing half-rendered is kept
     assert utt.future.result().outcome is SpeechOutcome.INTERRUPTED
     await speaker.aclose()
 
@@ -242,7 +242,7 @@ async def test_no_media_is_sent_after_clear() -> None:
     await asyncio.sleep(0.3)
     events = [m["event"] for m in wire.messages]
     after = events[events.index("clear") + 1:]
-    queued = speaker._queued_frames
+    queued = speaker.pacer.queued_frames
     await speaker.aclose()
     assert utt.future.result().outcome is SpeechOutcome.INTERRUPTED
     assert after.count("media") == 0, f"{after.count('media')} stale frames sent after clear; " \
@@ -270,7 +270,7 @@ async def test_preemption_only_cuts_preemptible_speech() -> None:
     hold = speaker.submit("Please hold while we find an agent for you, this may take a while.",
                           preemptible=True)
     notice = speaker.submit("This call may be recorded for quality purposes.")  # NOT preemptible
-    assert await wait_until(lambda: greeting.future.done() and speaker._active == [hold])
+    assert await wait_until(lambda: greeting.future.done() and speaker.queue.active == [hold])
     speaker.submit("Your agent is ready.")  # pre-empts the hold message...
     outcome = notice.future.result().outcome if notice.future.done() else None
     await speaker.aclose()

@@ -1,8 +1,10 @@
 """Rendered phrases kept per (engine, voice, preset, text), so greetings and repeated prompts cost no
 synthesis, and one rendering serves every call that asks for the same phrase at once.
 
-Entries are whole utterances as 160-byte μ-law frames (already flushed and faded) with the frame
-index where each text segment ends, in an LRU bounded by total bytes. A phrase being rendered is
+Entries are whole utterances as the renderer's typed items (``tts_core/render.py``: each segment's
+start with its text, its 160-byte μ-law frames, its end; the flushed and faded tail), compacted to
+one frame batch per segment, in an LRU bounded by total bytes. Followers receive those same item
+objects: nothing is copied per call. A phrase being rendered is
 shared: every caller that asks for it while it renders follows the same rendering, piece by piece,
 so a call that starts while its greeting is still being pre-rendered hears the first words as soon
 as they exist, and a hundred IVR calls reaching the same prompt together cost one synthesis, not a
@@ -33,8 +35,15 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-Renderer = Callable[[], AsyncIterator[list[bytes]]]
-"""Yields frame batches of one utterance; an empty batch marks the end of a text segment."""
+from tts_core.errors import UpstreamFailed
+from tts_core.render import FrameBatch, RenderItem
+
+Renderer = Callable[[], AsyncIterator[RenderItem]]
+"""Yields one utterance's render items (segment starts, frame batches, segment ends)."""
+
+
+class RenderingCancelled(UpstreamFailed, RuntimeError):
+    """The shared rendering a follower waited on was cancelled (shutdown, or never admitted)."""
 
 
 @dataclass(frozen=True)
@@ -46,24 +55,15 @@ class PhraseKey:
 
 
 @dataclass(frozen=True)
-class PhrasePiece:
-    """Frames in playback order; ``ends_segment`` when the text segment ends right after them."""
-
-    frames: list[bytes]
-    ends_segment: bool
-
-
-@dataclass(frozen=True)
 class _Phrase:
-    frames: tuple[bytes, ...]
-    segment_ends: tuple[int, ...]
+    items: tuple[RenderItem, ...]
+    """Compacted: one ``FrameBatch`` between segment markers, so a hit is a few items, not hundreds."""
     size: int
 
 
 @dataclass(eq=False)
 class _Rendering:
-    frames: list[bytes] = field(default_factory=list)
-    segment_ends: list[int] = field(default_factory=list)
+    items: list[RenderItem] = field(default_factory=list)
     done: bool = False
     error: BaseException | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -107,7 +107,9 @@ class PhraseCache:
     def peek(self, key: PhraseKey) -> tuple[bytes, ...] | None:
         """The frames if fully rendered, without waiting (not counted as a hit)."""
         entry = self._entries.get(key)
-        return None if entry is None else entry.frames
+        if entry is None:
+            return None
+        return tuple(frame for item in entry.items if isinstance(item, FrameBatch) for frame in item.frames)
 
     def rendering(self, key: PhraseKey) -> bool:
         return key in self._inflight
@@ -142,8 +144,8 @@ class PhraseCache:
     async def follow(
         self, key: PhraseKey, render: Renderer | None = None, *,
         deadline: Callable[[], float | None] | None = None,
-    ) -> AsyncIterator[PhrasePiece]:
-        """The phrase piece by piece: from the cache, from a rendering in progress, or, given
+    ) -> AsyncIterator[RenderItem]:
+        """The phrase item by item: from the cache, from a rendering in progress, or, given
         ``render``, from a rendering started now and shared with whoever asks next.
 
         Raises the renderer's error if it fails, and ``KeyError`` for an unknown phrase with no
@@ -154,8 +156,8 @@ class PhraseCache:
         if entry is not None:
             self._entries.move_to_end(key)
             self.hits += 1
-            for piece in _pieces(entry.frames, entry.segment_ends, 0, 0)[0]:
-                yield piece
+            for item in entry.items:
+                yield item
             return
         state = self._inflight.get(key)
         if state is not None:
@@ -171,13 +173,12 @@ class PhraseCache:
         if state.prerender:
             self._promote(state)
         try:
-            sent = segments = 0
+            taken = 0
             while True:
-                pieces, sent, segments = _pieces(state.frames, state.segment_ends, sent, segments)
-                for piece in pieces:
-                    yield piece
-                if pieces:
-                    continue  # the rendering may have moved on while the pieces were taken
+                if taken < len(state.items):  # the rendering may move on while an item is taken
+                    taken += 1
+                    yield state.items[taken - 1]
+                    continue
                 if state.error is not None:
                     raise state.error
                 if state.done:
@@ -192,8 +193,8 @@ class PhraseCache:
                 self._abandon(key, state)
 
     # ---- pre-renders --------------------------------------------------------------------------
-    def prerender(self, key: PhraseKey, render: Callable[[Callable[[], float | None]], AsyncIterator[
-            list[bytes]]]) -> bool:
+    def prerender(self, key: PhraseKey,
+                  render: Callable[[Callable[[], float | None]], AsyncIterator[RenderItem]]) -> bool:
         """Render ``key`` in the background for a call expected soon (the webhook's greeting).
 
         ``render(deadline)`` makes the renderer; it must pass ``deadline`` to the engine (+inf while
@@ -277,7 +278,7 @@ class PhraseCache:
             state.expiry.cancel()
             state.expiry = None
         if not state.done:
-            state.error = state.error or RuntimeError("rendering cancelled")
+            state.error = state.error or RenderingCancelled("rendering cancelled")
             state.done = True
             state.changed.set()
         if self._inflight.get(key) is state:
@@ -285,16 +286,13 @@ class PhraseCache:
 
     async def _render(self, key: PhraseKey, state: _Rendering, render: Renderer) -> None:
         try:
-            async with contextlib.aclosing(render()) as batches:
-                async for batch in batches:
-                    if batch:
-                        state.frames.extend(batch)
-                    else:
-                        state.segment_ends.append(len(state.frames))
+            async with contextlib.aclosing(render()) as items:
+                async for item in items:
+                    state.items.append(item)
                     state.changed.set()
-            self._store(key, tuple(state.frames), tuple(state.segment_ends))
+            self._store(key, state.items)
         except BaseException as exc:  # followers must learn of a failure or a cancellation
-            state.error = exc if isinstance(exc, Exception) else RuntimeError("rendering cancelled")
+            state.error = exc if isinstance(exc, Exception) else RenderingCancelled("rendering cancelled")
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -303,14 +301,15 @@ class PhraseCache:
             if self._inflight.get(key) is state:
                 del self._inflight[key]
 
-    def _store(self, key: PhraseKey, frames: tuple[bytes, ...], segment_ends: tuple[int, ...]) -> None:
-        size = sum(len(f) for f in frames)
-        if size > self.max_bytes or not frames:
+    def _store(self, key: PhraseKey, items: list[RenderItem]) -> None:
+        compacted = _compact(items)
+        size = sum(len(f) for item in compacted if isinstance(item, FrameBatch) for f in item.frames)
+        if size > self.max_bytes or size == 0:
             return
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= old.size
-        self._entries[key] = _Phrase(frames, segment_ends, size)
+        self._entries[key] = _Phrase(compacted, size)
         self._bytes += size
         while self._bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
@@ -343,19 +342,18 @@ class PhraseCache:
         }
 
 
-def _pieces(
-    frames: list[bytes] | tuple[bytes, ...], segment_ends: list[int] | tuple[int, ...], sent: int,
-    segments: int,
-) -> tuple[list[PhrasePiece], int, int]:
-    """What a follower at frame ``sent`` with ``segments`` segment ends behind it has not had yet,
-    cut at segment ends, and the follower's position after taking it."""
-    out: list[PhrasePiece] = []
-    while segments < len(segment_ends):
-        end = segment_ends[segments]
-        segments += 1
-        out.append(PhrasePiece(list(frames[sent:end]), True))
-        sent = end
-    if sent < len(frames):
-        out.append(PhrasePiece(list(frames[sent:]), False))
-        sent = len(frames)
-    return out, sent, segments
+def _compact(items: list[RenderItem]) -> tuple[RenderItem, ...]:
+    """``items`` with each run of frame batches merged into one (done once, when stored)."""
+    out: list[RenderItem] = []
+    frames: list[bytes] = []
+    for item in items:
+        if isinstance(item, FrameBatch):
+            frames.extend(item.frames)
+            continue
+        if frames:
+            out.append(FrameBatch(frames))
+            frames = []
+        out.append(item)
+    if frames:
+        out.append(FrameBatch(frames))
+    return tuple(out)
