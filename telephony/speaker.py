@@ -27,7 +27,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 
 from telephony.agents.base import SpeechOutcome, SpeechResult
 from telephony.outbound import (
@@ -35,6 +34,7 @@ from telephony.outbound import (
     MarkWatch,
     Pacer,
     Renderer,
+    RenderLoop,
     SpeakerHooks,
     SpeechQueue,
     SpeechSource,
@@ -42,7 +42,7 @@ from telephony.outbound import (
 )
 from telephony.playout import PlayoutClock
 from telephony.twilio_media import OutboundEncoder
-from tts_core.engines.base import Engine, EngineError
+from tts_core.engines.base import Engine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.presets import Preset
 from tts_core.voices import Voice
@@ -83,9 +83,9 @@ class Speaker:
         self.renderer = Renderer(engine=engine, voice_id=voice_id, preset=preset, voice=voice,
                                  phrase_cache=phrase_cache, hooks=self.hooks,
                                  deadline=self.pacer.deadline if deadline_scheduling else lambda: None)
+        self._render_loop = RenderLoop(self.queue, self.renderer, self.pacer, self._report_error)
         self.stalled: str | None = None
         """Why playback is considered stopped (marks not echoed), once it is."""
-        self._render_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
 
@@ -113,14 +113,14 @@ class Speaker:
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._render_loop(), name="speaker-render"),
+            asyncio.create_task(self._render_loop.run(), name="speaker-render"),
             asyncio.create_task(self.pacer.run(), name="speaker-send"),
         ]
 
     async def aclose(self) -> None:
         """Stop everything; whatever was not played is resolved as cancelled."""
         self.queue.closed = True
-        owned = [t for t in [*self._tasks, self._render_task, *self._side_tasks] if t is not None]
+        owned = [t for t in [*self._tasks, self._render_loop.current, *self._side_tasks] if t is not None]
         for task in owned:
             task.cancel()
         await asyncio.gather(*owned, return_exceptions=True)
@@ -177,7 +177,7 @@ class Speaker:
             return None
         first = self.queue.active[0]
         self._cut(reason="barge-in", keep=lambda u: not u.interruptible)
-        await self._send_text(self._out.clear())
+        await self._clear_twilio()
         return first.future.result() if first.future.done() else None
 
     def _cut(self, reason: str, keep: Callable[[Utterance], bool]) -> None:
@@ -186,16 +186,19 @@ class Speaker:
         Utterances not yet started for which ``keep`` is true survive the cut and play after it.
         """
         played = self.pacer.played_frames(self.queue.active)
-        if self._render_task is not None:
-            self._render_task.cancel()
+        self._render_loop.cancel_current()
         self.queue.cut(lambda u: played.get(u.id, 0), keep)
         self.pacer.cut(self.queue.generation)
         self.renderer.reset()
         log.debug("speech cut (%s), generation now %d", reason, self.queue.generation)
         if reason == "preempted":
-            task = asyncio.get_running_loop().create_task(self._send_text(self._out.clear()))
+            task = asyncio.get_running_loop().create_task(self._clear_twilio())
             self._side_tasks.add(task)  # owned: cancelled by aclose like every other task
             task.add_done_callback(self._side_tasks.discard)
+
+    async def _clear_twilio(self) -> None:
+        """Twilio drops what it buffered of ours (and echoes every mark still pending)."""
+        await self._send_text(self._out.clear())
 
     # ---- marks from Twilio -------------------------------------------------------------------
     def on_mark(self, name: str) -> None:
@@ -224,47 +227,13 @@ class Speaker:
         log.warning("%s; utterances in flight fail", reason)
         self._report_error("playback_stalled")
         self.pacer.marks.clear()
-        for task in [self._render_task, *self._tasks]:
-            if task is not None:
-                task.cancel()
+        self._render_loop.cancel_current()
+        for task in self._tasks:
+            task.cancel()
         self.queue.resolve_all(SpeechOutcome.FAILED, lambda u: u.frames_confirmed, error=reason)
         self.pacer.drop_queued()
         if self.hooks.on_stalled:
             self.hooks.on_stalled(reason)
-
-    # ---- rendering ---------------------------------------------------------------------------
-    async def _render_loop(self) -> None:
-        """One utterance at a time, from the queue through the renderer into the pacer."""
-        while True:
-            utt = await self.queue.next()
-            self._render_task = asyncio.create_task(self._render(utt), name=f"render-u{utt.id}")
-            try:
-                await asyncio.wait([self._render_task])
-            finally:
-                if not self._render_task.done():
-                    self._render_task.cancel()
-            task, self._render_task = self._render_task, None
-            if not task.cancelled() and task.exception() is not None:
-                self._render_failed(utt, task.exception())
-            # cancelled: interrupted, and the cut already resolved it and reset the encoder
-
-    async def _render(self, utt: Utterance) -> None:
-        async with aclosing(self.renderer.items(utt)) as items:
-            async for item in items:
-                await self.pacer.take(utt, item)
-        await self.pacer.end_utterance(utt)
-
-    def _render_failed(self, utt: Utterance, exc: BaseException | None) -> None:
-        """What was already queued still plays; the rest of the text is reported failed."""
-        if isinstance(exc, EngineError):
-            message, kind = str(exc), "engine"
-        else:
-            message, kind = f"internal error: {exc!r}", "internal"
-            log.error("rendering utterance %d failed", utt.id, exc_info=exc)
-        self._report_error(kind)
-        self.renderer.reset()
-        self.pacer.end_utterance_now(utt)
-        utt.resolve(SpeechOutcome.FAILED, played_frames=utt.frames_sent, error=message)
 
     def _report_error(self, kind: str) -> None:
         if self.hooks.on_error:

@@ -9,7 +9,7 @@ their segments identically, and nobody segments the text a second time to learn 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -51,7 +51,7 @@ flushed tail of the utterance as a last ``FrameBatch`` (if any)."""
 
 async def frames_for_segment(
     engine: Engine, encoder: MulawFrameEncoder, request: SpeechRequest
-) -> AsyncIterator[list[bytes]]:
+) -> AsyncGenerator[list[bytes], None]:
     """Push one segment's engine chunks through ``encoder``; yields frame batches as they complete.
 
     The encoder is not flushed: consecutive segments of one utterance stay seamless.
@@ -65,7 +65,7 @@ async def frames_for_segment(
 
 async def segment_items(
     engine: Engine, encoder: MulawFrameEncoder, request: SpeechRequest, index: int
-) -> AsyncIterator[RenderItem]:
+) -> AsyncGenerator[RenderItem, None]:
     """One segment as items: its start, its frame batches, its end (the encoder is not flushed)."""
     yield SegmentStart(index, request.text)
     async with aclosing(frames_for_segment(engine, encoder, request)) as batches:
@@ -82,7 +82,7 @@ async def utterance_frames(
     preset: Preset,
     voice: Voice | None = None,
     deadline: Callable[[], float | None] | None = None,
-) -> AsyncIterator[RenderItem]:
+) -> AsyncGenerator[RenderItem, None]:
     """A whole utterance as render items, flushed at the end (phrase cache, warmup, tools).
 
     The text is segmented here, once; each segment's items carry its text. ``deadline`` is asked

@@ -5,13 +5,15 @@
   engine or the phrase cache.
 - ``pacer``: those items to the socket at playback pace, with typed ``marks`` and a ``mark_watch``
   that notices a Twilio side that stopped playing.
-``utterance`` is the record they share; ``hooks`` what they report to the call.
+``render_loop`` feeds the pacer from the queue through the renderer; ``utterance`` is the record
+they share; ``hooks`` what they report to the call.
 """
 
 from telephony.outbound.hooks import SpeakerHooks
 from telephony.outbound.mark_watch import MarkWatch
 from telephony.outbound.marks import Mark
 from telephony.outbound.pacer import Pacer, QueuedAudio
+from telephony.outbound.render_loop import RenderLoop
 from telephony.outbound.renderer import Renderer
 from telephony.outbound.speech_queue import SpeechQueue
 from telephony.outbound.utterance import AudioClip, SegmentSpan, SpeechSource, Utterance
@@ -22,6 +24,7 @@ __all__ = [
     "MarkWatch",
     "Pacer",
     "QueuedAudio",
+    "RenderLoop",
     "Renderer",
     "SegmentSpan",
     "SpeakerHooks",

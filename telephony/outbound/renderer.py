@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 
 from telephony.outbound.hooks import SpeakerHooks
@@ -54,7 +54,7 @@ class Renderer:
     def cache_key(self, text: str) -> PhraseKey:
         return PhraseKey(self.engine.name, self.voice_id, self.preset.name, text)
 
-    async def items(self, utt: Utterance) -> AsyncIterator[RenderItem]:
+    async def items(self, utt: Utterance) -> AsyncGenerator[RenderItem, None]:
         """``utt``'s audio as render items, ending with the utterance's flushed tail."""
         source = utt.source
         if isinstance(source, AudioClip):
@@ -68,7 +68,7 @@ class Renderer:
                 yield item
 
     # ---- whole texts: the phrase cache first --------------------------------------------------
-    async def _text_items(self, utt: Utterance, text: str) -> AsyncIterator[RenderItem]:
+    async def _text_items(self, utt: Utterance, text: str) -> AsyncGenerator[RenderItem, None]:
         """Through the phrase cache when it can serve ``text``, else live (see ``_phrase_items``)."""
         if self._cache is not None and self._cache.cacheable(text):
             held: list[RenderItem] = []  # segment markers before the first audio, until it comes
@@ -96,7 +96,8 @@ class Renderer:
             async for item in live:
                 yield item
 
-    async def _phrase_items(self, utt: Utterance, cache: PhraseCache, text: str) -> AsyncIterator[RenderItem]:
+    async def _phrase_items(self, utt: Utterance, cache: PhraseCache,
+                            text: str) -> AsyncGenerator[RenderItem, None]:
         """Speak a whole known text through the phrase cache: from the cache, from a rendering in
         progress (the webhook's greeting pre-render, or another call saying the same prompt), or
         from a rendering started here and shared with calls that ask for it meanwhile. The text is
@@ -104,7 +105,7 @@ class Renderer:
         key = self.cache_key(text)
         utt.from_cache = cache.has(key)
 
-        def render() -> AsyncIterator[RenderItem]:
+        def render() -> AsyncGenerator[RenderItem, None]:
             # Scheduled by the most urgent call following it, not only by the one that started it.
             return utterance_frames(self.engine, text, voice_id=self.voice_id, preset=self.preset,
                                     voice=self.voice, deadline=lambda: cache.deadline(key))
@@ -118,7 +119,8 @@ class Renderer:
                 yield item
 
     # ---- live text ----------------------------------------------------------------------------
-    async def _streamed_segments(self, utt: Utterance, tokens: AsyncIterator[str]) -> AsyncIterator[str]:
+    async def _streamed_segments(self, utt: Utterance,
+                                 tokens: AsyncIterator[str]) -> AsyncGenerator[str, None]:
         """Speakable segments of streamed text as they complete; ``utt.text`` grows with it."""
         segmenter = TextSegmenter(self.preset.segmentation)
         try:
@@ -137,7 +139,8 @@ class Renderer:
                     await aclose()
         utt.text = utt.text.strip()
 
-    async def _live_items(self, utt: Utterance, segments: AsyncIterator[str]) -> AsyncIterator[RenderItem]:
+    async def _live_items(self, utt: Utterance,
+                          segments: AsyncGenerator[str, None]) -> AsyncGenerator[RenderItem, None]:
         """Each segment through the engine and the call's encoder, then the encoder's tail."""
         index = 0
         async with aclosing(segments) as texts:
@@ -167,12 +170,12 @@ class Renderer:
             self._hooks.on_engine_first_chunk(elapsed / 1000)
 
 
-async def _listed(texts: list[str]) -> AsyncIterator[str]:
+async def _listed(texts: list[str]) -> AsyncGenerator[str, None]:
     for text in texts:
         yield text
 
 
-async def _clip_items(clip: AudioClip) -> AsyncIterator[RenderItem]:
+async def _clip_items(clip: AudioClip) -> AsyncGenerator[RenderItem, None]:
     """A clip a second at a time: resampling a long clip in one go would hold the event loop, and
     its frames would bypass the pacer's bound. Loops run the same buffer through one encoder: its
     resampler state carries over, exactly as if the loops were one long clip, without that clip
