@@ -160,3 +160,26 @@ async def test_the_queue_is_bounded_in_frames_and_the_sender_makes_room() -> Non
     await wire.until(6)
     await stop(sender, pacer)
     assert utt.frames_sent == 6
+
+
+async def test_a_cut_while_a_frame_is_being_sent_stops_the_rest_of_its_batch_and_its_mark() -> None:
+    wire = Wire()
+    pacer = make_pacer(wire)
+    send = wire.send
+    after = utterance(generation=1)
+
+    async def cut_at_second_frame(text: str) -> None:
+        await send(text)
+        if len(wire.sent) == 2:
+            pacer.cut(1)  # barge-in while the socket send was in progress...
+            await pacer.end_utterance(after)  # ...and the next utterance of the new generation
+
+    pacer._send_text = cut_at_second_frame  # type: ignore[assignment]
+    utt = utterance(generation=0)
+    await pacer.take(utt, FrameBatch([SILENCE_FRAME] * 5))
+    await pacer.end_utterance(utt)
+    sender = asyncio.create_task(pacer.run())
+    await wire.until(3)
+    await stop(sender, pacer)
+    assert wire.outline() == ["media", "media", "g1-u1-end"]  # nothing of the cut one after the cut
+    assert utt.frames_sent == 0 and utt.end_mark_sent_at is None

@@ -358,3 +358,16 @@ async def test_a_peer_that_echoes_every_mark_in_time_is_never_declared_stalled()
     await asyncio.sleep(0.2)
     assert stalls == [] and not speaker.stalled
     await speaker.aclose()
+
+
+async def test_echoed_marks_are_matched_by_their_name_never_parsed_back(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def refuse(cls, name):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"mark {name} was parsed back from its string")
+
+    monkeypatch.setattr(MarkName, "parse", classmethod(refuse))
+    wire = Wire()
+    speaker = make_speaker(SyntheticEngine(), wire)
+    result = await asyncio.wait_for(speaker.say("One sentence. And another one."), 5)
+    assert result.outcome is SpeechOutcome.PLAYED
+    assert sum(m["event"] == "mark" for m in wire.messages) == 3  # two segments and the end
+    await speaker.aclose()
