@@ -18,10 +18,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-FRAME_S = 0.020
+from tts_core.audio.telephony_format import FRAME_S
+
+__all__ = ["FRAME_S", "PlayoutClock"]
 
 
 class PlayoutClock:
+    """When the audio sent so far will have played, by Twilio's fixed playback rate."""
+
     def __init__(self, lead_ms: float = 240.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.lead_s = lead_ms / 1000.0
         self._clock = clock

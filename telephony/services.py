@@ -25,7 +25,7 @@ from tts_core.audio import MulawFrameEncoder
 from tts_core.engines import Engine, EngineError, create_engine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.presets import Preset, PresetBook, load_presets
-from tts_core.render import utterance_frames
+from tts_core.render import RenderItem, utterance_frames
 from tts_core.stt import Recogniser, RecogniserError, create_recogniser
 from tts_core.voices import InvalidVoiceId, Voice, VoiceFetchError, VoiceNotFound, VoiceStore
 
@@ -259,7 +259,7 @@ class Bridge:
             return False
         key = PhraseKey(self.engine.name, voice_id, preset.name, text)
 
-        async def render(deadline: Callable[[], float | None]) -> AsyncIterator[list[bytes]]:
+        async def render(deadline: Callable[[], float | None]) -> AsyncIterator[RenderItem]:
             _, voice = await self.resolve_voice(voice_id)
             async for batch in utterance_frames(self.engine, text, voice_id=voice_id, preset=preset,
                                                 voice=voice, deadline=deadline):

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tts_core.phrase_cache import PhraseCache, PhraseKey, PhrasePiece
+from tts_core.phrase_cache import PhraseCache, PhraseKey
+from tts_core.render import FrameBatch, RenderItem, SegmentEnd, SegmentStart
 
 FRAME = b"\xff" * 160
 
@@ -31,36 +32,43 @@ class Renderer:
         self.release = asyncio.Event()
         self.release.set()
 
-    async def __call__(self) -> AsyncIterator[list[bytes]]:
+    async def __call__(self) -> AsyncIterator[RenderItem]:
         self.runs += 1
         sent = 0
         try:
-            for _ in range(self.segments):
+            for index in range(self.segments):
+                yield SegmentStart(index, f"segment {index}")
                 for _ in range(0, self.frames_per_segment, self.batch):
                     await self.release.wait()
                     if self.fail_after is not None and sent >= self.fail_after:
                         raise RuntimeError("engine fell over")
                     sent += self.batch
-                    yield [FRAME] * self.batch
+                    yield FrameBatch([FRAME] * self.batch)
                     await asyncio.sleep(0)
-                yield []  # end of segment
-            yield [FRAME]  # the flushed tail
+                yield SegmentEnd(index)
+            yield FrameBatch([FRAME])  # the flushed tail
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
 
 
-async def collect(pieces: AsyncIterator[PhrasePiece]) -> list[PhrasePiece]:
-    return [piece async for piece in pieces]
+async def collect(items: AsyncIterator[RenderItem]) -> list[RenderItem]:
+    return [item async for item in items]
 
 
-def shape(pieces: list[PhrasePiece]) -> list[tuple[int, bool]]:
-    """Merge pieces between segment ends: [(frames in the segment, ends a segment), ...]."""
+def shape(items: list[RenderItem]) -> list[tuple[int, bool]]:
+    """Merge batches between segment ends: [(frames in the segment, ends a segment), ...]; every
+    segment end follows its own segment's start."""
     out: list[tuple[int, bool]] = []
     count = 0
-    for piece in pieces:
-        count += len(piece.frames)
-        if piece.ends_segment:
+    started: list[int] = []
+    for item in items:
+        if isinstance(item, SegmentStart):
+            started.append(item.index)
+        elif isinstance(item, FrameBatch):
+            count += len(item.frames)
+        else:
+            assert started and started[-1] == item.index, (started, item)
             out.append((count, True))
             count = 0
     if count:
@@ -89,12 +97,13 @@ async def test_a_follower_gets_frames_as_they_are_rendered_not_when_the_phrase_i
     cache, render = PhraseCache(), Renderer(frames_per_segment=8)
     render.release.clear()
     follower = cache.follow(key(), render)
+    assert await asyncio.wait_for(follower.__anext__(), 1) == SegmentStart(0, "segment 0")
     first = asyncio.ensure_future(follower.__anext__())
     await asyncio.sleep(0.01)
     assert not first.done()
     render.release.set()
-    piece = await asyncio.wait_for(first, 1)
-    assert len(piece.frames) == 2 and not piece.ends_segment
+    batch = await asyncio.wait_for(first, 1)
+    assert isinstance(batch, FrameBatch) and len(batch.frames) == 2
     await follower.aclose()
 
 

@@ -76,7 +76,7 @@ async def test_three_plays_of_5mb_with_loop_10_stay_within_the_call_budget(media
         assert "budget" in errors(agent)[0] and "big.wav" in errors(agent)[0]
         # the playing clip is one decoded file played 10 times, not a 10x copy
         def clips() -> list:  # type: ignore[type-arg]
-            return [u.source for u in [*session.speaker._active, *session.speaker._pending]]
+            return [u.source for u in [*session.speaker.queue.active, *session.speaker.queue.pending]]
 
         assert await wait_until(lambda: len(clips()) == 2, timeout=10), clips()
         for clip in clips():

@@ -25,6 +25,7 @@ from tts_core.engines.base import SpeechRequest
 from tts_core.engines.offloop import PrioritySlots
 from tts_core.engines.synthetic import SyntheticEngine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
+from tts_core.render import FrameBatch, RenderItem, SegmentEnd, SegmentStart
 
 _text: contextvars.ContextVar[str] = contextvars.ContextVar("text", default="?")
 
@@ -130,11 +131,12 @@ async def test_a_callable_priority_is_asked_again_when_a_slot_frees() -> None:
     assert order == ["pre-render", "live"]
 
 
-async def _frames(n: int, delay: float = 0.0) -> AsyncIterator[list[bytes]]:
+async def _frames(n: int, delay: float = 0.0) -> AsyncIterator[RenderItem]:
+    yield SegmentStart(0, "the only segment")
     for _ in range(n):
         await asyncio.sleep(delay)
-        yield [b"\xff" * 160]
-    yield []
+        yield FrameBatch([b"\xff" * 160])
+    yield SegmentEnd(0)
 
 
 async def test_pre_renders_are_bounded_and_a_followed_one_jumps_the_queue() -> None:
@@ -144,7 +146,7 @@ async def test_pre_renders_are_bounded_and_a_followed_one_jumps_the_queue() -> N
 
     def renderer(name: str):  # type: ignore[no-untyped-def]
         def render(deadline):  # type: ignore[no-untyped-def]
-            async def gen() -> AsyncIterator[list[bytes]]:
+            async def gen() -> AsyncIterator[RenderItem]:
                 started.append(name)
                 deadlines[name] = deadline()
                 async for batch in _frames(50, 0.01):
@@ -162,8 +164,8 @@ async def test_pre_renders_are_bounded_and_a_followed_one_jumps_the_queue() -> N
 
     async def follow() -> int:
         frames = 0
-        async for piece in cache.follow(keys[1], deadline=lambda: 5.0):
-            frames += len(piece.frames)
+        async for item in cache.follow(keys[1], deadline=lambda: 5.0):
+            frames += len(item.frames) if isinstance(item, FrameBatch) else 0
         return frames
 
     follower = asyncio.create_task(follow())

@@ -196,7 +196,7 @@ async def test_barge_in_on_the_only_call_rendering_a_phrase_stops_the_engine() -
     result = await speaker.interrupt()
     assert result is not None and result.outcome is SpeechOutcome.INTERRUPTED
     assert await wait_until(lambda: engine.busy_slots == 0, timeout=1.0)
-    assert not cache.has(speaker._cache_key(PROMPT))  # nothing half-rendered is kept
+    assert not cache.has(speaker.cache_key(PROMPT))  # nothing half-rendered is kept
     assert utt.future.result().outcome is SpeechOutcome.INTERRUPTED
     await speaker.aclose()
 
@@ -242,7 +242,7 @@ async def test_no_media_is_sent_after_clear() -> None:
     await asyncio.sleep(0.3)
     events = [m["event"] for m in wire.messages]
     after = events[events.index("clear") + 1:]
-    queued = speaker._queued_frames
+    queued = speaker.pacer.queued_frames
     await speaker.aclose()
     assert utt.future.result().outcome is SpeechOutcome.INTERRUPTED
     assert after.count("media") == 0, f"{after.count('media')} stale frames sent after clear; " \
@@ -270,7 +270,7 @@ async def test_preemption_only_cuts_preemptible_speech() -> None:
     hold = speaker.submit("Please hold while we find an agent for you, this may take a while.",
                           preemptible=True)
     notice = speaker.submit("This call may be recorded for quality purposes.")  # NOT preemptible
-    assert await wait_until(lambda: greeting.future.done() and speaker._active == [hold])
+    assert await wait_until(lambda: greeting.future.done() and speaker.queue.active == [hold])
     speaker.submit("Your agent is ready.")  # pre-empts the hold message...
     outcome = notice.future.result().outcome if notice.future.done() else None
     await speaker.aclose()
@@ -357,4 +357,17 @@ async def test_a_peer_that_echoes_every_mark_in_time_is_never_declared_stalled()
     assert [r.outcome for r in results] == [SpeechOutcome.PLAYED] * 2
     await asyncio.sleep(0.2)
     assert stalls == [] and not speaker.stalled
+    await speaker.aclose()
+
+
+async def test_echoed_marks_are_matched_by_their_name_never_parsed_back(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def refuse(cls, name):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"mark {name} was parsed back from its string")
+
+    monkeypatch.setattr(MarkName, "parse", classmethod(refuse))
+    wire = Wire()
+    speaker = make_speaker(SyntheticEngine(), wire)
+    result = await asyncio.wait_for(speaker.say("One sentence. And another one."), 5)
+    assert result.outcome is SpeechOutcome.PLAYED
+    assert sum(m["event"] == "mark" for m in wire.messages) == 3  # two segments and the end
     await speaker.aclose()
