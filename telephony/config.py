@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tts_core.errors import ConfigurationError
 from tts_core.presets import DEFAULT_PRESETS_PATH, PresetError, load_presets
 
 DEFAULT_LLM_SYSTEM_PROMPT = (
@@ -25,8 +26,10 @@ DEFAULT_LLM_SYSTEM_PROMPT = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError, ValueError):
     """The configuration cannot work; the message says which setting and why."""
+
+    kind = "invalid_configuration"
 
 
 class Settings(BaseModel):

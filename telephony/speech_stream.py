@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from tts_core.audio import TELEPHONY_RATE, MulawFrameEncoder, Pcm16Encoder
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
+from tts_core.errors import InvalidInput
 from tts_core.presets import Preset
 from tts_core.voices import Voice
 
@@ -115,8 +116,13 @@ async def speech_audio(
         yield tail
 
 
-class ClientGone(Exception):
-    """The client disconnected before the first audio byte."""
+class ClientGone(InvalidInput):
+    """The client disconnected before the first audio byte: nobody to answer; logged as 499
+    (nginx's "client closed request"), never a server error."""
+
+    kind = "client_disconnected"
+    http_status = 499
+    ws_close_code = 1001  # going away
 
 
 async def first_bytes(body: AsyncGenerator[bytes, None], request: Request) -> bytes | None:

@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 
 from tts_core.audio.pcm import pcm_to_float32
+from tts_core.errors import NotFound, Unprocessable, UpstreamFailed
 from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
 
 log = logging.getLogger(__name__)
@@ -70,23 +71,30 @@ class Voice:
 # ---- errors ----------------------------------------------------------------------------------------
 
 
-class InvalidVoiceId(ValueError):
+class InvalidVoiceId(Unprocessable, ValueError):
     """The voice id does not match ``VOICE_ID_PATTERN`` (it is never used in a path or URL)."""
 
+    kind = "invalid_voice"
 
-class VoiceNotFound(LookupError):
+
+class VoiceNotFound(NotFound, LookupError):
     """No level (memory, voices dir, disk cache, voice server) has this voice."""
 
+    kind = "voice_not_found"
 
-class VoiceFetchError(RuntimeError):
-    """The voice server could not deliver a usable voice (timeout, HTTP error, bad body)."""
+
+class VoiceFetchError(UpstreamFailed, RuntimeError):
+    """The voice server (or the disk) could not deliver a usable voice (timeout, HTTP error, bad
+    body): the request was fine, what it depends on failed, hence 502."""
+
+    kind = "voice_fetch_failed"
 
 
 class InvalidVoiceAudio(VoiceFetchError):
     """The reference audio is unusable: not a PCM WAV, empty, too short, too long or silent.
 
     Raised for local files as well as remote ones; it subclasses ``VoiceFetchError`` so callers that
-    handle fetch failures handle it too.
+    handle fetch failures handle it too (the voice's source failed to deliver usable audio).
     """
 
 

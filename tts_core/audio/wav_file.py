@@ -16,10 +16,13 @@ import numpy as np
 import soxr
 
 from tts_core.audio.pcm import pcm_to_float32
+from tts_core.errors import InvalidInput
 
 
-class AudioFileError(ValueError):
+class AudioFileError(InvalidInput, ValueError):
     """The upload is not audio this server can decode; the message says what it is instead."""
+
+    kind = "unsupported_file_format"
 
 
 _PCM, _FLOAT, _ALAW, _MULAW, _EXTENSIBLE = 1, 3, 6, 7, 0xFFFE

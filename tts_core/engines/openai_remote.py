@@ -38,7 +38,7 @@ from tts_core.engines.speech_response import (
     SseAudioDecoder,
     describe_error_body,
 )
-from tts_core.fleet import Fleet, NoServerAvailable, ServerStats
+from tts_core.fleet import Fleet, NoServerAvailable, ServerFailed, ServerStats
 from tts_core.presets import Preset
 from tts_core.voices import Voice
 
@@ -51,10 +51,6 @@ CONNECTIONS_PER_POOL = 16
 _REQUEST_ERRORS = frozenset({400, 413, 422})
 """Statuses that blame our request (bad voice, text too long), not the server: no failover, since
 every server would refuse it alike, and the server stays in service."""
-
-
-class _ServerFailed(Exception):
-    """A server failed before delivering audio: safe to retry the utterance elsewhere."""
 
 
 class OpenAIRemoteEngine(Engine):
@@ -172,14 +168,14 @@ class OpenAIRemoteEngine(Engine):
                     async for chunk in chunks:
                         yield chunk
                 return
-            except _ServerFailed as exc:
+            except ServerFailed as exc:
                 if len(tried) >= 2 or len(tried) == len(self.fleet.servers):
                     raise EngineError(str(exc)) from None
                 log.warning("TTS server failed before audio, retrying on another: %s", exc)
 
     async def _stream_from(self, server: ServerStats, body: dict[str, Any]
                            ) -> AsyncIterator[np.ndarray]:
-        """One attempt on one server. Raises _ServerFailed before the first audio byte,
+        """One attempt on one server. Raises ServerFailed before the first audio byte,
         EngineError after it (or for a request the server refused)."""
         if not self._clients:
             await self.load()
@@ -270,7 +266,7 @@ class OpenAIRemoteEngine(Engine):
         log.warning("TTS server %s failed: %s", server.url, reason)
         if delivered:
             return EngineError(f"TTS server {server.url} failed mid-utterance: {reason}")
-        return _ServerFailed(f"TTS server {server.url}: {reason}")
+        return ServerFailed(f"TTS server {server.url}: {reason}")
 
     # ---- priming -----------------------------------------------------------------------------
     async def warmup(self, voice_id: str, preset: Preset, voice: Voice | None = None
@@ -287,7 +283,7 @@ class OpenAIRemoteEngine(Engine):
                 async with aclosing(self._stream_from(server, body)) as chunks:
                     async for _ in chunks:
                         pass
-            except _ServerFailed as exc:
+            except ServerFailed as exc:
                 raise EngineError(str(exc)) from None
             return (time.perf_counter() - started) * 1000
 

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tts_core.errors import UpstreamFailed
+
 SAMPLE_RATE = 16000
 """What every recogniser takes (Whisper's rate; telephone audio is upsampled once per turn)."""
 
 
-class RecogniserError(RuntimeError):
+class RecogniserError(UpstreamFailed, RuntimeError):
     """The recogniser cannot load, or cannot transcribe this turn; the message says why."""
+
+    kind = "recognition_failed"
 
 
 @dataclass(frozen=True)
