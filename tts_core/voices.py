@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-import wave
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ from typing import Any, BinaryIO
 import httpx
 import numpy as np
 
-from tts_core.audio.pcm import pcm_to_float32
+from tts_core.audio.wav_file import PCM, AudioFileError, check_format, decode, parse_wav
 from tts_core.errors import NotFound, Unprocessable, UpstreamFailed
 from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
 
@@ -119,53 +117,35 @@ def decode_wav(
 ) -> tuple[np.ndarray, int]:
     """Decode a PCM WAV (8/16/24/32-bit, any channel count) into read-only mono float32 in [-1, 1].
 
-    Raises ``InvalidVoiceAudio`` with a readable message for anything that cannot serve as
-    reference audio. The duration is checked from the header before the samples are read.
+    Reads through the one WAV reader (tts_core/audio/wav_file.py). Raises ``InvalidVoiceAudio``
+    with a readable message for anything that cannot serve as reference audio. The duration is
+    checked from the header before the samples are decoded.
     """
     if isinstance(source, bytes | bytearray | memoryview):
-        source = io.BytesIO(bytes(source))
-    elif isinstance(source, os.PathLike):
-        source = os.fspath(source)
+        data = bytes(source)
+    elif isinstance(source, str | os.PathLike):
+        with open(source, "rb") as fh:
+            data = fh.read()
+    else:
+        data = source.read()
     try:
-        with wave.open(source, "rb") as wav:
-            channels = wav.getnchannels()
-            width = wav.getsampwidth()
-            rate = wav.getframerate()
-            declared_frames = wav.getnframes()
-            if wav.getcomptype() != "NONE":
-                raise InvalidVoiceAudio(f"compressed WAV ({wav.getcompname()}) is not supported")
-            if channels < 1:
-                raise InvalidVoiceAudio("WAV has no channels")
-            if width not in (1, 2, 3, 4):
-                raise InvalidVoiceAudio(f"unsupported WAV sample width {width * 8} bits")
-            if not _MIN_SAMPLE_RATE <= rate <= _MAX_SAMPLE_RATE:
-                raise InvalidVoiceAudio(f"unsupported WAV sample rate {rate} Hz")
-            if declared_frames / rate > max_seconds:
-                raise InvalidVoiceAudio(f"reference audio is {declared_frames / rate:.1f} s long; "
-                                        f"the limit is {max_seconds:g} s")
-            raw = wav.readframes(declared_frames)
-    except InvalidVoiceAudio:
-        raise
-    except (wave.Error, EOFError) as exc:
-        raise InvalidVoiceAudio(f"not a valid PCM WAV file: {exc or 'truncated'}") from exc
-
-    frame_bytes = channels * width
-    frames = len(raw) // frame_bytes  # a truncated data chunk yields fewer frames than declared
-    if frames == 0:
+        info = parse_wav(data)
+        check_format(info, min_rate=_MIN_SAMPLE_RATE, max_rate=_MAX_SAMPLE_RATE, encodings=(PCM,))
+    except AudioFileError as exc:
+        raise InvalidVoiceAudio(f"not a valid PCM WAV file: {exc}") from exc
+    if info.seconds > max_seconds:
+        raise InvalidVoiceAudio(f"reference audio is {info.seconds:.1f} s long; "
+                                f"the limit is {max_seconds:g} s")
+    if info.frames == 0:
         raise InvalidVoiceAudio("reference audio is empty")
-    duration = frames / rate
-    if duration < min_seconds:
+    if info.seconds < min_seconds:
         raise InvalidVoiceAudio(
-            f"reference audio is {duration:.2f} s long; at least {min_seconds:g} s is needed")
-    raw = raw[: frames * frame_bytes]
-
-    samples = pcm_to_float32(raw, width, channels)
-    samples = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples.reshape(-1)
-    audio = np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
+            f"reference audio is {info.seconds:.2f} s long; at least {min_seconds:g} s is needed")
+    audio = decode(info)
     if float(np.max(np.abs(audio))) < _SILENCE_PEAK:
         raise InvalidVoiceAudio("reference audio is silent")
     audio.setflags(write=False)  # shared by every call that uses the voice
-    return audio, rate
+    return audio, info.rate
 
 
 def _clean_transcript(text: str) -> str | None:
