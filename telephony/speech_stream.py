@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from tts_core.audio import TELEPHONY_RATE, MulawFrameEncoder, Pcm16Encoder
+from tts_core.audio import MulawFrameEncoder, Pcm16Encoder
+from tts_core.audio.telephony_format import TELEPHONY_RATE
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
 from tts_core.errors import InvalidInput
 from tts_core.presets import Preset

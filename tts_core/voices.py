@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 import httpx
 import numpy as np
 
+from tts_core.audio.telephony_format import TELEPHONY_RATE
 from tts_core.audio.wav_file import PCM, AudioFileError, check_format, decode, parse_wav
 from tts_core.errors import NotFound, Unprocessable, UpstreamFailed
 from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
@@ -48,7 +49,7 @@ MAX_REFERENCE_S = 60.0
 MAX_TRANSCRIPT_BYTES = 64 * 1024
 WAV_CONTENT_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/wave", "application/octet-stream"})
 TRANSCRIPT_CONTENT_TYPES = frozenset({"", "text/plain", "application/octet-stream"})
-_MIN_SAMPLE_RATE = 8000
+_MIN_SAMPLE_RATE = TELEPHONY_RATE  # below the phone line's rate a voice cannot be heard as such
 _MAX_SAMPLE_RATE = 192000
 _SILENCE_PEAK = 1e-4
 

@@ -20,12 +20,13 @@ import httpx
 import numpy as np
 
 from telephony.egress import EgressRefused
+from tts_core.audio.telephony_format import TELEPHONY_RATE
 from tts_core.audio.wav_file import MULAW, PCM, AudioFileError, read_wav, sniff
 from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
 
 WAVE_FORMAT_PCM = PCM
 WAVE_FORMAT_MULAW = MULAW
-MIN_SAMPLE_RATE = 8_000
+MIN_SAMPLE_RATE = TELEPHONY_RATE
 """Below telephone rate a clip would be upsampled many-fold: a small file, a huge one in memory."""
 MAX_SAMPLE_RATE = 384_000
 

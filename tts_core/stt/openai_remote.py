@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 import soxr
 
+from tts_core.audio.telephony_format import TELEPHONY_RATE
 from tts_core.engines.speech_response import describe_error_body
 from tts_core.fleet import Fleet, NoServerAvailable, ServerFailed, ServerStats
 from tts_core.stt.base import SAMPLE_RATE, Recogniser, RecogniserError, Transcript, check_audio
@@ -36,7 +37,7 @@ from tts_core.stt.base import SAMPLE_RATE, Recogniser, RecogniserError, Transcri
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "whisper-1"
-UPLOAD_RATES = (8000, 16000)
+UPLOAD_RATES = (TELEPHONY_RATE, SAMPLE_RATE)
 MAX_ANSWER_BYTES = 1 << 20
 """A transcript of a phone turn is a few hundred bytes; anything past 1 MiB is not an answer."""
 _REQUEST_ERRORS = frozenset({400, 413, 415, 422})
