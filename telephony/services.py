@@ -24,6 +24,7 @@ from telephony.stream_auth import StreamTokens
 from telephony.twilio_rest import TwilioCalls
 from tts_core.audio import MulawFrameEncoder
 from tts_core.engines import Engine
+from tts_core.errors import VoiceBridgeError
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.presets import Preset, PresetBook
 from tts_core.render import utterance_frames
@@ -221,8 +222,10 @@ class Bridge:
 
         def done(t: asyncio.Task[Any]) -> None:
             self.background.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.warning("background %s failed: %s", name, t.exception())
+            error = None if t.cancelled() else t.exception()
+            if error is not None:  # a deliberate error is one line; a bug comes with its traceback
+                log.warning("background %s failed: %s", name, error,
+                            exc_info=None if isinstance(error, VoiceBridgeError) else error)
                 self.metrics.error(f"{name}_failed")
 
         task.add_done_callback(done)

@@ -37,7 +37,7 @@ import numpy as np
 
 from tts_core.audio.telephony_format import TELEPHONY_RATE
 from tts_core.audio.wav_file import PCM, AudioFileError, check_format, decode, parse_wav
-from tts_core.errors import NotFound, Unprocessable, UpstreamFailed
+from tts_core.errors import NotFound, Unprocessable, UpstreamFailed, VoiceBridgeError
 from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
 
 log = logging.getLogger(__name__)
@@ -518,7 +518,7 @@ class VoiceStore:
                 started = time.perf_counter()
                 try:
                     _, level = await self._get(voice_id)
-                except Exception as exc:
+                except VoiceBridgeError as exc:  # a bad voice; anything else is a bug and raises
                     return PreloadResult(voice_id, ok=False, elapsed_ms=_ms_since(started),
                                          error=str(exc), error_type=type(exc).__name__)
                 return PreloadResult(voice_id, ok=True, source=level, elapsed_ms=_ms_since(started))

@@ -294,6 +294,8 @@ class OpenAIRemoteEngine(Engine):
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):
                     raise result
+                if not isinstance(result, EngineError):  # a bug: reported, and logged in full
+                    log.error("warmup of %s failed unexpectedly", server.url, exc_info=result)
                 errors.append(str(result))
             else:
                 timings[server.url] = round(result, 2)
