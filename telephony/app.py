@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket, WebSocketState
 
 from telephony import control_api, media_stream, speech_api, transcription_api, webhook
 from telephony.config import ConfigError, Settings
@@ -63,10 +65,16 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     app.include_router(speech_api.router)  # /v1: OpenAI-shaped errors of its own
 
     @app.exception_handler(VoiceBridgeError)
-    async def deliberate_error(request: Request, exc: VoiceBridgeError):  # type: ignore[no-untyped-def]
-        """Every error of the tree, answered by its class (telephony/errors.py); /v1 answers its own."""
+    async def deliberate_error(conn: HTTPConnection, exc: VoiceBridgeError):  # type: ignore[no-untyped-def]
+        """Every error of the tree, answered by its class (telephony/errors.py); /v1 answers its own.
+        On a WebSocket the class's close code ends the socket (before ``accept``: refused)."""
+        if isinstance(conn, WebSocket):
+            log.info("%s: closing %d: %s: %s", conn.url.path, exc.ws_close_code, type(exc).__name__, exc)
+            if conn.application_state is not WebSocketState.DISCONNECTED:
+                await conn.close(code=exc.ws_close_code)
+            return None
         if exc.http_status >= 500:
-            log.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+            log.warning("%s %s: %s: %s", conn.scope["method"], conn.url.path, type(exc).__name__, exc)
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 
 from telephony.app import create_app
 from telephony.config import settings_from_env
@@ -181,3 +181,28 @@ async def test_v1_bug_is_a_logged_500_in_openais_shape(caplog: pytest.LogCapture
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "server_error"
     assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)
+
+
+# ---- WebSockets: the class's close code -------------------------------------------------------
+def test_a_websocket_route_closes_with_the_errors_close_code() -> None:
+    """An error of the tree escaping a WebSocket route closes the socket with its class's code
+    (NotFound: 1008, Overloaded: 1013)."""
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    settings = settings_from_env({}, insecure_dev=True, stt="off", engine="synthetic")
+    app = create_app(settings, engine=ScriptedEngine())
+    errors: dict[str, BaseException] = {"not-found": VoiceNotFound("no voice 'x'"),
+                                        "busy": NoServerAvailable("every server backs off")}
+
+    async def failing(websocket: WebSocket, name: str) -> None:
+        await websocket.accept()
+        raise errors[name]
+
+    app.add_api_websocket_route("/test-ws/{name}", failing)
+    with TestClient(app) as client:
+        for name, code in (("not-found", 1008), ("busy", 1013)):
+            with client.websocket_connect(f"/test-ws/{name}") as ws, \
+                    pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_text()
+            assert closed.value.code == code, name
