@@ -6,6 +6,7 @@ Built once at start by the app's lifespan; calls borrow from it and never own it
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -80,8 +81,10 @@ class Bridge:
         voices = VoiceStore(settings.voices_dir, remote_base_url=settings.voice_server_url,
                             http_client=http, memory_capacity=settings.voice_cache_size,
                             disk_cache_max_bytes=settings.voice_disk_cache_mb * 1024 * 1024)
+        egress = EgressPolicy.from_settings(settings)
         bridge = cls(
             settings=settings, engine=engine, presets=presets, voices=voices,
+            egress=egress, play_http=guarded_client(egress),
             phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024,
                                 max_prerenders=settings.prerender_concurrency,
                                 max_prerender_queue=settings.prerender_queue,
@@ -91,8 +94,6 @@ class Bridge:
             recogniser=recogniser, owns_recogniser=owns_recogniser,
             twilio=TwilioCalls.from_settings(settings),
         )
-        bridge.egress = EgressPolicy.from_settings(settings)
-        bridge.play_http = guarded_client(bridge.egress)
         if engine.servers():
             bridge.metrics.watch_servers(engine.servers)
         if recogniser is not None and recogniser.servers():
@@ -157,8 +158,9 @@ class Bridge:
     # ---- priming -----------------------------------------------------------------------------
     async def warmup(self, voice_id: str | None, preset: Preset
                      ) -> tuple[str, float, dict[str, float]]:
-        """Load the voice and run a minimal synthesis on every engine target (each server of a
-        remote fleet, each model replica), then prime the resampler and encoder.
+        """The one warmup path (``/warmup`` and the webhook's ``prime``): resolve the voice, run
+        ``Engine.warmup`` (a minimal synthesis on every target: each server of a remote fleet, each
+        model replica), then prime the resampler and encoder.
 
         Returns the voice, the total milliseconds and the milliseconds per target.
         """
@@ -219,17 +221,19 @@ class Bridge:
             return None
         task = asyncio.create_task(coro, name=name)
         self.background.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self.background.discard(t)
-            error = None if t.cancelled() else t.exception()
-            if error is not None:  # a deliberate error is one line; a bug comes with its traceback
-                log.warning("background %s failed: %s", name, error,
-                            exc_info=None if isinstance(error, VoiceBridgeError) else error)
-                self.metrics.error(f"{name}_failed")
-
-        task.add_done_callback(done)
+        task.add_done_callback(functools.partial(_background_done, self, name))
         return task
+
+
+def _background_done(bridge: Bridge, name: str, task: asyncio.Task[Any]) -> None:
+    """Forget a finished background task; count and log its failure (a deliberate error is one
+    line, a bug comes with its traceback)."""
+    bridge.background.discard(task)
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        log.warning("background %s failed: %s", name, error,
+                    exc_info=None if isinstance(error, VoiceBridgeError) else error)
+        bridge.metrics.error(f"{name}_failed")
 
 
 __all__ = ["Bridge", "InvalidVoiceId", "VoiceNotFound", "build_engine", "build_recogniser"]
