@@ -175,15 +175,15 @@ async def _speech_response(request: Request, bridge: Bridge, *, on_close: Callab
     if fmt is None:
         if body.response_format in UNSUPPORTED_FORMATS:
             raise BadRequest(f"response_format {body.response_format!r} is not supported by this "
-                                f"server; use one of {', '.join(FORMATS)}",
-                           param="response_format", code="unsupported_value")
+                             f"server; use one of {', '.join(FORMATS)}",
+                             param="response_format", code="unsupported_value")
         raise BadRequest(f"invalid response_format {body.response_format!r}; supported: "
-                            f"{', '.join(FORMATS)}", param="response_format", code="invalid_value")
+                         f"{', '.join(FORMATS)}", param="response_format", code="invalid_value")
     if not body.input.strip():
         raise BadRequest("input is empty", param="input", code="invalid_value")
     if len(body.input) > MAX_INPUT_CHARS:
         raise BadRequest(f"input is {len(body.input)} characters; the limit is {MAX_INPUT_CHARS}",
-                       param="input", code="string_above_max_length")
+                         param="input", code="string_above_max_length")
     voice_id, voice = await _resolve_voice(bridge, body.voice)
     preset = _preset(bridge, body.speed)
 
@@ -200,11 +200,11 @@ async def _speech_response(request: Request, bridge: Bridge, *, on_close: Callab
     except EngineError as exc:
         bridge.metrics.error("speech_api_engine")
         raise PeerFailed(f"synthesis failed: {exc}",
-                       code="engine_error") from None
+                         code="engine_error") from None
     if first is None:
         bridge.metrics.error("speech_api_engine")
         raise PeerFailed("the engine produced no audio for this input",
-                       code="engine_error")
+                         code="engine_error")
 
     headers = {"X-Sample-Rate": str(fmt.sample_rate), "Cache-Control": "no-store",
                "X-Accel-Buffering": "no"}
@@ -234,7 +234,7 @@ async def retrieve_model(request: Request) -> Response:
     model_id = request.path_params["model_id"]
     if model_id not in _model_ids(bridge):
         raise NoSuchThing(f"The model {model_id!r} does not exist", param="model",
-                       code="model_not_found")
+                          code="model_not_found")
     return JSONResponse(_model(model_id))
 
 
@@ -263,7 +263,7 @@ async def unknown_route(request: Request) -> Response:
     path = request.path_params["path"].strip("/")
     if path in _KNOWN_PATHS:
         raise MethodNotAllowed(f"{request.method} is not allowed on /v1/{path}; use {_KNOWN_PATHS[path]}",
-                       code="method_not_allowed", headers={"Allow": _KNOWN_PATHS[path]})
+                               code="method_not_allowed", headers={"Allow": _KNOWN_PATHS[path]})
     raise NoSuchThing(f"Unknown endpoint /v1/{path}", code="unknown_url")
 
 
@@ -321,13 +321,13 @@ def _authorize(request: Request) -> Bridge:
     if key:
         if not bearer_matches(request.headers, key):  # constant time (telephony/access.py)
             raise AuthRequired("Incorrect or missing API key: send 'Authorization: Bearer <key>' "
-                                "with the server's VOICE_BRIDGE_API_KEY", code="invalid_api_key",
-                           headers={"WWW-Authenticate": 'Bearer realm="voice-bridge"'})
+                               "with the server's VOICE_BRIDGE_API_KEY", code="invalid_api_key",
+                               headers={"WWW-Authenticate": 'Bearer realm="voice-bridge"'})
     elif not bridge.settings.insecure_dev:
         raise AccessDenied("The OpenAI-compatible API is disabled: set VOICE_BRIDGE_API_KEY on the "
-                            "server (clients then send 'Authorization: Bearer <key>'), or run with "
-                            "--insecure-dev for local development",
-                       code="api_disabled")
+                           "server (clients then send 'Authorization: Bearer <key>'), or run with "
+                           "--insecure-dev for local development",
+                           code="api_disabled")
     return bridge
 
 
@@ -345,10 +345,10 @@ def _parse_json(raw: bytes) -> Any:
         raise BadRequest("request body is nested too deeply", code="invalid_json") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over 4,300 digits
         raise BadRequest(f"We could not parse the JSON body of your request: {str(exc)[:200]}",
-                       code="invalid_json") from None
+                         code="invalid_json") from None
     if has_lone_surrogate(data):
         raise BadRequest("The JSON body of your request holds a lone UTF-16 surrogate "
-                       "(not valid Unicode).", code="invalid_json")
+                         "(not valid Unicode).", code="invalid_json")
     return data
 
 
@@ -362,9 +362,9 @@ def _validate(data: Any) -> SpeechBody:
         param = ".".join(str(p) for p in error["loc"]) or None
         if error["type"] == "missing":
             raise BadRequest(f"Missing required parameter: {param!r}", param=param,
-                           code="missing_required_parameter") from None
+                             code="missing_required_parameter") from None
         raise BadRequest(f"Invalid {param!r}: {error['msg']}", param=param,
-                       code="invalid_value") from None
+                         code="invalid_value") from None
 
 
 async def _resolve_voice(bridge: Bridge, requested: str | None) -> tuple[str, Voice | None]:
@@ -378,11 +378,11 @@ async def _resolve_voice(bridge: Bridge, requested: str | None) -> tuple[str, Vo
                           param="voice", code="voice_not_found") from None
     except VoiceFetchError as exc:
         raise PeerFailed(f"voice {requested!r} could not be loaded: {exc}",
-                       param="voice", code="voice_fetch_failed") from None
+                         param="voice", code="voice_fetch_failed") from None
     if voice is not None and not bridge.engine.supports_cloning:
         raise BadRequest(f"engine {bridge.engine.name!r} cannot speak stored (cloned) voices; use "
-                            f"one of {', '.join(bridge.engine.builtin_voices())}",
-                       param="voice", code="unsupported_voice")
+                         f"one of {', '.join(bridge.engine.builtin_voices())}",
+                         param="voice", code="unsupported_voice")
     return voice_id, voice
 
 

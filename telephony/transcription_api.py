@@ -95,10 +95,10 @@ async def create_transcription(request: Request) -> Response:
         model = form.fields.get("model", "").strip()
         if form.file is None:
             raise BadRequest("Missing required parameter: 'file'", param="file",
-                           code="missing_required_parameter")
+                             code="missing_required_parameter")
         if not model:
             raise BadRequest("Missing required parameter: 'model'", param="model",
-                           code="missing_required_parameter")
+                             code="missing_required_parameter")
         response_format = _response_format(form.fields.get("response_format", "json"))
         language = _language(form.fields.get("language"))
         samples = await anyio.to_thread.run_sync(_decode, form.file)
@@ -136,7 +136,7 @@ async def create_transcription(request: Request) -> Response:
 async def transcriptions_wrong_method(request: Request) -> Response:
     _authorize(request)
     raise MethodNotAllowed(f"{request.method} is not allowed on /v1/audio/transcriptions; use POST",
-                   code="method_not_allowed", headers={"Allow": "POST"})
+                           code="method_not_allowed", headers={"Allow": "POST"})
 
 
 # ---- the upload ----------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class _FormCollector:
         name = options.get(b"name")
         if name is None:
             raise BadRequest("a multipart part has no name (Content-Disposition: form-data; "
-                                "name=...)", code="invalid_multipart")
+                             "name=...)", code="invalid_multipart")
         self._name = name.decode("utf-8", "replace")
         self._is_file = self._name == "file"
         if self._is_file:
@@ -202,7 +202,7 @@ class _FormCollector:
                 raise file_too_large()
         elif len(self._data) + end - start > MAX_FIELD_BYTES:
             raise BadRequest(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes",
-                           param=self._name, code="invalid_value")
+                             param=self._name, code="invalid_value")
         self._data += data[start:end]
 
     def _part_end(self) -> None:
@@ -215,8 +215,8 @@ class _FormCollector:
 
 def file_too_large() -> RequestTooLarge:
     return RequestTooLarge(f"Maximum content size limit ({MAX_FILE_BYTES}) exceeded: the file may be "
-                         f"at most {MAX_FILE_BYTES // (1024 * 1024)} MB", param="file",
-                    code="file_too_large")
+                           f"at most {MAX_FILE_BYTES // (1024 * 1024)} MB", param="file",
+                           code="file_too_large")
 
 
 async def read_form(request: Request) -> Form:
@@ -229,7 +229,7 @@ async def read_form(request: Request) -> Form:
         return Form(fields=dict(parse_qsl(raw.decode("utf-8", "replace"))[:MAX_FIELDS]))
     if media_type != b"multipart/form-data" or not boundary:
         raise BadRequest("send the audio as multipart/form-data with a 'file' part (and 'model')",
-                       code="invalid_content_type")
+                         code="invalid_content_type")
     limit = MAX_FILE_BYTES + FORM_OVERHEAD_BYTES
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -247,7 +247,7 @@ async def read_form(request: Request) -> Form:
         parser.finalize()
     except TimeoutError:
         raise RequestTimeout(f"upload not received within {UPLOAD_TIMEOUT_S:.0f} s",
-                       code="request_timeout") from None
+                             code="request_timeout") from None
     except MultipartParseError as exc:
         raise BadRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from None
     return collector.form
@@ -264,10 +264,10 @@ def _decode(data: bytes) -> np.ndarray:
     duration = samples.size / rate
     if duration < MIN_AUDIO_S:
         raise BadRequest(f"Audio file is too short ({duration:.3f} s). Minimum audio length is "
-                            f"{MIN_AUDIO_S} seconds.", param="file", code="audio_too_short")
+                         f"{MIN_AUDIO_S} seconds.", param="file", code="audio_too_short")
     if duration > MAX_AUDIO_S:
         raise BadRequest(f"audio is {duration:.0f} s long; this server transcribes at most "
-                            f"{MAX_AUDIO_S:.0f} s per request", param="file", code="audio_too_long")
+                         f"{MAX_AUDIO_S:.0f} s per request", param="file", code="audio_too_long")
     return to_rate(samples, rate, SAMPLE_RATE)
 
 
@@ -277,9 +277,9 @@ def _response_format(value: str) -> str:
         return value
     if value in UNSUPPORTED_FORMATS:
         raise BadRequest(f"response_format {value!r} is not supported by this server; use one of "
-                            f"{', '.join(FORMATS)}", param="response_format", code="unsupported_value")
+                         f"{', '.join(FORMATS)}", param="response_format", code="unsupported_value")
     raise BadRequest(f"invalid response_format {value!r}; supported: {', '.join(FORMATS)}",
-                   param="response_format", code="invalid_value")
+                     param="response_format", code="invalid_value")
 
 
 def _language(value: str | None) -> str | None:
@@ -289,7 +289,7 @@ def _language(value: str | None) -> str | None:
     code = value.strip().lower().split("-")[0].split("_")[0]
     if not _LANGUAGE.fullmatch(code):
         raise BadRequest(f"invalid language {value!r}: use an ISO-639-1 code such as 'en'",
-                       param="language", code="invalid_value")
+                         param="language", code="invalid_value")
     return code
 
 
@@ -322,7 +322,7 @@ async def _recognise(recogniser: Recogniser, samples: np.ndarray, language: str 
                                                      deadline=time.monotonic() + API_DEADLINE_S)
         except RecogniserError as exc:
             raise PeerFailed(f"recognition failed: {exc}",
-                           code="recognition_failed") from None
+                             code="recognition_failed") from None
         pieces.append({"start": round(start / SAMPLE_RATE, 3), "end": round(end / SAMPLE_RATE, 3),
                        "text": transcript.text, "language": transcript.language})
     return pieces
