@@ -30,21 +30,12 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator
 
+from telephony.errors import AccessDenied, AuthRequired, BadRequest, RequestTimeout, RequestTooLarge
 from telephony.stream_auth import validate_webhook
 
 MAX_FORM_BYTES = 64 * 1024
 """Twilio's webhook forms are a few hundred bytes; operator JSON bodies a few KiB."""
 CLOSE = {"Connection": "close"}
-
-
-class HttpProblem(Exception):
-    """A refusal with its status, code and message; routes turn it into their error shape."""
-
-    def __init__(self, status: int, code: str, message: str,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = dict(headers or {})
 
 
 def bearer_matches(headers: Mapping[str, str], key: str) -> bool:
@@ -70,16 +61,16 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                 if len(body) > limit:
                     raise too_large(limit)
     except TimeoutError:
-        raise HttpProblem(408, "request_timeout", f"request body not received within {timeout_s:g} s",
-                          CLOSE) from None
+        raise RequestTimeout(f"request body not received within {timeout_s:g} s",
+                             headers=CLOSE) from None
     except ClientDisconnect:  # gone mid-body (or cut by the protocol's deadline): no one to answer
-        raise HttpProblem(400, "client_disconnected", "the connection closed before the body was in",
-                          CLOSE) from None
+        raise BadRequest("the connection closed before the body was in", code="client_disconnected",
+                         headers=CLOSE) from None
     return bytes(body)
 
 
-def too_large(limit: int) -> HttpProblem:
-    return HttpProblem(413, "request_too_large", f"request body is larger than {limit} bytes")
+def too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"request body is larger than {limit} bytes")
 
 
 def form_params(body: bytes) -> dict[str, str]:
@@ -114,7 +105,8 @@ def twilio_signature_valid(auth_token: str, url: str, request: Request, body: by
 async def operator_body(request: Request, *, auth_token: str | None, api_key: str | None,
                         insecure_dev: bool, public_url: str, body_timeout_s: float,
                         limit: int = MAX_FORM_BYTES) -> bytes:
-    """Authorize an operator request, then return its (capped) body; raises ``HttpProblem``.
+    """Authorize an operator request, then return its (capped) body; raises a ``Refusal``
+    (telephony/errors.py): ``AuthRequired``, ``AccessDenied`` or one of ``read_body``'s.
 
     The key is checked before the body is read; a signature needs the body, which is read only
     up to ``limit``. No credential at all is refused without reading anything.
@@ -126,8 +118,8 @@ async def operator_body(request: Request, *, auth_token: str | None, api_key: st
         body = await read_body(request, limit, body_timeout_s)
         if twilio_signature_valid(auth_token, public_url, request, body):
             return body
-        raise HttpProblem(403, "invalid_signature", "X-Twilio-Signature does not match this request "
-                          "(check PUBLIC_URL; JSON bodies are signed with bodySHA256)")
+        raise AccessDenied("X-Twilio-Signature does not match this request (check PUBLIC_URL; JSON "
+                           "bodies are signed with bodySHA256)", code="invalid_signature")
     if not api_key and not auth_token and insecure_dev:
         return await read_body(request, limit, body_timeout_s)  # --insecure-dev: open, as /v1
     if "authorization" in request.headers:
@@ -138,5 +130,4 @@ async def operator_body(request: Request, *, auth_token: str | None, api_key: st
     else:
         message = ("operator endpoint: set VOICE_BRIDGE_API_KEY on the server and send "
                    "'Authorization: Bearer <key>', or sign the request as Twilio does")
-    raise HttpProblem(401, "unauthorized", message,
-                      {"WWW-Authenticate": 'Bearer realm="voice-bridge"'})
+    raise AuthRequired(message, headers={"WWW-Authenticate": 'Bearer realm="voice-bridge"'})

@@ -9,12 +9,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket, WebSocketState
 
 from telephony import control_api, media_stream, speech_api, transcription_api, webhook
 from telephony.config import ConfigError, Settings
-from telephony.errors import json_error
+from telephony.errors import error_response, json_error
 from telephony.services import Bridge
 from tts_core.engines import Engine
+from tts_core.errors import VoiceBridgeError
 from tts_core.stt import Recogniser
 
 log = logging.getLogger("voice_bridge")
@@ -61,6 +64,19 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     app.include_router(transcription_api.router)  # /v1 too: before speech_api's /v1 catch-all
     app.include_router(speech_api.router)  # /v1: OpenAI-shaped errors of its own
 
+    @app.exception_handler(VoiceBridgeError)
+    async def deliberate_error(conn: HTTPConnection, exc: VoiceBridgeError):  # type: ignore[no-untyped-def]
+        """Every error of the tree, answered by its class (telephony/errors.py); /v1 answers its own.
+        On a WebSocket the class's close code ends the socket (before ``accept``: refused)."""
+        if isinstance(conn, WebSocket):
+            log.info("%s: closing %d: %s: %s", conn.url.path, exc.ws_close_code, type(exc).__name__, exc)
+            if conn.application_state is not WebSocketState.DISCONNECTED:
+                await conn.close(code=exc.ws_close_code)
+            return None
+        if exc.http_status >= 500:
+            log.warning("%s %s: %s: %s", conn.scope["method"], conn.url.path, type(exc).__name__, exc)
+        return error_response(exc)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException):  # type: ignore[no-untyped-def]
         return json_error(exc.status_code, "http_error", str(exc.detail))
@@ -71,7 +87,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception):  # type: ignore[no-untyped-def]
-        log.exception("unhandled error")
+        """A bug: logged with its traceback (Starlette then re-raises it to the server), never hidden."""
+        log.error("unhandled error", exc_info=exc)
         return json_error(500, "internal_error", "internal server error")
 
     return app

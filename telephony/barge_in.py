@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
-SAMPLE_RATE = 8000
-FRAME_MS = 20
-FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 160
+from tts_core.audio.telephony_format import FRAME_MS, FRAME_SAMPLES, TELEPHONY_RATE
+
+SAMPLE_RATE = TELEPHONY_RATE
 _NOISE_BLOCK_FRAMES = 15  # the noise floor is kept as minima of 300 ms blocks
 _FULL_SCALE_SQUARED = 32768.0 * 32768.0
 

@@ -1,11 +1,15 @@
-"""Operator endpoints: ``/warmup``, ``/preload``, ``/health``, ``/voices``, ``/metrics``."""
+"""Operator endpoints: ``/warmup``, ``/preload``, ``/health``, ``/voices``, ``/metrics``.
+
+Routes raise errors of the tree (tts_core/errors.py, telephony/errors.py) and never build error
+bodies: the app's handler answers each by its class.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -13,16 +17,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from telephony import workers
-from telephony.access import HttpProblem, operator_body
-from telephony.errors import json_error
+from telephony.access import operator_body
+from telephony.errors import BadRequest, UnprocessableRequest
 from telephony.services import Bridge
 from telephony.untrusted import has_lone_surrogate
 from telephony.webhook import public_request_url
-from tts_core.engines import EngineError
-from tts_core.presets import PresetError
-from tts_core.voices import InvalidVoiceId, VoiceFetchError, VoiceNotFound
+from tts_core.errors import Forbidden, Unauthorized
 
 router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
 MAX_PRELOAD = 64
 
 
@@ -44,19 +47,18 @@ async def _json_body(request: Request) -> Any:
     try:
         data = json.loads(body)
     except RecursionError:  # "[[[[..." deeper than the decoder's stack: not a 500
-        raise _BadRequest(json_error(400, "invalid_json", "request body is nested too deeply")) from None
+        raise BadRequest("request body is nested too deeply", code="invalid_json") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over 4,300 digits
-        raise _BadRequest(json_error(400, "invalid_json",
-                                     f"request body is not JSON: {str(exc)[:200]}")) from None
+        raise BadRequest(f"request body is not JSON: {str(exc)[:200]}", code="invalid_json") from None
     if has_lone_surrogate(data):  # would fail every re-encoding of it, far from here
-        raise _BadRequest(json_error(400, "invalid_json",
-                                     "request body holds a lone UTF-16 surrogate (not valid Unicode)"))
+        raise BadRequest("request body holds a lone UTF-16 surrogate (not valid Unicode)",
+                         code="invalid_json")
     return data
 
 
 async def _authorized_body(request: Request) -> bytes:
-    """The capped body of an authorized operator request (see telephony/access.py); raises
-    ``_BadRequest`` with the 401/403/408/413 before any work."""
+    """The capped body of an authorized operator request (see telephony/access.py); raises the
+    401/403/408/413 refusal before any work."""
     bridge: Bridge = request.app.state.bridge
     settings = bridge.settings
     try:
@@ -64,43 +66,31 @@ async def _authorized_body(request: Request) -> bytes:
             request, auth_token=settings.twilio_auth_token, api_key=settings.api_key,
             insecure_dev=settings.insecure_dev, public_url=public_request_url(bridge, request),
             body_timeout_s=settings.body_timeout_s)
-    except HttpProblem as exc:
-        if exc.status in (401, 403):
-            bridge.metrics.error("operator_unauthorized")
-        raise _BadRequest(json_error(exc.status, exc.code, exc.message, headers=exc.headers)) from None
+    except (Unauthorized, Forbidden):
+        bridge.metrics.error("operator_unauthorized")
+        raise
 
 
-class _BadRequest(Exception):
-    def __init__(self, response: JSONResponse) -> None:
-        self.response = response
-
-
-def _validation_error(exc: ValidationError) -> JSONResponse:
-    problems = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
-    return json_error(422, "invalid_request", "request body is invalid", details=problems)
+def _model(model: type[M], data: Any) -> M:
+    """``data`` as ``model``, or a 422 naming each field that is wrong."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                    for e in exc.errors()]
+        raise UnprocessableRequest("request body is invalid", code="invalid_request",
+                                   details=problems) from None
 
 
 @router.post("/warmup")
 async def warmup(request: Request) -> Response:
+    """Errors leave through the app's handler for the error tree (telephony/app.py): unknown
+    preset 422, invalid voice id 422, unknown voice 404, voice fetch 502, unsupported voice 422,
+    engine failure 502, each with its class's code."""
     bridge: Bridge = request.app.state.bridge
-    try:
-        body = WarmupRequest.model_validate(await _json_body(request))
-        preset = bridge.presets.get(body.preset or bridge.settings.default_preset)
-        voice_id, warmup_ms, targets = await bridge.warmup(body.voice, preset)
-    except _BadRequest as exc:
-        return exc.response
-    except ValidationError as exc:
-        return _validation_error(exc)
-    except PresetError as exc:
-        return json_error(422, "unknown_preset", str(exc))
-    except InvalidVoiceId as exc:
-        return json_error(422, "invalid_voice", str(exc))
-    except VoiceNotFound as exc:
-        return json_error(404, "voice_not_found", str(exc))
-    except VoiceFetchError as exc:
-        return json_error(502, "voice_fetch_failed", str(exc))
-    except EngineError as exc:
-        return json_error(422 if "voice" in str(exc) else 500, "engine_error", str(exc))
+    body = _model(WarmupRequest, await _json_body(request))
+    preset = bridge.presets.get(body.preset or bridge.settings.default_preset)
+    voice_id, warmup_ms, targets = await bridge.warmup(body.voice, preset)
     return JSONResponse({"voice": voice_id, "preset": preset.name, "warmup_ms": round(warmup_ms, 2),
                          "targets": targets, "ready": True})
 
@@ -108,13 +98,8 @@ async def warmup(request: Request) -> Response:
 @router.post("/preload")
 async def preload(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
-    try:
-        data = await _json_body(request)
-        body = PreloadRequest.model_validate({"voices": data} if isinstance(data, list) else data)
-    except _BadRequest as exc:
-        return exc.response
-    except ValidationError as exc:
-        return _validation_error(exc)
+    data = await _json_body(request)
+    body = _model(PreloadRequest, {"voices": data} if isinstance(data, list) else data)
     started = time.perf_counter()
     builtin = set(bridge.engine.builtin_voices())
     stored = [v for v in body.voices if v not in builtin]
@@ -180,10 +165,7 @@ async def health(request: Request) -> Response:
 @router.get("/voices")
 async def voices(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
-    try:
-        await _authorized_body(request)  # lists stored voice ids: operators only
-    except _BadRequest as exc:
-        return exc.response
+    await _authorized_body(request)  # lists stored voice ids: operators only
     return JSONResponse({"voices": bridge.list_voices(), "default": bridge.default_voice})
 
 

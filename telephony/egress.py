@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
+from tts_core.errors import Forbidden
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -44,11 +46,17 @@ METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
 LOOPBACK_NETS: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
-class EgressRefused(Exception):
+class EgressRefused(Forbidden):
     """A destination the policy refuses. ``str()`` is for the operator's log (it names the host and
-    address); what a remote party may be told is ``PUBLIC_MESSAGE``, which names nothing."""
+    address); what a remote party may be told (``message``) is ``PUBLIC_MESSAGE``, which names
+    nothing."""
 
     PUBLIC_MESSAGE = "address not allowed"
+    kind = "egress_refused"
+
+    @property
+    def message(self) -> str:
+        return self.PUBLIC_MESSAGE
 
 
 def address_category(ip: IPAddress) -> str | None:

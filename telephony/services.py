@@ -6,6 +6,7 @@ Built once at start by the app's lifespan; calls borrow from it and never own it
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from telephony.backends import build_engine, build_recogniser, start_engine, start_recogniser
 from telephony.config import ConfigError, Settings
 from telephony.drain import DrainState
 from telephony.egress import EgressPolicy, guarded_client
@@ -22,64 +24,19 @@ from telephony.metrics import Metrics
 from telephony.stream_auth import StreamTokens
 from telephony.twilio_rest import TwilioCalls
 from tts_core.audio import MulawFrameEncoder
-from tts_core.engines import Engine, EngineError, create_engine
+from tts_core.engines import Engine
+from tts_core.errors import VoiceBridgeError
 from tts_core.phrase_cache import PhraseCache, PhraseKey
-from tts_core.presets import Preset, PresetBook, load_presets
+from tts_core.presets import Preset, PresetBook
 from tts_core.render import RenderItem, utterance_frames
-from tts_core.stt import Recogniser, RecogniserError, create_recogniser
+from tts_core.stt import Recogniser
 from tts_core.voices import InvalidVoiceId, Voice, VoiceFetchError, VoiceNotFound, VoiceStore
 
 log = logging.getLogger(__name__)
 
 
-REMOTE_CONNECTIONS_PER_SERVER = 64
 WARM_TTL_S = 60.0
 """A webhook re-warms a voice and preset at most this often."""
-
-
-def build_engine(settings: Settings) -> Engine:
-    """The configured engine, with the settings each kind of engine takes."""
-    options: dict[str, Any] = {}
-    if settings.engine == "piper":
-        options = {"max_concurrency": settings.engine_concurrency}
-    elif settings.engine == "openai":
-        options = {
-            "urls": settings.engine_urls(), "model": settings.engine_model,
-            "api_key": settings.engine_api_key, "sample_rate": settings.engine_sample_rate,
-            "voices": settings.engine_voice_names(),
-            "stream_fields": settings.engine_stream_fields.split(",")
-            if settings.engine_stream_fields else [],
-            "send_preset_params": settings.engine_send_preset_params,
-            "first_byte_timeout_s": settings.engine_first_byte_timeout_s,
-            "stall_timeout_s": settings.engine_stall_timeout_s,
-            "backoff_s": settings.engine_backoff_s,
-            # Connections per server: GPU servers batch many streams, so the default is generous.
-            "max_in_flight_per_server": settings.engine_concurrency
-            if "engine_concurrency" in settings.model_fields_set else REMOTE_CONNECTIONS_PER_SERVER,
-        }
-    elif settings.engine == "synthetic":
-        options = {"first_chunk_delay_s": settings.synthetic_first_chunk_ms / 1000,
-                   "realtime_factor": settings.synthetic_realtime_factor}
-    elif settings.engine == "chatterbox":
-        options = {"checkpoint_dir": settings.checkpoint_dir, "device": settings.device,
-                   "replicas": settings.engine_replicas}
-        if settings.voices_dir is not None:  # prepared voices cached beside the voices themselves
-            options["conds_dir"] = settings.voices_dir / ".chatterbox-conds"
-    return create_engine(settings.engine, **options)
-
-
-def build_recogniser(settings: Settings) -> Recogniser | None:
-    """The configured speech recogniser (None with VOICE_BRIDGE_STT=off); not loaded yet."""
-    if settings.stt == "off":
-        return None
-    if settings.stt == "local":
-        return create_recogniser("local", model=settings.stt_model,
-                                 concurrency=settings.stt_concurrency)
-    return create_recogniser(
-        "openai", urls=settings.stt_urls(), model=settings.stt_model, api_key=settings.stt_api_key,
-        upload_rate=settings.stt_upload_rate, timeout_s=settings.stt_timeout_s,
-        backoff_s=settings.stt_backoff_s,
-        max_in_flight_per_server=settings.stt_concurrency or REMOTE_CONNECTIONS_PER_SERVER)
 
 
 @dataclass
@@ -115,34 +72,19 @@ class Bridge:
                     recogniser: Recogniser | None = None) -> Bridge:
         """``recogniser`` overrides the configured one and stays the caller's to close (tests share
         one loaded model between many bridges)."""
-        presets = load_presets(settings.presets_path)
-        presets.get(settings.default_preset)  # unknown default preset: fail at start
+        presets = settings.preset_book()  # loaded and checked once, when the settings were validated
         owns_recogniser = recogniser is None
-        if settings.stt == "off":
-            recogniser = None
-        elif recogniser is None:
-            try:
-                recogniser = build_recogniser(settings)
-                if recogniser is not None:
-                    await recogniser.load()
-            except RecogniserError as exc:
-                raise ConfigError(f"VOICE_BRIDGE_STT={settings.stt}: {exc}") from None
-        if engine is None:
-            engine = build_engine(settings)
-        try:
-            await engine.load()
-        except BaseException as exc:
-            if recogniser is not None and owns_recogniser:
-                await recogniser.aclose()
-            if isinstance(exc, EngineError):  # missing weights / extra / device: a configuration problem
-                raise ConfigError(f"VOICE_BRIDGE_ENGINE={settings.engine}: {exc}") from exc
-            raise
+        recogniser = await start_recogniser(settings, recogniser)
+        engine = await start_engine(settings, engine,
+                                    recogniser if owns_recogniser else None)
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
         voices = VoiceStore(settings.voices_dir, remote_base_url=settings.voice_server_url,
                             http_client=http, memory_capacity=settings.voice_cache_size,
                             disk_cache_max_bytes=settings.voice_disk_cache_mb * 1024 * 1024)
+        egress = EgressPolicy.from_settings(settings)
         bridge = cls(
             settings=settings, engine=engine, presets=presets, voices=voices,
+            egress=egress, play_http=guarded_client(egress),
             phrases=PhraseCache(max_bytes=settings.phrase_cache_mb * 1024 * 1024,
                                 max_prerenders=settings.prerender_concurrency,
                                 max_prerender_queue=settings.prerender_queue,
@@ -152,8 +94,6 @@ class Bridge:
             recogniser=recogniser, owns_recogniser=owns_recogniser,
             twilio=TwilioCalls.from_settings(settings),
         )
-        bridge.egress = EgressPolicy.from_settings(settings)
-        bridge.play_http = guarded_client(bridge.egress)
         if engine.servers():
             bridge.metrics.watch_servers(engine.servers)
         if recogniser is not None and recogniser.servers():
@@ -218,8 +158,9 @@ class Bridge:
     # ---- priming -----------------------------------------------------------------------------
     async def warmup(self, voice_id: str | None, preset: Preset
                      ) -> tuple[str, float, dict[str, float]]:
-        """Load the voice and run a minimal synthesis on every engine target (each server of a
-        remote fleet, each model replica), then prime the resampler and encoder.
+        """The one warmup path (``/warmup`` and the webhook's ``prime``): resolve the voice, run
+        ``Engine.warmup`` (a minimal synthesis on every target: each server of a remote fleet, each
+        model replica), then prime the resampler and encoder.
 
         Returns the voice, the total milliseconds and the milliseconds per target.
         """
@@ -280,15 +221,19 @@ class Bridge:
             return None
         task = asyncio.create_task(coro, name=name)
         self.background.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self.background.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.warning("background %s failed: %s", name, t.exception())
-                self.metrics.error(f"{name}_failed")
-
-        task.add_done_callback(done)
+        task.add_done_callback(functools.partial(_background_done, self, name))
         return task
 
 
-__all__ = ["Bridge", "InvalidVoiceId", "VoiceNotFound"]
+def _background_done(bridge: Bridge, name: str, task: asyncio.Task[Any]) -> None:
+    """Forget a finished background task; count and log its failure (a deliberate error is one
+    line, a bug comes with its traceback)."""
+    bridge.background.discard(task)
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        log.warning("background %s failed: %s", name, error,
+                    exc_info=None if isinstance(error, VoiceBridgeError) else error)
+        bridge.metrics.error(f"{name}_failed")
+
+
+__all__ = ["Bridge", "InvalidVoiceId", "VoiceNotFound", "build_engine", "build_recogniser"]

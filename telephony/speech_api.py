@@ -9,7 +9,8 @@ because clients send vendor flags, and ``voice`` is optional (the bridge's defau
 Access: with ``VOICE_BRIDGE_API_KEY`` every ``/v1`` request needs ``Authorization: Bearer <key>``;
 without a key the routes are open only under ``--insecure-dev``, and otherwise answer 403 with how
 to enable them. Every error here has OpenAI's shape ``{"error": {"message", "type", "param",
-"code"}}`` (not the bridge's own), because OpenAI clients parse exactly that.
+"code"}}`` (not the bridge's own), because OpenAI clients parse exactly that; its status and type
+come from the error's class in the one tree (``openai_error``), like every other endpoint's.
 """
 
 from __future__ import annotations
@@ -25,8 +26,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from telephony.access import HttpProblem, bearer_matches, read_body
+from telephony.access import bearer_matches, read_body
 from telephony.config import Settings
+from telephony.errors import (
+    AccessDenied,
+    AuthRequired,
+    BadRequest,
+    Busy,
+    MethodNotAllowed,
+    NoSuchThing,
+    PeerFailed,
+    Refusal,
+    error_code,
+)
 from telephony.services import Bridge
 from telephony.speech_stream import (
     FORMATS,
@@ -40,6 +52,14 @@ from telephony.speech_stream import (
 )
 from telephony.untrusted import has_lone_surrogate
 from tts_core.engines import EngineError, UnsupportedVoiceError
+from tts_core.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+    Unprocessable,
+    VoiceBridgeError,
+)
 from tts_core.presets import Preset
 from tts_core.text.segmenter import segment_text
 from tts_core.voices import InvalidVoiceId, Voice, VoiceFetchError, VoiceNotFound
@@ -62,22 +82,25 @@ _CREATED = int(time.time())
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
-class ApiError(Exception):
-    """An OpenAI-shaped error response, raised anywhere in a handler."""
-
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            status_code=self.status, headers=self.headers,
-            content={"error": {"message": self.message, "type": self.type, "param": self.param,
-                               "code": self.code}},
-        )
+def openai_error(exc: VoiceBridgeError) -> JSONResponse:
+    """An error of the tree in OpenAI's shape, status and type from its class: OpenAI clients
+    parse ``{"error": {"message", "type", "param", "code"}}`` and expect 400 (not 422) for any
+    value they sent wrong."""
+    status = 400 if isinstance(exc, Unprocessable) else exc.http_status
+    if isinstance(exc, NotFound):
+        type_ = "not_found_error"
+    elif isinstance(exc, Forbidden):
+        type_ = "permission_error"
+    elif isinstance(exc, Busy):
+        type_ = "rate_limit_error"
+    elif isinstance(exc, InvalidInput | Unauthorized):
+        type_ = "invalid_request_error"
+    else:  # UpstreamFailed, Overloaded, ConfigurationError
+        type_ = "server_error"
+    param = exc.param if isinstance(exc, Refusal) else None
+    headers = exc.headers if isinstance(exc, Refusal) else None
+    return JSONResponse(status_code=status, headers=headers or None, content={
+        "error": {"message": exc.message, "type": type_, "param": param, "code": error_code(exc)}})
 
 
 class SpeechBody(BaseModel):
@@ -116,11 +139,13 @@ def _openai_errors(handler: Handler) -> Handler:
     async def guarded(request: Request) -> Response:
         try:
             return await handler(request)
-        except ApiError as exc:
-            return exc.response()
-        except Exception:
+        except VoiceBridgeError as exc:
+            if exc.http_status >= 500:
+                log.warning("%s: %s: %s", request.url.path, type(exc).__name__, exc)
+            return openai_error(exc)
+        except Exception:  # a bug: logged with its traceback, answered 500 in OpenAI's shape
             log.exception("unhandled error in %s", request.url.path)
-            return ApiError(500, "internal server error", type_="server_error").response()
+            return openai_error(VoiceBridgeError("internal server error"))
 
     guarded.__name__ = handler.__name__
     guarded.__doc__ = handler.__doc__
@@ -149,16 +174,16 @@ async def _speech_response(request: Request, bridge: Bridge, *, on_close: Callab
     fmt = FORMATS.get(body.response_format)
     if fmt is None:
         if body.response_format in UNSUPPORTED_FORMATS:
-            raise ApiError(400, f"response_format {body.response_format!r} is not supported by this "
-                                f"server; use one of {', '.join(FORMATS)}",
-                           param="response_format", code="unsupported_value")
-        raise ApiError(400, f"invalid response_format {body.response_format!r}; supported: "
-                            f"{', '.join(FORMATS)}", param="response_format", code="invalid_value")
+            raise BadRequest(f"response_format {body.response_format!r} is not supported by this "
+                             f"server; use one of {', '.join(FORMATS)}",
+                             param="response_format", code="unsupported_value")
+        raise BadRequest(f"invalid response_format {body.response_format!r}; supported: "
+                         f"{', '.join(FORMATS)}", param="response_format", code="invalid_value")
     if not body.input.strip():
-        raise ApiError(400, "input is empty", param="input", code="invalid_value")
+        raise BadRequest("input is empty", param="input", code="invalid_value")
     if len(body.input) > MAX_INPUT_CHARS:
-        raise ApiError(400, f"input is {len(body.input)} characters; the limit is {MAX_INPUT_CHARS}",
-                       param="input", code="string_above_max_length")
+        raise BadRequest(f"input is {len(body.input)} characters; the limit is {MAX_INPUT_CHARS}",
+                         param="input", code="string_above_max_length")
     voice_id, voice = await _resolve_voice(bridge, body.voice)
     preset = _preset(bridge, body.speed)
 
@@ -171,15 +196,15 @@ async def _speech_response(request: Request, bridge: Bridge, *, on_close: Callab
         log.info("speech client left before the first audio byte")
         return Response(status_code=499)
     except UnsupportedVoiceError as exc:
-        raise ApiError(400, str(exc), param="voice", code="unsupported_voice") from None
+        raise BadRequest(str(exc), param="voice", code="unsupported_voice") from None
     except EngineError as exc:
         bridge.metrics.error("speech_api_engine")
-        raise ApiError(502, f"synthesis failed: {exc}", type_="server_error",
-                       code="engine_error") from None
+        raise PeerFailed(f"synthesis failed: {exc}",
+                         code="engine_error") from None
     if first is None:
         bridge.metrics.error("speech_api_engine")
-        raise ApiError(502, "the engine produced no audio for this input", type_="server_error",
-                       code="engine_error")
+        raise PeerFailed("the engine produced no audio for this input",
+                         code="engine_error")
 
     headers = {"X-Sample-Rate": str(fmt.sample_rate), "Cache-Control": "no-store",
                "X-Accel-Buffering": "no"}
@@ -208,8 +233,8 @@ async def retrieve_model(request: Request) -> Response:
     bridge = _authorize(request)
     model_id = request.path_params["model_id"]
     if model_id not in _model_ids(bridge):
-        raise ApiError(404, f"The model {model_id!r} does not exist", param="model",
-                       code="model_not_found")
+        raise NoSuchThing(f"The model {model_id!r} does not exist", param="model",
+                          code="model_not_found")
     return JSONResponse(_model(model_id))
 
 
@@ -237,9 +262,9 @@ async def unknown_route(request: Request) -> Response:
     _authorize(request)
     path = request.path_params["path"].strip("/")
     if path in _KNOWN_PATHS:
-        raise ApiError(405, f"{request.method} is not allowed on /v1/{path}; use {_KNOWN_PATHS[path]}",
-                       code="method_not_allowed", headers={"Allow": _KNOWN_PATHS[path]})
-    raise ApiError(404, f"Unknown endpoint /v1/{path}", type_="not_found_error", code="unknown_url")
+        raise MethodNotAllowed(f"{request.method} is not allowed on /v1/{path}; use {_KNOWN_PATHS[path]}",
+                               code="method_not_allowed", headers={"Allow": _KNOWN_PATHS[path]})
+    raise NoSuchThing(f"Unknown endpoint /v1/{path}", code="unknown_url")
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -257,9 +282,8 @@ class InFlight:
     def acquire(self) -> Callable[[], None]:
         """Take a place; returns its release (idempotent). Raises the 429."""
         if self.count >= self.limit:
-            raise ApiError(429, f"server busy: {self.count} speech requests in flight (limit "
-                                f"{self.limit}); retry shortly or use another server",
-                           type_="rate_limit_error", code="server_busy", headers={"Retry-After": "1"})
+            raise Busy(f"server busy: {self.count} speech requests in flight (limit {self.limit}); "
+                       "retry shortly or use another server", headers={"Retry-After": "1"})
         self.count += 1
         released = False
 
@@ -296,14 +320,14 @@ def _authorize(request: Request) -> Bridge:
     key = bridge.settings.api_key
     if key:
         if not bearer_matches(request.headers, key):  # constant time (telephony/access.py)
-            raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' "
-                                "with the server's VOICE_BRIDGE_API_KEY", code="invalid_api_key",
-                           headers={"WWW-Authenticate": 'Bearer realm="voice-bridge"'})
+            raise AuthRequired("Incorrect or missing API key: send 'Authorization: Bearer <key>' "
+                               "with the server's VOICE_BRIDGE_API_KEY", code="invalid_api_key",
+                               headers={"WWW-Authenticate": 'Bearer realm="voice-bridge"'})
     elif not bridge.settings.insecure_dev:
-        raise ApiError(403, "The OpenAI-compatible API is disabled: set VOICE_BRIDGE_API_KEY on the "
-                            "server (clients then send 'Authorization: Bearer <key>'), or run with "
-                            "--insecure-dev for local development", type_="permission_error",
-                       code="api_disabled")
+        raise AccessDenied("The OpenAI-compatible API is disabled: set VOICE_BRIDGE_API_KEY on the "
+                           "server (clients then send 'Authorization: Bearer <key>'), or run with "
+                           "--insecure-dev for local development",
+                           code="api_disabled")
     return bridge
 
 
@@ -311,57 +335,54 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it (or its declared length) exceeds ``limit``, and
     with 408 if it does not arrive within ``BODY_TIMEOUT_S`` (a trickling client holds a
     connection)."""
-    try:
-        return await read_body(request, limit, BODY_TIMEOUT_S)
-    except HttpProblem as exc:
-        raise ApiError(exc.status, exc.message, code=exc.code, headers=exc.headers) from None
+    return await read_body(request, limit, BODY_TIMEOUT_S)
 
 
 def _parse_json(raw: bytes) -> Any:
     try:
         data = json.loads(raw)
     except RecursionError:
-        raise ApiError(400, "request body is nested too deeply", code="invalid_json") from None
+        raise BadRequest("request body is nested too deeply", code="invalid_json") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over 4,300 digits
-        raise ApiError(400, f"We could not parse the JSON body of your request: {str(exc)[:200]}",
-                       code="invalid_json") from None
+        raise BadRequest(f"We could not parse the JSON body of your request: {str(exc)[:200]}",
+                         code="invalid_json") from None
     if has_lone_surrogate(data):
-        raise ApiError(400, "The JSON body of your request holds a lone UTF-16 surrogate "
-                       "(not valid Unicode).", code="invalid_json")
+        raise BadRequest("The JSON body of your request holds a lone UTF-16 surrogate "
+                         "(not valid Unicode).", code="invalid_json")
     return data
 
 
 def _validate(data: Any) -> SpeechBody:
     if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
     try:
         return SpeechBody.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         param = ".".join(str(p) for p in error["loc"]) or None
         if error["type"] == "missing":
-            raise ApiError(400, f"Missing required parameter: {param!r}", param=param,
-                           code="missing_required_parameter") from None
-        raise ApiError(400, f"Invalid {param!r}: {error['msg']}", param=param,
-                       code="invalid_value") from None
+            raise BadRequest(f"Missing required parameter: {param!r}", param=param,
+                             code="missing_required_parameter") from None
+        raise BadRequest(f"Invalid {param!r}: {error['msg']}", param=param,
+                         code="invalid_value") from None
 
 
 async def _resolve_voice(bridge: Bridge, requested: str | None) -> tuple[str, Voice | None]:
     try:
         voice_id, voice = await bridge.resolve_voice(requested)
     except InvalidVoiceId as exc:
-        raise ApiError(400, str(exc), param="voice", code="invalid_value") from None
+        raise BadRequest(str(exc), param="voice", code="invalid_value") from None
     except VoiceNotFound:
         known = [v["id"] for v in bridge.list_voices()][:20]
-        raise ApiError(404, f"voice {requested!r} not found; available: {', '.join(known) or 'none'}",
-                       type_="not_found_error", param="voice", code="voice_not_found") from None
+        raise NoSuchThing(f"voice {requested!r} not found; available: {', '.join(known) or 'none'}",
+                          param="voice", code="voice_not_found") from None
     except VoiceFetchError as exc:
-        raise ApiError(502, f"voice {requested!r} could not be loaded: {exc}", type_="server_error",
-                       param="voice", code="voice_fetch_failed") from None
+        raise PeerFailed(f"voice {requested!r} could not be loaded: {exc}",
+                         param="voice", code="voice_fetch_failed") from None
     if voice is not None and not bridge.engine.supports_cloning:
-        raise ApiError(400, f"engine {bridge.engine.name!r} cannot speak stored (cloned) voices; use "
-                            f"one of {', '.join(bridge.engine.builtin_voices())}",
-                       param="voice", code="unsupported_voice")
+        raise BadRequest(f"engine {bridge.engine.name!r} cannot speak stored (cloned) voices; use "
+                         f"one of {', '.join(bridge.engine.builtin_voices())}",
+                         param="voice", code="unsupported_voice")
     return voice_id, voice
 
 

@@ -25,8 +25,10 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from tts_core.audio import TELEPHONY_RATE, MulawFrameEncoder, Pcm16Encoder
+from tts_core.audio import MulawFrameEncoder, Pcm16Encoder
+from tts_core.audio.telephony_format import TELEPHONY_RATE
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
+from tts_core.errors import InvalidInput, VoiceBridgeError
 from tts_core.presets import Preset
 from tts_core.voices import Voice
 
@@ -115,8 +117,13 @@ async def speech_audio(
         yield tail
 
 
-class ClientGone(Exception):
-    """The client disconnected before the first audio byte."""
+class ClientGone(InvalidInput):
+    """The client disconnected before the first audio byte: nobody to answer; logged as 499
+    (nginx's "client closed request"), never a server error."""
+
+    kind = "client_disconnected"
+    http_status = 499
+    ws_close_code = 1001  # going away
 
 
 async def first_bytes(body: AsyncGenerator[bytes, None], request: Request) -> bytes | None:
@@ -181,7 +188,8 @@ async def sse_events(
             async for data in rest:
                 yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
         except Exception as exc:  # the status line is gone: report it in-band
-            log.warning("speech stream failed mid-body: %s", exc)
+            log.warning("speech stream failed mid-body: %s", exc,
+                        exc_info=not isinstance(exc, VoiceBridgeError))  # a bug: with its traceback
             yield event({"type": "error", "error": {"message": f"synthesis failed: {exc}",
                                                     "type": "server_error", "param": None,
                                                     "code": "engine_error"}})

@@ -32,10 +32,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from telephony.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    PeerFailed,
+    RequestTimeout,
+    RequestTooLarge,
+    Unavailable,
+)
 from telephony.services import Bridge
 from telephony.speech_api import (
     IN_FLIGHT_PER_SLOT,
-    ApiError,
     InFlight,
     _authorize,
     _openai_errors,
@@ -80,18 +87,18 @@ async def create_transcription(request: Request) -> Response:
     bridge = _authorize(request)
     recogniser = bridge.recogniser
     if recogniser is None:
-        raise ApiError(503, "speech recognition is off on this server (VOICE_BRIDGE_STT=off)",
-                       type_="server_error", code="stt_disabled")
+        raise Unavailable("speech recognition is off on this server (VOICE_BRIDGE_STT=off)",
+                          code="stt_disabled")
     release = _in_flight(request, bridge).acquire()
     try:
         form = await read_form(request)
         model = form.fields.get("model", "").strip()
         if form.file is None:
-            raise ApiError(400, "Missing required parameter: 'file'", param="file",
-                           code="missing_required_parameter")
+            raise BadRequest("Missing required parameter: 'file'", param="file",
+                             code="missing_required_parameter")
         if not model:
-            raise ApiError(400, "Missing required parameter: 'model'", param="model",
-                           code="missing_required_parameter")
+            raise BadRequest("Missing required parameter: 'model'", param="model",
+                             code="missing_required_parameter")
         response_format = _response_format(form.fields.get("response_format", "json"))
         language = _language(form.fields.get("language"))
         samples = await anyio.to_thread.run_sync(_decode, form.file)
@@ -128,8 +135,8 @@ async def create_transcription(request: Request) -> Response:
 @_openai_errors
 async def transcriptions_wrong_method(request: Request) -> Response:
     _authorize(request)
-    raise ApiError(405, f"{request.method} is not allowed on /v1/audio/transcriptions; use POST",
-                   code="method_not_allowed", headers={"Allow": "POST"})
+    raise MethodNotAllowed(f"{request.method} is not allowed on /v1/audio/transcriptions; use POST",
+                           code="method_not_allowed", headers={"Allow": "POST"})
 
 
 # ---- the upload ----------------------------------------------------------------------------------
@@ -177,25 +184,25 @@ class _FormCollector:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name")
         if name is None:
-            raise ApiError(400, "a multipart part has no name (Content-Disposition: form-data; "
-                                "name=...)", code="invalid_multipart")
+            raise BadRequest("a multipart part has no name (Content-Disposition: form-data; "
+                             "name=...)", code="invalid_multipart")
         self._name = name.decode("utf-8", "replace")
         self._is_file = self._name == "file"
         if self._is_file:
             if self.form.file is not None:
-                raise ApiError(400, "more than one 'file' part", param="file", code="invalid_value")
+                raise BadRequest("more than one 'file' part", param="file", code="invalid_value")
             filename = options.get(b"filename")
             self.form.filename = filename.decode("utf-8", "replace") if filename else None
         elif len(self.form.fields) >= MAX_FIELDS:
-            raise ApiError(400, f"more than {MAX_FIELDS} form fields", code="invalid_multipart")
+            raise BadRequest(f"more than {MAX_FIELDS} form fields", code="invalid_multipart")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
             if len(self._data) + end - start > MAX_FILE_BYTES:
                 raise file_too_large()
         elif len(self._data) + end - start > MAX_FIELD_BYTES:
-            raise ApiError(400, f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes",
-                           param=self._name, code="invalid_value")
+            raise BadRequest(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes",
+                             param=self._name, code="invalid_value")
         self._data += data[start:end]
 
     def _part_end(self) -> None:
@@ -206,10 +213,10 @@ class _FormCollector:
         self._data = bytearray()
 
 
-def file_too_large() -> ApiError:
-    return ApiError(413, f"Maximum content size limit ({MAX_FILE_BYTES}) exceeded: the file may be "
-                         f"at most {MAX_FILE_BYTES // (1024 * 1024)} MB", param="file",
-                    code="file_too_large")
+def file_too_large() -> RequestTooLarge:
+    return RequestTooLarge(f"Maximum content size limit ({MAX_FILE_BYTES}) exceeded: the file may be "
+                           f"at most {MAX_FILE_BYTES // (1024 * 1024)} MB", param="file",
+                           code="file_too_large")
 
 
 async def read_form(request: Request) -> Form:
@@ -221,8 +228,8 @@ async def read_form(request: Request) -> Form:
         raw = await _read_body(request, FORM_OVERHEAD_BYTES)
         return Form(fields=dict(parse_qsl(raw.decode("utf-8", "replace"))[:MAX_FIELDS]))
     if media_type != b"multipart/form-data" or not boundary:
-        raise ApiError(400, "send the audio as multipart/form-data with a 'file' part (and 'model')",
-                       code="invalid_content_type")
+        raise BadRequest("send the audio as multipart/form-data with a 'file' part (and 'model')",
+                         code="invalid_content_type")
     limit = MAX_FILE_BYTES + FORM_OVERHEAD_BYTES
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -239,28 +246,28 @@ async def read_form(request: Request) -> Form:
                 parser.write(chunk)
         parser.finalize()
     except TimeoutError:
-        raise ApiError(408, f"upload not received within {UPLOAD_TIMEOUT_S:.0f} s",
-                       code="request_timeout") from None
+        raise RequestTimeout(f"upload not received within {UPLOAD_TIMEOUT_S:.0f} s",
+                             code="request_timeout") from None
     except MultipartParseError as exc:
-        raise ApiError(400, f"malformed multipart body: {exc}", code="invalid_multipart") from None
+        raise BadRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from None
     return collector.form
 
 
 def _decode(data: bytes) -> np.ndarray:
     """Blocking (runs in a worker thread): WAV -> mono float32 at the recogniser's rate."""
     if not data:
-        raise ApiError(400, "the uploaded file is empty", param="file", code="invalid_value")
+        raise BadRequest("the uploaded file is empty", param="file", code="invalid_value")
     try:
         samples, rate = read_wav(data)
     except AudioFileError as exc:
-        raise ApiError(400, str(exc), param="file", code="unsupported_file_format") from None
+        raise BadRequest(str(exc), param="file", code="unsupported_file_format") from None
     duration = samples.size / rate
     if duration < MIN_AUDIO_S:
-        raise ApiError(400, f"Audio file is too short ({duration:.3f} s). Minimum audio length is "
-                            f"{MIN_AUDIO_S} seconds.", param="file", code="audio_too_short")
+        raise BadRequest(f"Audio file is too short ({duration:.3f} s). Minimum audio length is "
+                         f"{MIN_AUDIO_S} seconds.", param="file", code="audio_too_short")
     if duration > MAX_AUDIO_S:
-        raise ApiError(400, f"audio is {duration:.0f} s long; this server transcribes at most "
-                            f"{MAX_AUDIO_S:.0f} s per request", param="file", code="audio_too_long")
+        raise BadRequest(f"audio is {duration:.0f} s long; this server transcribes at most "
+                         f"{MAX_AUDIO_S:.0f} s per request", param="file", code="audio_too_long")
     return to_rate(samples, rate, SAMPLE_RATE)
 
 
@@ -269,10 +276,10 @@ def _response_format(value: str) -> str:
     if value in FORMATS:
         return value
     if value in UNSUPPORTED_FORMATS:
-        raise ApiError(400, f"response_format {value!r} is not supported by this server; use one of "
-                            f"{', '.join(FORMATS)}", param="response_format", code="unsupported_value")
-    raise ApiError(400, f"invalid response_format {value!r}; supported: {', '.join(FORMATS)}",
-                   param="response_format", code="invalid_value")
+        raise BadRequest(f"response_format {value!r} is not supported by this server; use one of "
+                         f"{', '.join(FORMATS)}", param="response_format", code="unsupported_value")
+    raise BadRequest(f"invalid response_format {value!r}; supported: {', '.join(FORMATS)}",
+                     param="response_format", code="invalid_value")
 
 
 def _language(value: str | None) -> str | None:
@@ -281,8 +288,8 @@ def _language(value: str | None) -> str | None:
         return None
     code = value.strip().lower().split("-")[0].split("_")[0]
     if not _LANGUAGE.fullmatch(code):
-        raise ApiError(400, f"invalid language {value!r}: use an ISO-639-1 code such as 'en'",
-                       param="language", code="invalid_value")
+        raise BadRequest(f"invalid language {value!r}: use an ISO-639-1 code such as 'en'",
+                         param="language", code="invalid_value")
     return code
 
 
@@ -314,8 +321,8 @@ async def _recognise(recogniser: Recogniser, samples: np.ndarray, language: str 
             transcript = await recogniser.transcribe(samples[start:end], language=language,
                                                      deadline=time.monotonic() + API_DEADLINE_S)
         except RecogniserError as exc:
-            raise ApiError(502, f"recognition failed: {exc}", type_="server_error",
-                           code="recognition_failed") from None
+            raise PeerFailed(f"recognition failed: {exc}",
+                             code="recognition_failed") from None
         pieces.append({"start": round(start / SAMPLE_RATE, 3), "end": round(end / SAMPLE_RATE, 3),
                        "text": transcript.text, "language": transcript.language})
     return pieces

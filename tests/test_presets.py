@@ -171,3 +171,34 @@ def test_invalid_yaml_is_a_preset_error(tmp_path: Path) -> None:
     with pytest.raises(PresetError, match="invalid YAML") as info:
         load_presets(path)
     assert str(path) in str(info.value)
+
+
+# ---- read once ---------------------------------------------------------------------------------
+async def test_the_presets_file_is_read_once_when_the_settings_are_validated(tmp_path: Path) -> None:
+    """The bridge serves the presets its settings validated: the file is not read a second time
+    (here it is gone by the time the bridge starts, and the bridge still has every preset)."""
+    from telephony.config import settings_from_env
+    from telephony.services import Bridge
+    from tts_core.engines.synthetic import SyntheticEngine
+
+    path = write(tmp_path, DEFAULT_PRESETS_PATH.read_text(encoding="utf-8"))
+    settings = settings_from_env({}, insecure_dev=True, stt="off", engine="synthetic",
+                                 presets_path=path)
+    path.unlink()
+    bridge = await Bridge.start(settings, engine=SyntheticEngine())
+    try:
+        assert bridge.presets is settings.preset_book()
+        assert set(SHIPPED) <= set(bridge.presets.names())
+    finally:
+        await bridge.aclose()
+
+
+def test_an_unknown_preset_is_a_422_unknown_preset_and_still_a_preset_error() -> None:
+    from tts_core.errors import Unprocessable
+    from tts_core.presets import UnknownPreset
+
+    with pytest.raises(UnknownPreset) as unknown:
+        load_presets(DEFAULT_PRESETS_PATH).get("loud")
+    assert isinstance(unknown.value, PresetError) and isinstance(unknown.value, ValueError)
+    assert isinstance(unknown.value, Unprocessable)
+    assert (unknown.value.http_status, unknown.value.kind) == (422, "unknown_preset")

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypedDict
 
+from tts_core.errors import Overloaded, UpstreamFailed
+
 
 class ServerState(StrEnum):
     UP = "up"
@@ -83,8 +85,17 @@ class ServerStats:
         }
 
 
-class NoServerAvailable(RuntimeError):
+class NoServerAvailable(Overloaded, RuntimeError):
     """Every server is excluded or backing off."""
+
+    kind = "no_server_available"
+
+
+class ServerFailed(UpstreamFailed):
+    """One server of a fleet failed before it delivered anything (recorded with ``Fleet.failed``):
+    the request may be retried on another server. Shared by the remote engine and recogniser."""
+
+    kind = "server_failed"
 
 
 class Fleet:

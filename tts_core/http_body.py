@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import httpx
 
+from tts_core.errors import TooLarge, UpstreamFailed
 
-class BodyTooLarge(ValueError):
+
+class BodyTooLarge(TooLarge, ValueError):
     """The body (or its declared Content-Length) exceeds the limit."""
+
+    kind = "body_too_large"
 
     def __init__(self, limit: int, declared: int | None = None) -> None:
         size = f"{declared} bytes" if declared is not None else "larger than the limit"
@@ -15,8 +19,13 @@ class BodyTooLarge(ValueError):
         self.declared = declared
 
 
-class BodyEncoded(ValueError):
-    """The body is compressed (Content-Encoding): its size after decoding cannot be bounded."""
+class BodyEncoded(UpstreamFailed, ValueError):
+    """The body is compressed (Content-Encoding): its size after decoding cannot be bounded.
+
+    Only peer responses are read this way, so it is the peer's failure, not the client's.
+    """
+
+    kind = "body_encoded"
 
     def __init__(self, encoding: str) -> None:
         super().__init__(f"body is sent with Content-Encoding {encoding!r}; only identity is accepted")

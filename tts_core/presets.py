@@ -11,12 +11,25 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tts_core.errors import InvalidInput, Unprocessable
+
 DEFAULT_PRESETS_PATH = Path(__file__).resolve().parent.parent / "presets.yaml"
 DEFAULT_PRESET = "balanced"
 
 
-class PresetError(ValueError):
-    """A preset file is invalid, or a preset name is unknown."""
+class PresetError(InvalidInput, ValueError):
+    """A preset file is invalid, or a preset name is unknown (``UnknownPreset``).
+
+    Invalid input to the loader; at start-up ``Settings`` turns it into a ``ConfigError``.
+    """
+
+    kind = "invalid_presets"
+
+
+class UnknownPreset(PresetError, Unprocessable):
+    """A request (webhook, ``/warmup``) names a preset that is not defined: 422 ``unknown_preset``."""
+
+    kind = "unknown_preset"
 
 
 class SegmentationSettings(BaseModel):
@@ -81,7 +94,7 @@ class PresetBook:
         try:
             return self._presets[name]
         except KeyError:
-            raise PresetError(
+            raise UnknownPreset(
                 f"unknown preset {name!r}; known presets: {', '.join(sorted(self._presets))}"
             ) from None
 

@@ -21,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import io
 import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-import wave
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,7 +37,9 @@ import httpx
 import numpy as np
 
 from tts_core.audio.arrays import FloatAudio
-from tts_core.audio.pcm import pcm_to_float32
+from tts_core.audio.telephony_format import TELEPHONY_RATE
+from tts_core.audio.wav_file import PCM, AudioFileError, check_format, decode, parse_wav
+from tts_core.errors import NotFound, Unprocessable, UpstreamFailed, VoiceBridgeError
 from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ MAX_REFERENCE_S = 60.0
 MAX_TRANSCRIPT_BYTES = 64 * 1024
 WAV_CONTENT_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/wave", "application/octet-stream"})
 TRANSCRIPT_CONTENT_TYPES = frozenset({"", "text/plain", "application/octet-stream"})
-_MIN_SAMPLE_RATE = 8000
+_MIN_SAMPLE_RATE = TELEPHONY_RATE  # below the phone line's rate a voice cannot be heard as such
 _MAX_SAMPLE_RATE = 192000
 _SILENCE_PEAK = 1e-4
 
@@ -72,23 +72,30 @@ class Voice:
 # ---- errors ----------------------------------------------------------------------------------------
 
 
-class InvalidVoiceId(ValueError):
+class InvalidVoiceId(Unprocessable, ValueError):
     """The voice id does not match ``VOICE_ID_PATTERN`` (it is never used in a path or URL)."""
 
+    kind = "invalid_voice"
 
-class VoiceNotFound(LookupError):
+
+class VoiceNotFound(NotFound, LookupError):
     """No level (memory, voices dir, disk cache, voice server) has this voice."""
 
+    kind = "voice_not_found"
 
-class VoiceFetchError(RuntimeError):
-    """The voice server could not deliver a usable voice (timeout, HTTP error, bad body)."""
+
+class VoiceFetchError(UpstreamFailed, RuntimeError):
+    """The voice server (or the disk) could not deliver a usable voice (timeout, HTTP error, bad
+    body): the request was fine, what it depends on failed, hence 502."""
+
+    kind = "voice_fetch_failed"
 
 
 class InvalidVoiceAudio(VoiceFetchError):
     """The reference audio is unusable: not a PCM WAV, empty, too short, too long or silent.
 
     Raised for local files as well as remote ones; it subclasses ``VoiceFetchError`` so callers that
-    handle fetch failures handle it too.
+    handle fetch failures handle it too (the voice's source failed to deliver usable audio).
     """
 
 
@@ -113,53 +120,35 @@ def decode_wav(
 ) -> tuple[FloatAudio, int]:
     """Decode a PCM WAV (8/16/24/32-bit, any channel count) into read-only mono float32 in [-1, 1].
 
-    Raises ``InvalidVoiceAudio`` with a readable message for anything that cannot serve as
-    reference audio. The duration is checked from the header before the samples are read.
+    Reads through the one WAV reader (tts_core/audio/wav_file.py). Raises ``InvalidVoiceAudio``
+    with a readable message for anything that cannot serve as reference audio. The duration is
+    checked from the header before the samples are decoded.
     """
     if isinstance(source, bytes | bytearray | memoryview):
-        source = io.BytesIO(bytes(source))
-    elif isinstance(source, os.PathLike):
-        source = os.fspath(source)
+        data = bytes(source)
+    elif isinstance(source, str | os.PathLike):
+        with open(source, "rb") as fh:
+            data = fh.read()
+    else:
+        data = source.read()
     try:
-        with wave.open(source, "rb") as wav:
-            channels = wav.getnchannels()
-            width = wav.getsampwidth()
-            rate = wav.getframerate()
-            declared_frames = wav.getnframes()
-            if wav.getcomptype() != "NONE":
-                raise InvalidVoiceAudio(f"compressed WAV ({wav.getcompname()}) is not supported")
-            if channels < 1:
-                raise InvalidVoiceAudio("WAV has no channels")
-            if width not in (1, 2, 3, 4):
-                raise InvalidVoiceAudio(f"unsupported WAV sample width {width * 8} bits")
-            if not _MIN_SAMPLE_RATE <= rate <= _MAX_SAMPLE_RATE:
-                raise InvalidVoiceAudio(f"unsupported WAV sample rate {rate} Hz")
-            if declared_frames / rate > max_seconds:
-                raise InvalidVoiceAudio(f"reference audio is {declared_frames / rate:.1f} s long; "
-                                        f"the limit is {max_seconds:g} s")
-            raw = wav.readframes(declared_frames)
-    except InvalidVoiceAudio:
-        raise
-    except (wave.Error, EOFError) as exc:
-        raise InvalidVoiceAudio(f"not a valid PCM WAV file: {exc or 'truncated'}") from exc
-
-    frame_bytes = channels * width
-    frames = len(raw) // frame_bytes  # a truncated data chunk yields fewer frames than declared
-    if frames == 0:
+        info = parse_wav(data)
+        check_format(info, min_rate=_MIN_SAMPLE_RATE, max_rate=_MAX_SAMPLE_RATE, encodings=(PCM,))
+    except AudioFileError as exc:
+        raise InvalidVoiceAudio(f"not a valid PCM WAV file: {exc}") from exc
+    if info.seconds > max_seconds:
+        raise InvalidVoiceAudio(f"reference audio is {info.seconds:.1f} s long; "
+                                f"the limit is {max_seconds:g} s")
+    if info.frames == 0:
         raise InvalidVoiceAudio("reference audio is empty")
-    duration = frames / rate
-    if duration < min_seconds:
+    if info.seconds < min_seconds:
         raise InvalidVoiceAudio(
-            f"reference audio is {duration:.2f} s long; at least {min_seconds:g} s is needed")
-    raw = raw[: frames * frame_bytes]
-
-    samples = pcm_to_float32(raw, width, channels)
-    samples = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples.reshape(-1)
-    audio = np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
+            f"reference audio is {info.seconds:.2f} s long; at least {min_seconds:g} s is needed")
+    audio = decode(info)
     if float(np.max(np.abs(audio))) < _SILENCE_PEAK:
         raise InvalidVoiceAudio("reference audio is silent")
     audio.setflags(write=False)  # shared by every call that uses the voice
-    return audio, rate
+    return audio, info.rate
 
 
 def _clean_transcript(text: str) -> str | None:
@@ -541,7 +530,7 @@ class VoiceStore:
                 started = time.perf_counter()
                 try:
                     _, level = await self._get(voice_id)
-                except Exception as exc:
+                except VoiceBridgeError as exc:  # a bad voice; anything else is a bug and raises
                     return PreloadResult(voice_id, ok=False, elapsed_ms=_ms_since(started),
                                          error=str(exc), error_type=type(exc).__name__)
                 return PreloadResult(voice_id, ok=True, source=level, elapsed_ms=_ms_since(started))

@@ -1,7 +1,7 @@
 """Fetch an audio file an agent asked us to play (ConversationRelay's ``play``) and decode it.
 
-Only WAV is accepted: linear PCM (8, 16, 24 or 32 bit) through the stdlib ``wave`` module, and G.711
-μ-law WAV (format tag 7), which ``wave`` refuses, through our own chunk walk. The header decides, not
+Only WAV is accepted: linear PCM (8, 16, 24 or 32 bit) and G.711 μ-law WAV (format tag 7), decoded by
+the one WAV reader, tts_core/audio/wav_file.py. The header decides, not
 the URL's extension or the Content-Type. Anything else (MP3, Ogg, ...) is refused with a message that
 says so: decoding compressed formats needs a native decoder we do not ship.
 
@@ -12,25 +12,22 @@ costs at most ``max_bytes`` of memory. Decoding runs in a worker thread, off the
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import struct
-import wave
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 import numpy as np
 
 from telephony.egress import EgressRefused
-from tts_core.audio import mulaw_to_pcm16
-from tts_core.audio.pcm import pcm_to_float32
+from tts_core.audio.telephony_format import TELEPHONY_RATE
+from tts_core.audio.wav_file import MULAW, PCM, AudioFileError, read_wav, sniff
 from tts_core.errors import UpstreamFailed
 from tts_core.http_body import BodyEncoded, BodyTooLarge, read_limited
 
-WAVE_FORMAT_PCM = 0x0001
-WAVE_FORMAT_MULAW = 0x0007
-WAVE_FORMAT_EXTENSIBLE = 0xFFFE
-MIN_SAMPLE_RATE = 8_000
+WAVE_FORMAT_PCM = PCM
+WAVE_FORMAT_MULAW = MULAW
+MIN_SAMPLE_RATE = TELEPHONY_RATE
 """Below telephone rate a clip would be upsampled many-fold: a small file, a huge one in memory."""
 MAX_SAMPLE_RATE = 384_000
 
@@ -152,74 +149,21 @@ def decoded_bytes(data: bytes) -> int:
 
 
 def decode_wav(data: bytes, *, source: str = "audio") -> tuple[np.ndarray, int]:
-    """Decode a WAV file (PCM or μ-law) to float32 mono; raise ``AudioFetchError`` otherwise."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        kind = _sniff(data)
+    """Decode a WAV file (PCM or μ-law) to float32 mono through the one WAV reader
+    (tts_core/audio/wav_file.py); raise ``AudioFetchError`` otherwise."""
+    if sniff(data) != "wav":
         raise AudioFetchError(
-            f"unsupported audio format from {source} ({kind}): only WAV is supported "
+            f"unsupported audio format from {source} ({_sniff(data)}): only WAV is supported "
             "(linear PCM or μ-law)"
         )
-    fmt, chunks = _walk_chunks(data, source)
-    format_tag, channels, rate, bits = fmt
-    if channels < 1 or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise AudioFetchError(f"invalid WAV from {source}: {channels} channels at {rate} Hz")
-    if format_tag == WAVE_FORMAT_MULAW:
-        if bits != 8:
-            raise AudioFetchError(f"invalid μ-law WAV from {source}: {bits} bits per sample")
-        payload = chunks.get(b"data")
-        if payload is None:
-            raise AudioFetchError(f"invalid WAV from {source}: no data chunk")
-        payload = payload[: len(payload) - len(payload) % channels]
-        samples = mulaw_to_pcm16(payload).astype(np.float32) / 32768.0
-    elif format_tag == WAVE_FORMAT_PCM:
-        samples = _decode_pcm(data, source)
-        channels = samples.shape[1]
-        samples = samples.reshape(-1)
-    else:
-        raise AudioFetchError(
-            f"unsupported WAV encoding from {source} (format tag {format_tag:#06x}): "
-            "only linear PCM and μ-law WAV are supported"
-        )
-    if channels > 1:
-        samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    try:
+        samples, rate = read_wav(data, min_rate=MIN_SAMPLE_RATE, max_rate=MAX_SAMPLE_RATE,
+                                 encodings=(WAVE_FORMAT_PCM, WAVE_FORMAT_MULAW))
+    except AudioFileError as exc:
+        raise AudioFetchError(f"invalid WAV from {source}: {exc}") from None
     if samples.size == 0:
         raise AudioFetchError(f"WAV from {source} contains no audio")
-    return np.ascontiguousarray(samples, dtype=np.float32), rate
-
-
-def _walk_chunks(data: bytes, source: str) -> tuple[tuple[int, int, int, int], dict[bytes, bytes]]:
-    """Return ``((format tag, channels, rate, bits), {chunk id: body})``; unwraps EXTENSIBLE."""
-    chunks: dict[bytes, bytes] = {}
-    pos = 12
-    while pos + 8 <= len(data):
-        chunk_id, size = struct.unpack_from("<4sI", data, pos)
-        body = data[pos + 8 : pos + 8 + size]  # a truncated last chunk keeps what arrived
-        chunks.setdefault(chunk_id, body)
-        pos += 8 + size + (size & 1)
-    fmt = chunks.get(b"fmt ")
-    if fmt is None or len(fmt) < 16:
-        raise AudioFetchError(f"invalid WAV from {source}: missing or short fmt chunk")
-    format_tag, channels, rate, _byte_rate, _align, bits = struct.unpack_from("<HHIIHH", fmt)
-    if format_tag == WAVE_FORMAT_EXTENSIBLE:
-        if len(fmt) < 40:
-            raise AudioFetchError(f"invalid WAV from {source}: short WAVE_FORMAT_EXTENSIBLE header")
-        format_tag = struct.unpack_from("<H", fmt, 24)[0]  # first two bytes of the SubFormat GUID
-    return (format_tag, channels, rate, bits), chunks
-
-
-def _decode_pcm(data: bytes, source: str) -> np.ndarray:
-    """Linear PCM through ``wave``; returns float32 of shape (frames, channels)."""
-    try:
-        with wave.open(io.BytesIO(data), "rb") as reader:
-            channels = reader.getnchannels()
-            width = reader.getsampwidth()
-            raw = reader.readframes(reader.getnframes())
-    except (wave.Error, EOFError, struct.error) as exc:
-        raise AudioFetchError(f"invalid WAV from {source}: {exc}") from None
-    try:
-        return pcm_to_float32(raw, width, channels)
-    except ValueError:
-        raise AudioFetchError(f"unsupported WAV from {source}: {8 * width}-bit PCM") from None
+    return samples, rate
 
 
 def _sniff(data: bytes) -> str:

@@ -17,6 +17,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from tts_core.audio.arrays import FloatAudio
+from tts_core.errors import Unprocessable, UpstreamFailed
 from tts_core.fleet import ServerSnapshot
 from tts_core.presets import Preset
 from tts_core.voices import Voice
@@ -24,12 +25,17 @@ from tts_core.voices import Voice
 log = logging.getLogger(__name__)
 
 
-class EngineError(RuntimeError):
+class EngineError(UpstreamFailed, RuntimeError):
     """Synthesis failed; the message is safe to show to an operator or agent."""
 
+    kind = "engine_error"
 
-class UnsupportedVoiceError(EngineError):
-    """The engine cannot speak with the requested voice (e.g. cloning on a fixed-voice engine)."""
+
+class UnsupportedVoiceError(Unprocessable, EngineError):
+    """The engine cannot speak with the requested voice (e.g. cloning on a fixed-voice engine):
+    the request's fault, so 422, still an ``EngineError`` for callers that catch those."""
+
+    kind = "unsupported_voice"
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class Engine(ABC):
         except Exception as exc:  # an engine bug must reach the caller as an EngineError
             ended = True
             self.stats.failures += 1
+            log.exception("engine %s failed with an unexpected error", self.name)  # a bug: shown
             raise EngineError(f"{self.name} synthesis failed: {exc}") from exc
         finally:
             if not ended:

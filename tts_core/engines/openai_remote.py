@@ -39,7 +39,7 @@ from tts_core.engines.speech_response import (
     SseAudioDecoder,
     describe_error_body,
 )
-from tts_core.fleet import Fleet, NoServerAvailable, ServerSnapshot, ServerStats
+from tts_core.fleet import Fleet, NoServerAvailable, ServerFailed, ServerSnapshot, ServerStats
 from tts_core.presets import Preset
 from tts_core.voices import Voice
 
@@ -54,10 +54,6 @@ SpeechBody: TypeAlias = dict[str, str | bool | int | float]
 _REQUEST_ERRORS = frozenset({400, 413, 422})
 """Statuses that blame our request (bad voice, text too long), not the server: no failover, since
 every server would refuse it alike, and the server stays in service."""
-
-
-class _ServerFailed(Exception):
-    """A server failed before delivering audio: safe to retry the utterance elsewhere."""
 
 
 class OpenAIRemoteEngine(Engine):
@@ -175,14 +171,14 @@ class OpenAIRemoteEngine(Engine):
                     async for chunk in chunks:
                         yield chunk
                 return
-            except _ServerFailed as exc:
+            except ServerFailed as exc:
                 if len(tried) >= 2 or len(tried) == len(self.fleet.servers):
                     raise EngineError(str(exc)) from None
                 log.warning("TTS server failed before audio, retrying on another: %s", exc)
 
     async def _stream_from(self, server: ServerStats, body: SpeechBody
                            ) -> AsyncGenerator[FloatAudio, None]:
-        """One attempt on one server. Raises _ServerFailed before the first audio byte,
+        """One attempt on one server. Raises ServerFailed before the first audio byte,
         EngineError after it (or for a request the server refused)."""
         if not self._clients:
             await self.load()
@@ -273,7 +269,7 @@ class OpenAIRemoteEngine(Engine):
         log.warning("TTS server %s failed: %s", server.url, reason)
         if delivered:
             return EngineError(f"TTS server {server.url} failed mid-utterance: {reason}")
-        return _ServerFailed(f"TTS server {server.url}: {reason}")
+        return ServerFailed(f"TTS server {server.url}: {reason}")
 
     # ---- priming -----------------------------------------------------------------------------
     async def warmup(self, voice_id: str, preset: Preset, voice: Voice | None = None
@@ -290,7 +286,7 @@ class OpenAIRemoteEngine(Engine):
                 async with aclosing(self._stream_from(server, body)) as chunks:
                     async for _ in chunks:
                         pass
-            except _ServerFailed as exc:
+            except ServerFailed as exc:
                 raise EngineError(str(exc)) from None
             return (time.perf_counter() - started) * 1000
 
@@ -301,6 +297,8 @@ class OpenAIRemoteEngine(Engine):
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):
                     raise result
+                if not isinstance(result, EngineError):  # a bug: reported, and logged in full
+                    log.error("warmup of %s failed unexpectedly", server.url, exc_info=result)
                 errors.append(str(result))
             else:
                 timings[server.url] = round(result, 2)

@@ -17,13 +17,16 @@ import struct
 import numpy as np
 
 from tts_core.audio.arrays import FloatAudio
+from tts_core.errors import UpstreamFailed
 
 MAX_HEADER_BYTES = 64 * 1024
 """A WAV header (with any extra chunks) or one SSE event larger than this is not a speech answer."""
 
 
-class SpeechBodyError(ValueError):
-    """The body is not audio we can play; the message says what it was."""
+class SpeechBodyError(UpstreamFailed, ValueError):
+    """The body is not audio we can play; the message says what it was (a server's fault)."""
+
+    kind = "bad_speech_body"
 
 
 class PcmDecoder:

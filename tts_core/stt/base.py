@@ -16,14 +16,17 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tts_core.audio.arrays import FloatAudio
+from tts_core.errors import UpstreamFailed
 from tts_core.fleet import ServerSnapshot
 
 SAMPLE_RATE = 16000
 """What every recogniser takes (Whisper's rate; telephone audio is upsampled once per turn)."""
 
 
-class RecogniserError(RuntimeError):
+class RecogniserError(UpstreamFailed, RuntimeError):
     """The recogniser cannot load, or cannot transcribe this turn; the message says why."""
+
+    kind = "recognition_failed"
 
 
 @dataclass(frozen=True)

@@ -29,22 +29,19 @@ import numpy as np
 import soxr
 
 from tts_core.audio.arrays import FloatAudio
+from tts_core.audio.telephony_format import TELEPHONY_RATE
 from tts_core.engines.speech_response import describe_error_body
-from tts_core.fleet import Fleet, NoServerAvailable, ServerSnapshot, ServerStats
+from tts_core.fleet import Fleet, NoServerAvailable, ServerFailed, ServerSnapshot, ServerStats
 from tts_core.stt.base import SAMPLE_RATE, Recogniser, RecogniserError, Transcript, check_audio
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "whisper-1"
-UPLOAD_RATES = (8000, 16000)
+UPLOAD_RATES = (TELEPHONY_RATE, SAMPLE_RATE)
 MAX_ANSWER_BYTES = 1 << 20
 """A transcript of a phone turn is a few hundred bytes; anything past 1 MiB is not an answer."""
 _REQUEST_ERRORS = frozenset({400, 413, 415, 422})
 """Statuses that blame our request, not the server: not retried, and the server stays in service."""
-
-
-class _ServerFailed(Exception):
-    """One server failed this turn (recorded in the fleet); another may be tried."""
 
 
 class RemoteRecogniser(Recogniser):
@@ -140,7 +137,7 @@ class RemoteRecogniser(Recogniser):
             started = time.perf_counter()
             try:
                 text, answered_language = await self._attempt(server, wav, data)
-            except _ServerFailed as exc:
+            except ServerFailed as exc:
                 errors.append(str(exc))
                 if len(tried) >= 2:
                     break
@@ -151,7 +148,7 @@ class RemoteRecogniser(Recogniser):
 
     async def _attempt(self, server: ServerStats, wav: bytes, data: dict[str, str]
                        ) -> tuple[str, str | None]:
-        """POST the turn to one server. Raises _ServerFailed (retry elsewhere) or RecogniserError."""
+        """POST the turn to one server. Raises ServerFailed (retry elsewhere) or RecogniserError."""
         assert self._client is not None
         fleet = self.fleet
         fleet.begin(server)
@@ -183,10 +180,10 @@ class RemoteRecogniser(Recogniser):
         finally:
             fleet.end(server)
 
-    def _failed(self, server: ServerStats, reason: str) -> _ServerFailed:
+    def _failed(self, server: ServerStats, reason: str) -> ServerFailed:
         self.fleet.failed(server, reason)
         log.warning("transcription server %s failed: %s", server.url, reason)
-        return _ServerFailed(f"{server.url}: {reason}")
+        return ServerFailed(f"{server.url}: {reason}")
 
 
 OpenAIRecogniser = RemoteRecogniser
