@@ -12,6 +12,7 @@ import pytest
 
 from telephony.twilio_emulator import TwilioEmulator
 from tests.bridge_harness import RunningBridge, running_bridge
+from tests.conftest import eventually
 from tts_core.audio import pcm16_to_mulaw
 from tts_core.audio.mulaw import float_to_pcm16
 from tts_core.engines.synthetic import SyntheticEngine, speechlike
@@ -289,7 +290,7 @@ async def test_recording_writes_the_call_as_recorded_call_jsonl(tmp_path) -> Non
         await call.stream_audio(caller_speech(0.1))
         assert await call.wait_for(lambda: len(call.played_utterances()) >= 2)
         await call.hang_up()
-        assert await rb_wait(lambda: rb.bridge.calls == {})
+        await eventually(lambda: rb.bridge.calls == {})
     (path,) = tmp_path.glob("*.jsonl")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0]["type"] == "header" and lines[0]["sample_rate"] == 8000
@@ -301,14 +302,6 @@ async def test_recording_writes_the_call_as_recorded_call_jsonl(tmp_path) -> Non
     # replay must not hear it twice: only what the agent said is an agent event.
     assert spoken == ["You pressed 3."]
     assert lines[-1] == {"type": "trailer", "dropped_lines": 0}
-
-
-async def rb_wait(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(predicate())
 
 
 async def test_a_peer_that_stops_reading_stalls_the_stream_once_and_nothing_waits_on_it() -> None:
@@ -347,7 +340,7 @@ async def test_a_twilio_side_that_stops_reading_fails_the_utterance_and_ends_the
         assert await call.wait_for(lambda: call.stats.media_received >= 20)
         await call.stop_reading()
         stopped = asyncio.get_running_loop().time()
-        assert await rb_wait(lambda: rb.bridge.calls == {}, timeout=6), "the call did not end"
+        await eventually(lambda: rb.bridge.calls == {}, timeout=6, what="the call ended")
         took = asyncio.get_running_loop().time() - stopped
         await call.close()
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("call {")]

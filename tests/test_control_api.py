@@ -7,28 +7,22 @@ fault it is: 400 unreadable body, 404 no such voice, 422 a request we understood
 from __future__ import annotations
 
 import json
-import wave
 from collections import defaultdict
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bridge_harness import running_bridge
+from tests.conftest import tone, wav_bytes
 from tests.test_call_e2e import open_call
 from tts_core.engines import create_engine
 
 
 def write_wav(path: Path, seconds: float = 0.6, rate: int = 16000) -> None:
-    t = np.arange(int(rate * seconds)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * 180 * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
+    """A short voice sample: a 180 Hz tone, clearly not silence."""
+    path.write_bytes(wav_bytes(tone(seconds, rate), rate))
 
 
 @pytest.fixture

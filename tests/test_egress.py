@@ -27,7 +27,8 @@ from telephony.config import ConfigError, settings_from_env
 from telephony.egress import EgressPolicy, EgressRefused, address_category, guarded_client
 from tests.asgi_server import free_port_url, serve_asgi
 from tests.bridge_harness import running_bridge
-from tests.test_relay_client import FakeCall, wav_bytes
+from tests.conftest import wav_bytes
+from tests.test_relay_client import FakeCall
 
 LOOPBACK_HOST = EgressPolicy(allow_hosts=frozenset({"127.0.0.1"}))
 """The test servers' own address is trusted by name; ``localhost`` (the same machine, reached by

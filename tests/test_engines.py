@@ -12,6 +12,7 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
+from tests.conftest import eventually
 from tts_core.engines import EngineError, SpeechRequest, UnsupportedVoiceError, create_engine
 from tts_core.engines.base import Engine
 from tts_core.engines.offloop import OffloopRunner
@@ -30,16 +31,6 @@ LONG_TEXT = " ".join(
 
 def request(text: str, voice_id: str = BUILTIN_VOICE, preset: Preset = BALANCED, **kw) -> SpeechRequest:
     return SpeechRequest(text=text, voice_id=voice_id, preset=preset, **kw)
-
-
-async def wait_until(predicate, within: float = 5.0) -> float:
-    """Poll ``predicate`` until true; return the seconds it took (fails the test on timeout)."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > within:
-            pytest.fail(f"condition not met within {within}s")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
 
 
 # ---- Piper --------------------------------------------------------------------------------------
@@ -129,11 +120,11 @@ async def test_cancelling_the_consumer_stops_piper_within_one_chunk(
     assert piper.busy_slots == 1
     computed_at_cancel = len(sentences.computed)
     task.cancel()
-    cancel_took = await wait_until(task.done, within=1.0)
+    cancel_took = await eventually(task.done, timeout=1.0)
     assert task.cancelled()
     assert cancel_took < 0.2, "the consumer is released at once, not after the chunk in flight"
 
-    freed_after = await wait_until(lambda: piper.busy_slots == 0)
+    freed_after = await eventually(lambda: piper.busy_slots == 0)
     assert freed_after < max(sentences.computed) + 0.5, "slot frees once the in-flight chunk ends"
     assert sentences.closed.wait(1.0), "the sentence generator is closed"
     await asyncio.sleep(0.3)
@@ -269,11 +260,11 @@ async def test_runner_slot_stays_busy_until_the_in_flight_chunk_finishes() -> No
         task = asyncio.create_task(consume())
         await asyncio.to_thread(chunk_started.wait, 5)
         task.cancel()
-        await wait_until(task.done, within=1.0)
+        await eventually(task.done, timeout=1.0)
         assert runner.busy == 1, "the chunk in flight still holds the slot"
 
         finish_chunk.set()
-        await wait_until(lambda: runner.busy == 0)
+        await eventually(lambda: runner.busy == 0)
         assert generator_closed.wait(1.0)
         assert computed == [0, 1], "no chunk is started after the cancel"
 
@@ -346,7 +337,7 @@ async def test_generator_exception_reaches_the_caller_as_engine_error() -> None:
     assert len(received) == 1
     assert engine.stats.failures == 1
     assert engine.stats.cancelled == 0, "a failure is not a cancellation"
-    await wait_until(lambda: engine.busy_slots == 0, within=1.0)
+    await eventually(lambda: engine.busy_slots == 0, timeout=1.0)
     engine.runner.shutdown()
 
 

@@ -22,6 +22,7 @@ from twilio.request_validator import RequestValidator
 
 from telephony.conn_guard import ConnectionGuard, plan_budget, raise_fd_limit
 from tests.bridge_harness import AUTH_TOKEN, OPERATOR_HEADERS, RunningBridge, running_bridge
+from tests.conftest import eventually
 
 
 def guard_of(rb: RunningBridge) -> ConnectionGuard:
@@ -52,15 +53,6 @@ async def response_head(reader: asyncio.StreamReader, timeout: float) -> bytes:
             return await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as exc:
             return exc.partial
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():  # server-side state: no event to wait on
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 # ---- finding 1: header and body deadlines ---------------------------------------------------------
@@ -113,8 +105,8 @@ async def test_a_client_gone_mid_body_is_no_500_and_no_traceback(caplog: pytest.
     async with running_bridge() as rb:
         async with raw(rb) as (_, writer):
             writer.write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nCallSid=CA")
-            assert await wait_until(lambda: len(rb.server.server_state.tasks) == 1)
-        assert await wait_until(lambda: not rb.server.server_state.tasks)
+            await eventually(lambda: len(rb.server.server_state.tasks) == 1)
+        await eventually(lambda: not rb.server.server_state.tasks)
     assert "Traceback" not in caplog.text and "unhandled error" not in caplog.text
 
 
@@ -125,7 +117,7 @@ async def test_idle_connections_past_the_per_peer_cap_get_503_and_other_peers_ar
     async with running_bridge(max_pending_per_peer=4, header_timeout_s=5) as rb:
         guard = guard_of(rb)
         idle = [await connect(rb) for _ in range(4)]
-        assert await wait_until(lambda: guard.pending == 4)
+        await eventually(lambda: guard.pending == 4)
         async with raw(rb) as (reader, _):
             head = await response_head(reader, 3)
         assert head.startswith(b"HTTP/1.1 503"), head
@@ -136,7 +128,7 @@ async def test_idle_connections_past_the_per_peer_cap_get_503_and_other_peers_ar
             assert (await other.get(f"{rb.base_url}/health")).status_code == 200
         for _, writer in idle:
             writer.close()
-        assert await wait_until(lambda: guard.pending == 0)
+        await eventually(lambda: guard.pending == 0)
 
 
 async def test_at_the_global_cap_the_oldest_idle_connection_makes_room_for_a_new_caller() -> None:
@@ -146,7 +138,7 @@ async def test_at_the_global_cap_the_oldest_idle_connection_makes_room_for_a_new
     async with running_bridge(max_pending=6, max_pending_per_peer=0, header_timeout_s=5) as rb:
         guard = guard_of(rb)
         idle = [await connect(rb, f"127.0.0.{2 + i}") for i in range(6)]
-        assert await wait_until(lambda: guard.pending == 6)
+        await eventually(lambda: guard.pending == 6)
         transport = httpx.AsyncHTTPTransport(local_address="127.0.1.1")
         async with httpx.AsyncClient(transport=transport) as caller:
             assert (await caller.get(f"{rb.base_url}/health")).status_code == 200
@@ -154,7 +146,7 @@ async def test_at_the_global_cap_the_oldest_idle_connection_makes_room_for_a_new
         oldest_reader = idle[0][0]
         async with asyncio.timeout(3):
             assert await oldest_reader.read() == b""  # closed without an answer
-        assert await wait_until(lambda: guard.pending == 5)
+        await eventually(lambda: guard.pending == 5)
         for _, writer in idle:
             writer.close()
 
@@ -167,8 +159,8 @@ async def test_connections_past_max_connections_get_503_at_accept() -> None:
             conn = await connect(rb, f"127.0.0.{2 + i}")
             conn[1].write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
             busy.append(conn)
-        assert await wait_until(lambda: len(rb.server.server_state.connections) == 4
-                                and guard.pending == 0)
+        await eventually(lambda: len(rb.server.server_state.connections) == 4
+                         and guard.pending == 0)
         async with raw(rb, "127.0.1.1") as (reader, _):
             head = await response_head(reader, 3)
         assert head.startswith(b"HTTP/1.1 503"), head
@@ -183,7 +175,7 @@ async def test_streams_that_do_not_send_start_are_capped_per_peer_with_1013(
     async with running_bridge(max_pending_per_peer=3, start_timeout_s=5) as rb:
         guard = guard_of(rb)
         quiet = [await websockets.connect(rb.stream_url) for _ in range(3)]
-        assert await wait_until(lambda: guard.pending == 3)
+        await eventually(lambda: guard.pending == 3)
         async with websockets.connect(rb.stream_url) as refused:
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(refused.recv(), 3)
@@ -192,14 +184,14 @@ async def test_streams_that_do_not_send_start_are_capped_per_peer_with_1013(
         assert "media stream from 127.0.0.1 refused" in caplog.text
         for ws in quiet:
             await ws.close()
-        assert await wait_until(lambda: guard.pending == 0)
+        await eventually(lambda: guard.pending == 0)
 
 
 async def test_streams_that_do_not_send_start_are_capped_globally_with_1013() -> None:
     async with running_bridge(max_pending=2, max_pending_per_peer=0, start_timeout_s=5) as rb:
         guard = guard_of(rb)
         quiet = [await websockets.connect(rb.stream_url) for _ in range(2)]
-        assert await wait_until(lambda: guard.streams.total == 2)
+        await eventually(lambda: guard.streams.total == 2)
         async with websockets.connect(rb.stream_url) as refused:
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(refused.recv(), 3)

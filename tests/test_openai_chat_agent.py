@@ -16,8 +16,8 @@ from telephony.agents.chat_stream import ChatServer
 from telephony.agents.openai_chat import APOLOGY, OpenAIChatAgent
 from telephony.config import ConfigError, settings_from_env
 from tests.chat_standin import Script, StandInChatServer
+from tests.conftest import eventually
 from tests.fake_call import FakeCall
-from tests.test_call_e2e import rb_wait
 
 API_KEY = "sk-standin-secret-4242"
 SYSTEM = "You are a test agent. Answer briefly."
@@ -231,7 +231,7 @@ async def test_a_turn_queued_behind_the_greeting_asks_at_once_and_a_newer_turn_c
     await agent.on_caller_speech(call, "Hello", final=True)
     first = await chat_standin.wait_requests(1)  # asked while the greeting still plays
     turn = agent._current
-    assert turn is not None and await rb_wait(lambda: turn.chars == len("First answer"))  # buffered
+    assert turn is not None and await eventually(lambda: turn.chars == len("First answer"))  # buffered
     await agent.on_caller_speech(call, "Are you there?", final=True)
     # Nothing preempts a reply queued behind the greeting: the agent itself closes its request.
     await asyncio.wait_for(first.client_closed.wait(), 2)
@@ -449,7 +449,7 @@ async def test_end_to_end_a_caller_turn_is_answered_with_audio_the_caller_hears(
         assert request.messages[-1] == {"role": "user", "content": "When are you open?"}
         assert "Thanks for calling." in request.messages[0]["content"]
         assert request.headers["authorization"] == f"Bearer {API_KEY}"
-        assert await rb_wait(lambda: len(session.turns) >= 2)  # the reply's end mark echoed back
+        await eventually(lambda: len(session.turns) >= 2)  # the reply's end mark echoed back
         assert [t["outcome"] for t in session.turns] == ["played", "played"]
         await call.hang_up()
         assert call.stats.invalid == []

@@ -20,7 +20,8 @@ import httpx
 import numpy as np
 
 from tests.bridge_harness import RunningBridge, running_bridge
-from tests.test_call_e2e import open_call, rb_wait
+from tests.conftest import eventually
+from tests.test_call_e2e import open_call
 from tts_core.engines.base import SpeechRequest
 from tts_core.engines.offloop import PrioritySlots
 from tts_core.engines.synthetic import SyntheticEngine
@@ -76,7 +77,7 @@ async def test_a_greeting_burst_without_streams_does_not_delay_a_live_call() -> 
                               prerender_queue=QUEUED, prerender_timeout_s=1.0) as rb, \
             httpx.AsyncClient() as client:
         quiet = await ttfa(rb, client, "CA80", "Welcome to the quiet line.")
-        assert await rb_wait(lambda: engine.busy_slots == 0 and not rb.bridge.calls)
+        await eventually(lambda: engine.busy_slots == 0 and not rb.bridge.calls)
 
         responses = await asyncio.gather(*(
             rb.webhook(client, f"CA9{n:02d}", "?greeting="
@@ -101,11 +102,11 @@ async def test_a_greeting_burst_without_streams_does_not_delay_a_live_call() -> 
         assert jumped == [], f"pre-renders got the slot before the live call: {jumped}"
 
         # Nobody came for the burst's greetings: what still ran or waited is cancelled.
-        assert await rb_wait(lambda: rb.bridge.phrases.stats()["rendering"] == 0, timeout=5)
+        await eventually(lambda: rb.bridge.phrases.stats()["rendering"] == 0, timeout=5)
         stats = rb.bridge.phrases.stats()
         assert stats["prerender_expired"] >= 1
         assert stats["prerenders"] <= 1 + RUNNING + QUEUED + 1  # quiet call, burst, live call
-        assert await rb_wait(lambda: engine.busy_slots == 0)
+        await eventually(lambda: engine.busy_slots == 0)
 
 
 # ---- the pieces ------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ async def test_a_pre_render_nobody_follows_is_cancelled_after_its_timeout() -> N
     keys = [PhraseKey("e", "v", "p", f"text {n}") for n in range(3)]
     for key in keys:
         assert cache.prerender(key, lambda deadline: _frames(1000, 0.01))
-    assert await rb_wait(lambda: cache.stats()["rendering"] == 0, timeout=2)
+    await eventually(lambda: cache.stats()["rendering"] == 0, timeout=2)
     stats = cache.stats()
     assert stats["prerender_expired"] == 3
     assert stats["prerendering"] == 0 and stats["prerender_queued"] == 0
@@ -234,9 +235,9 @@ async def test_a_warmup_is_background_work_too() -> None:
                 pass
 
     first = asyncio.create_task(speak("Live one."))
-    assert await rb_wait(lambda: ("granted", "Live one.") in engine.log, timeout=2)
+    await eventually(lambda: ("granted", "Live one.") in engine.log, timeout=2)
     warm = asyncio.create_task(engine.warmup("synthetic", preset))
-    assert await rb_wait(lambda: engine.slots.waiting == 1, timeout=2)  # the warm-up queues
+    await eventually(lambda: engine.slots.waiting == 1, timeout=2)  # the warm-up queues
     second = asyncio.create_task(speak("Live two."))
     await asyncio.gather(first, warm, second)
     grants = [text for event, text in engine.log if event == "granted"]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import socket
 import struct
 import time
-import wave
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +21,7 @@ from telephony.agents.audio_fetch import AudioFetchError, decode_wav, fetch_audi
 from telephony.agents.base import AgentError, CallInfo, SpeechOutcome, SpeechResult
 from telephony.agents.relay_client import RelayAgent
 from telephony.egress import EgressPolicy
+from tests.conftest import eventually, wav_bytes
 from tts_core.audio import pcm16_to_mulaw
 
 AUTH_TOKEN = "12345678901234567890123456789012"
@@ -139,21 +138,6 @@ async def app() -> AsyncIterator[AgentApp]:
         yield agent_app
 
 
-def wav_bytes(samples: np.ndarray, rate: int, *, width: int = 2, channels: int = 1) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        if width == 1:
-            data = (np.clip(samples, -1, 1) * 127 + 128).astype(np.uint8).tobytes()
-        elif width == 2:
-            data = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-        else:
-            data = (np.clip(samples, -1, 1) * 2147483647).astype("<i4").tobytes()
-        w.writeframes(data)
-    return buf.getvalue()
-
 
 def mulaw_wav_bytes(pcm: np.ndarray, rate: int = 8000) -> bytes:
     data = pcm16_to_mulaw(pcm)
@@ -182,14 +166,6 @@ async def started(
     await agent.on_start(call)
     await app.next("setup")
     return agent
-
-
-async def until(predicate: Any, within_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 # ---- connection and setup -------------------------------------------------------------------------
@@ -260,7 +236,7 @@ async def test_streamed_tokens_are_one_turn_in_order(app: AgentApp) -> None:
     for token in tokens[:-1]:
         await app.send({"type": "text", "token": token, "last": False})
     await app.send({"type": "text", "token": tokens[-1], "last": True, "interruptible": False})
-    await until(lambda: ("played", "".join(tokens)) in call.events)
+    await eventually(lambda: ("played", "".join(tokens)) in call.events)
     says = [e for e in call.events if e[0].startswith("say")]
     assert says == [("say-stream", tokens, True, False)]  # flags come from the turn's first token
     await agent.on_stop(call)
@@ -273,7 +249,7 @@ async def test_two_turns_are_two_says(app: AgentApp) -> None:
     await app.send({"type": "text", "token": " turn.", "last": True})
     await app.send({"type": "text", "token": "Second", "last": False, "preemptible": True})
     await app.send({"type": "text", "token": " turn.", "last": True})
-    await until(lambda: call.kinds().count("played") == 2)
+    await eventually(lambda: call.kinds().count("played") == 2)
     says = [e for e in call.events if e[0].startswith("say")]
     assert says == [
         ("say-stream", ["One", " turn."], True, False),
@@ -286,7 +262,7 @@ async def test_single_last_message_is_a_plain_string_say(app: AgentApp) -> None:
     call = FakeCall()
     agent = await started(app, call)
     await app.send({"type": "text", "token": "Thanks for calling.", "last": True})
-    await until(lambda: "played" in call.kinds())
+    await eventually(lambda: "played" in call.kinds())
     assert call.events[0] == ("say", "Thanks for calling.", True, False)
     await agent.on_stop(call)
 
@@ -297,12 +273,12 @@ async def test_tokens_of_an_interrupted_turn_are_dropped_until_it_ends(app: Agen
     agent = await started(app, call)
     await app.send({"type": "text", "token": "Let me", "last": False})
     await app.send({"type": "text", "token": " explain", "last": False})
-    await until(lambda: "interrupted" in call.kinds())
+    await eventually(lambda: "interrupted" in call.kinds())
     call.cut_after_tokens = None
     await app.send({"type": "text", "token": " the whole", "last": False})  # stale: dropped
     await app.send({"type": "text", "token": " story.", "last": True})  # stale; ends the turn
     await app.send({"type": "text", "token": "Sure.", "last": True})
-    await until(lambda: ("played", "Sure.") in call.events)
+    await eventually(lambda: ("played", "Sure.") in call.events)
     says = [e[:2] for e in call.events if e[0].startswith("say")]
     assert says == [("say-stream", ["Let me", " explain"]), ("say", "Sure.")]
     # what was dropped is reported once, never lost silently
@@ -316,13 +292,13 @@ async def test_caller_event_starts_a_new_turn_after_an_interrupted_one(app: Agen
     call.cut_after_tokens = 1
     agent = await started(app, call)
     await app.send({"type": "text", "token": "Long answer", "last": False})
-    await until(lambda: "interrupted" in call.kinds())
+    await eventually(lambda: "interrupted" in call.kinds())
     call.cut_after_tokens = None
     await agent.on_caller_speech(call, "stop, just tell me the time", True)
     assert (await app.next("prompt"))["voicePrompt"] == "stop, just tell me the time"
     await app.send({"type": "text", "token": "It is", "last": False})
     await app.send({"type": "text", "token": " noon.", "last": True})
-    await until(lambda: ("played", "It is noon.") in call.events)
+    await eventually(lambda: ("played", "It is noon.") in call.events)
     await agent.on_stop(call)
 
 
@@ -380,7 +356,7 @@ async def test_play_wav_reaches_play_audio_with_its_rate(app: AgentApp) -> None:
     call = FakeCall()
     agent = await started(app, call, media_client({url: (200, wav_bytes(tone, 16000))}))
     await app.send({"type": "play", "source": url, "interruptible": False})
-    await until(lambda: "play" in call.kinds())
+    await eventually(lambda: "play" in call.kinds())
     _, audio, rate, label, interruptible = next(e for e in call.events if e[0] == "play")
     assert rate == 16000 and label == url and interruptible is False
     assert audio.dtype == np.float32 and audio.shape == (1600,)
@@ -395,7 +371,7 @@ async def test_play_keeps_message_order_with_text(app: AgentApp) -> None:
     await app.send({"type": "text", "token": "Before.", "last": True})
     await app.send({"type": "play", "source": url})
     await app.send({"type": "text", "token": "After.", "last": True})
-    await until(lambda: call.kinds().count("played") == 2 and "play" in call.kinds())
+    await eventually(lambda: call.kinds().count("played") == 2 and "play" in call.kinds())
     order = [e[1] if e[0] == "say" else e[0] for e in call.events if e[0] in ("say", "play")]
     assert order == ["Before.", "play", "After."]
     await agent.on_stop(call)
@@ -456,7 +432,7 @@ async def test_invalid_messages_get_an_error_and_the_session_continues(app: Agen
     await app.send({"type": "text", "token": "x" * 2000, "last": True})
     assert "too large" in (await app.next("error"))["description"]
     await app.send({"type": "text", "token": "Still here.", "last": True})
-    await until(lambda: ("played", "Still here.") in call.events)
+    await eventually(lambda: ("played", "Still here.") in call.events)
     assert not call.ended.is_set()
     await agent.on_stop(call)
 
@@ -509,7 +485,7 @@ async def test_on_stop_cancels_everything(app: AgentApp) -> None:
     await app.send({"type": "text", "token": "Never", "last": False})
     await app.send({"type": "text", "token": "A whole sentence.", "last": True})
     await app.send({"type": "play", "source": url})
-    await until(lambda: "say-stream" in call.kinds())
+    await eventually(lambda: "say-stream" in call.kinds())
     t0 = time.monotonic()
     await agent.on_stop(call)
     assert time.monotonic() - t0 < 1.0
@@ -528,8 +504,8 @@ def test_decode_wav_formats() -> None:
         audio, rate = decode_wav(wav_bytes(tone, 22050, width=width))
         assert rate == 22050 and audio.dtype == np.float32
         np.testing.assert_allclose(audio, tone, atol=0.02)
-    stereo = np.stack([tone, np.zeros_like(tone)], axis=1).reshape(-1)
-    audio, _ = decode_wav(wav_bytes(stereo, 8000, channels=2))
+    stereo = np.stack([tone, np.zeros_like(tone)], axis=1)
+    audio, _ = decode_wav(wav_bytes(stereo, 8000))
     np.testing.assert_allclose(audio, tone / 2, atol=1e-3)
     pcm = (tone * 32767).astype(np.int16)
     audio, rate = decode_wav(mulaw_wav_bytes(pcm))
@@ -586,7 +562,7 @@ async def test_text_sent_after_an_interrupted_stream_is_spoken_or_reported(app: 
     agent = await started(app, call)
     await app.send({"type": "text", "token": "Let me", "last": False})
     await app.send({"type": "text", "token": " explain", "last": False})
-    await until(lambda: "interrupted" in call.kinds())
+    await eventually(lambda: "interrupted" in call.kinds())
     call.cut_after_tokens = None
     # the agent abandons that reply (as CR apps do on `interrupt`) and says something new
     await app.send({"type": "text", "token": "Sorry, go ahead.", "last": True})

@@ -15,8 +15,8 @@ import websockets
 from twilio.request_validator import RequestValidator
 
 from tests.bridge_harness import AUTH_TOKEN, running_bridge
+from tests.conftest import eventually, wav_bytes
 from tests.test_call_e2e import caller_speech, open_call
-from tests.test_relay_client import wav_bytes
 from tts_core.engines.synthetic import SyntheticEngine
 
 
@@ -60,18 +60,10 @@ async def agent_app() -> AsyncIterator[AgentApp]:
         yield app
 
 
-async def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(predicate())
-
-
 async def test_agent_gets_a_signed_setup_and_its_streamed_tokens_are_spoken() -> None:
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA21", f"?greeting=Hello.&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         setup = agent.of_type("setup")[0]
         assert setup["callSid"] == "CA21"
         assert setup["from"] == "+15550001111" and setup["to"] == "+15550002222"
@@ -89,9 +81,9 @@ async def test_agent_gets_a_signed_setup_and_its_streamed_tokens_are_spoken() ->
 async def test_dtmf_reaches_the_agent() -> None:
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA22", f"?greeting=&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         await call.send_dtmf("7")
-        assert await wait_until(lambda: agent.of_type("dtmf"))
+        await eventually(lambda: agent.of_type("dtmf"))
         assert agent.of_type("dtmf")[0] == {"type": "dtmf", "digit": "7"}
         await call.hang_up()
 
@@ -100,7 +92,7 @@ async def test_barge_in_sends_clear_to_twilio_and_interrupt_to_the_agent() -> No
     engine = SyntheticEngine(realtime_factor=0.3)
     async with agent_app() as agent, running_bridge(engine=engine) as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA23", f"?greeting=&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         long_reply = ("Let me read you the full terms and conditions of the account, which are long. "
                       "Section one covers fees. Section two covers interest. Section three covers "
                       "disputes and how to raise them.")
@@ -108,7 +100,7 @@ async def test_barge_in_sends_clear_to_twilio_and_interrupt_to_the_agent() -> No
         assert await call.wait_for(lambda: call.stats.media_received > 60)
         await call.stream_audio(caller_speech(0.5))
         assert await call.wait_for(lambda: call.stats.clears == 1, timeout=5)
-        assert await wait_until(lambda: agent.of_type("interrupt"))
+        await eventually(lambda: agent.of_type("interrupt"))
         interrupt = agent.of_type("interrupt")[0]
         assert set(interrupt) == {"type", "utteranceUntilInterrupt", "durationUntilInterruptMs"}
         assert interrupt["durationUntilInterruptMs"] > 500
@@ -122,7 +114,7 @@ async def test_barge_in_sends_clear_to_twilio_and_interrupt_to_the_agent() -> No
 async def test_agent_end_lets_speech_finish_then_closes_the_stream() -> None:
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA24", f"?greeting=&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         await agent.send(type="text", token="Goodbye and thanks for calling.", last=True)
         await agent.send(type="end", handoffData='{"reason": "done"}')
         assert await call.wait_closed(10)
@@ -151,7 +143,7 @@ async def test_in_process_python_agent_is_selected_by_name() -> None:
 async def test_agent_disconnect_with_an_open_streamed_turn_still_ends_the_call() -> None:
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA91", f"?greeting=&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         # a streamed reply whose last token never comes: the agent crashes mid-reply
         await agent.send(type="text", token="Your balance is forty two dollars", last=False)
         await asyncio.sleep(0.2)
@@ -166,7 +158,7 @@ async def test_agent_disconnect_with_an_open_streamed_turn_still_ends_the_call()
 async def test_text_sent_just_before_the_agent_disconnects_is_spoken() -> None:
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA92", f"?greeting=&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         await agent.send(type="text", token="Goodbye and thanks for calling.", last=True)
         await agent.socket.close()
         assert await call.wait_closed(10)
@@ -184,7 +176,7 @@ async def test_play_and_text_sent_before_the_agent_disconnects_are_spoken() -> N
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         rb.bridge.play_http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
         call = await open_call(rb, client, "CA93", f"?greeting=&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         await agent.send(type="play", source="https://media.example/hold.wav")
         await agent.send(type="text", token="Goodbye and thanks for calling.", last=True)
         await agent.socket.close()

@@ -27,8 +27,8 @@ import pytest
 from telephony import speech_api
 from telephony.speech_stream import AudioStreamResponse
 from tests.bridge_harness import RunningBridge, running_bridge
+from tests.conftest import eventually
 from tests.test_control_api import write_wav
-from tests.test_engines import wait_until
 from tts_core.audio import Pcm16Encoder, mulaw_to_pcm16
 from tts_core.engines.base import EngineError, SpeechRequest
 from tts_core.engines.piper import PiperEngine
@@ -367,8 +367,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_synthesis_cancelle
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode() + body)
             # ~12 MB of pcm; the client reads none of it, so the server's sends stall.
-            await wait_until(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1,
-                             within=15.0)
+            await eventually(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1,
+                             timeout=15.0)
         finally:
             sock.close()
 
@@ -397,7 +397,7 @@ async def test_requests_beyond_the_in_flight_limit_get_a_429_and_places_are_give
         waiting = [asyncio.create_task(client(rb).audio.speech.create(
             model="tts-1", voice="synthetic", input=TEXT, response_format="pcm"))
             for _ in range(limit)]
-        await wait_until(lambda: engine.busy_slots == limit)
+        await eventually(lambda: engine.busy_slots == limit)
         with pytest.raises(openai.RateLimitError) as refused:
             await client(rb).audio.speech.create(model="tts-1", voice="synthetic", input=TEXT)
         assert refused.value.code == "server_busy"
@@ -405,7 +405,7 @@ async def test_requests_beyond_the_in_flight_limit_get_a_429_and_places_are_give
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
-        await wait_until(lambda: engine.busy_slots == 0)
+        await eventually(lambda: engine.busy_slots == 0)
         engine.first_chunk_delay_s = 0.0
         # Every place comes back, whichever way a request ends: more than the limit in a row.
         for _ in range(limit + 1):
@@ -426,7 +426,7 @@ async def test_client_disconnect_mid_body_cancels_the_synthesis() -> None:
             got = await anext(response.iter_bytes())
             assert got and engine.busy_slots == 1
         # Leaving the block closed the connection mid-body.
-        await wait_until(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1, within=3.0)
+        await eventually(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1, timeout=3.0)
     assert engine.stats.utterances == 1  # no later segment was started
 
 
@@ -435,8 +435,8 @@ async def test_client_disconnect_before_the_first_byte_cancels_the_synthesis() -
     async with running_bridge(engine, api_key=KEY) as rb:
         request = asyncio.create_task(client(rb).audio.speech.create(
             model="tts-1", voice="synthetic", input=TEXT, response_format="pcm"))
-        await wait_until(lambda: engine.busy_slots == 1)
+        await eventually(lambda: engine.busy_slots == 1)
         request.cancel()
-        await wait_until(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1, within=3.0)
+        await eventually(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1, timeout=3.0)
         with pytest.raises(asyncio.CancelledError):
             await request

@@ -26,9 +26,10 @@ from telephony.twilio_emulator import TwilioEmulator
 from telephony.twilio_rest import HangupOutcome, TwilioCalls, make_client
 from tests.asgi_server import free_port_url
 from tests.bridge_harness import RunningBridge, running_bridge
+from tests.conftest import eventually
 from tests.fake_call import FakeCall
 from tests.test_call_e2e import open_call
-from tests.test_relay_e2e import agent_app, wait_until
+from tests.test_relay_e2e import agent_app
 from tests.twilio_rest_standin import (
     ACCOUNT_SID,
     ALREADY_ENDED,
@@ -365,12 +366,12 @@ async def relay_end(rb: RunningBridge, client: httpx.AsyncClient, sid: str, **en
     """A ConversationRelay agent says goodbye and sends ``end``; returns (call, agent)."""
     async with agent_app() as agent:
         call = await open_call(rb, client, sid, f"?greeting=&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         await agent.send(type="text", token="Goodbye and thanks for calling.", last=True)
         await agent.send(type="end", **end)
         assert await call.wait_closed(15)
         assert len(call.played_utterances()) == 1, "the goodbye must be heard"
-        await wait_until(lambda: agent.socket is not None and agent.socket.close_code is not None, 5)
+        await eventually(lambda: agent.socket is not None and agent.socket.close_code is not None, 5)
         return call, agent
 
 
