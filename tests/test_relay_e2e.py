@@ -8,12 +8,14 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import httpx
 import numpy as np
 import websockets
 from twilio.request_validator import RequestValidator
 
+from telephony.agents import Agent, CallControl, SpeechOutcome, SpeechResult
 from tests.bridge_harness import AUTH_TOKEN, running_bridge
 from tests.conftest import eventually, wav_bytes
 from tests.test_call_e2e import caller_speech, open_call
@@ -130,12 +132,32 @@ async def test_agent_that_cannot_be_reached_ends_the_call_cleanly() -> None:
         assert rb.bridge.engine.busy_slots == 0
 
 
+class SaysTheDigitAgent(Agent):
+    """An in-process agent that says each digit pressed and records how the saying went, for the
+    test to check: an ``assert`` in an agent hook is logged and swallowed by the call (one failing
+    hook must not end the call), so it could never fail a test."""
+
+    said: ClassVar[list[tuple[str, SpeechResult]]] = []
+
+    async def on_dtmf(self, call: CallControl, digit: str) -> None:
+        async def tokens() -> AsyncIterator[str]:
+            for token in ["You ", "pressed ", digit, "."]:
+                yield token
+
+        SaysTheDigitAgent.said.append((digit, await call.say(tokens())))
+
+
 async def test_in_process_python_agent_is_selected_by_name() -> None:
-    async with running_bridge(default_agent="python:tests.sample_agents:EchoDigitsAgent") as rb:
+    SaysTheDigitAgent.said.clear()
+    async with running_bridge(default_agent="python:tests.test_relay_e2e:SaysTheDigitAgent") as rb:
         async with httpx.AsyncClient() as client:
             call = await open_call(rb, client, "CA26", "?greeting=")
         await call.send_dtmf("4")
-        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1)
+        await eventually(lambda: SaysTheDigitAgent.said, what="the agent's say() returned")
+        [(digit, result)] = SaysTheDigitAgent.said
+        assert digit == "4"
+        assert result.outcome is SpeechOutcome.PLAYED and result.text == "You pressed 4.", result
+        assert len(call.played_utterances()) == 1
         await call.hang_up()
 
 
