@@ -566,15 +566,22 @@ async def test_text_sent_after_an_interrupted_stream_is_spoken_or_reported(app: 
     call.cut_after_tokens = None
     # the agent abandons that reply (as CR apps do on `interrupt`) and says something new
     await app.send({"type": "text", "token": "Sorry, go ahead.", "last": True})
-    await asyncio.sleep(0.3)
-    spoken = [e for e in call.events if e[0] in ("say", "say-stream", "played")]
-    errors = []
-    while not app.received.empty():
-        m = app.received.get_nowait()
-        if m["type"] == "error":
-            errors.append(m)
+    errors: list[dict[str, Any]] = []
+
+    def spoken_so_far() -> list[tuple[Any, ...]]:
+        return [e for e in call.events if e[0] in ("say", "say-stream", "played")]
+
+    def spoken_or_reported() -> bool:
+        while not app.received.empty():
+            m = app.received.get_nowait()
+            if m["type"] == "error":
+                errors.append(m)
+        return (any("Sorry" in str(e) for e in spoken_so_far())
+                or any("Sorry" in e["description"] for e in errors))
+
+    await eventually(spoken_or_reported, what="'Sorry, go ahead.' spoken or reported")
     await agent.on_stop(call)
-    assert not any("Sorry" in str(e) for e in spoken)
+    assert not any("Sorry" in str(e) for e in spoken_so_far())
     assert any("interrupted" in e["description"] and "Sorry, go ahead." in e["description"]
                for e in errors), f"'Sorry, go ahead.' neither spoken nor reported: errors={errors}"
 
@@ -583,15 +590,20 @@ BODY = wav_bytes(np.zeros(8000, dtype=np.float32), 8000)
 
 
 async def test_play_downloads_of_one_call_are_bounded(app: AgentApp) -> None:
+    """200 plays at once: the job table takes MAX_PENDING_JOBS and refuses the rest; of those, exactly
+    MAX_CONCURRENT_DOWNLOADS download at a time, and every one is downloaded in the end."""
+    release = asyncio.Event()
+    downloads = 0
     in_flight = 0
     peak = 0
 
     async def handle(request: httpx.Request) -> httpx.Response:
-        nonlocal in_flight, peak
+        nonlocal downloads, in_flight, peak
+        downloads += 1
         in_flight += 1
         peak = max(peak, in_flight)
         try:
-            await asyncio.sleep(0.5)  # a slow media server
+            await release.wait()  # a media server that answers when the test says
             return httpx.Response(200, content=BODY)
         finally:
             in_flight -= 1
@@ -599,13 +611,19 @@ async def test_play_downloads_of_one_call_are_bounded(app: AgentApp) -> None:
     http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
     call = FakeCall()
     agent = await started(app, call, http)
-    for n in range(200):
+    plays = 200
+    for n in range(plays):
         await app.send({"type": "play", "source": f"https://media.example/{n}.wav"})
-    await asyncio.sleep(0.3)
-    seen = peak
+    for _ in range(plays - rc.MAX_PENDING_JOBS):  # every play is handled: taken or refused
+        assert "too many speech requests" in (await app.next("error"))["description"]
+    await eventually(lambda: downloads >= rc.MAX_CONCURRENT_DOWNLOADS, what="the first downloads started")
+    assert downloads == peak == rc.MAX_CONCURRENT_DOWNLOADS, f"{downloads} started, {peak} at once"
+    release.set()
+    await eventually(lambda: call.kinds().count("play") == rc.MAX_PENDING_JOBS, what="every play played")
     await agent.on_stop(call)
     await http.aclose()
-    assert seen <= 2, f"{seen} downloads of one call ran at once (each up to 5 MB, x10 loops)"
+    assert downloads == rc.MAX_PENDING_JOBS
+    assert peak == rc.MAX_CONCURRENT_DOWNLOADS, f"{peak} downloads of one call ran at once"
 
 
 # ---- per-reply bounds, without a socket --------------------------------------------------------
@@ -646,10 +664,10 @@ async def test_a_reply_refused_for_lack_of_room_is_refused_once_and_never_spoken
     await agent._handle(text_message("is forty "))
     await agent._handle(text_message("dollars."))
     gate.set()
-    await asyncio.sleep(0.05)
+    await eventually(lambda: not agent._jobs, what="room in the job table")
     await agent._handle(text_message(" Anything else?"))
     await agent._handle(text_message("", last=True))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: not agent._jobs, what="every job started for the reply finished")
     assert len(sent) == 1, "one refusal expected for one reply"
     assert not [e for e in call.events if e[0].startswith("say") and e[1] != "busy"]
     await agent.on_stop(call)
