@@ -142,12 +142,15 @@ async def test_pre_renders_are_bounded_and_a_followed_one_jumps_the_queue() -> N
     cache = PhraseCache(max_prerenders=1, max_prerender_queue=1, prerender_timeout_s=60)
     started: list[str] = []
     deadlines: dict[str, float | None] = {}
+    a_may_finish = asyncio.Event()  # "a" holds its slot until the test lets it go
 
     def renderer(name: str):  # type: ignore[no-untyped-def]
         def render(deadline):  # type: ignore[no-untyped-def]
             async def gen() -> AsyncIterator[list[bytes]]:
                 started.append(name)
                 deadlines[name] = deadline()
+                if name == "a":
+                    await a_may_finish.wait()
                 async for batch in _frames(50, 0.01):
                     yield batch
             return gen()
@@ -157,7 +160,7 @@ async def test_pre_renders_are_bounded_and_a_followed_one_jumps_the_queue() -> N
     assert cache.prerender(keys[0], renderer("a"))
     assert cache.prerender(keys[1], renderer("b"))
     assert not cache.prerender(keys[2], renderer("c"))  # one running, one waiting: skipped
-    await asyncio.sleep(0.05)
+    await eventually(lambda: started, what="the first pre-render started")
     assert started == ["a"] and deadlines["a"] == math.inf  # nobody listens: lowest priority
     assert cache.stats()["prerender_queued"] == 1
 
@@ -168,10 +171,11 @@ async def test_pre_renders_are_bounded_and_a_followed_one_jumps_the_queue() -> N
         return frames
 
     follower = asyncio.create_task(follow())
-    await asyncio.sleep(0.05)
-    assert started == ["a", "b"]  # followed: live work now, not waiting for "a" to finish
+    # followed: live work now, while "a" still holds its slot
+    await eventually(lambda: started == ["a", "b"], what="the followed pre-render started")
     assert cache.stats()["prerender_queued"] == 0
     assert await asyncio.wait_for(follower, 5) == 50
+    a_may_finish.set()
     await cache.aclose()
 
 
