@@ -363,7 +363,7 @@ async def test_a_contended_replica_goes_to_the_earliest_deadline(tmp_path: Path)
     await eventually(lambda: engine.busy_slots == 1)
     now = time.monotonic()
     late = asyncio.create_task(utter("Later.", now + 5))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: len(engine._pool._waiters) == 1, what="the later request queued first")
     urgent = asyncio.create_task(utter("Now.", now))
     await asyncio.gather(busy, late, urgent)
     assert order == [LONG_TEXT, "Now.", "Later."]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import tts_core.voices as voices_mod
-from tests.conftest import wav_bytes
+from tests.conftest import eventually, wav_bytes
 from tts_core.voices import (
     InvalidVoiceAudio,
     InvalidVoiceId,
@@ -526,7 +526,8 @@ async def test_concurrent_gets_share_one_fetch(
 
     server.routes["uma.wav"] = gated
     waiters = [asyncio.create_task(remote_store.get("uma")) for _ in range(10)]
-    await asyncio.sleep(0.05)
+    await eventually(lambda: server.requests["uma.wav"] == 1 and remote_store.stats()["coalesced"] == 9,
+                     what="every waiter joined the one fetch")
     assert remote_store.stats()["in_flight"] == 1
     release.set()
     results = await asyncio.gather(*waiters)
@@ -546,7 +547,8 @@ async def test_shared_failure_reaches_every_waiter_and_is_not_cached(
 
     server.routes["val.wav"] = gated_error
     waiters = [asyncio.create_task(remote_store.get("val")) for _ in range(5)]
-    await asyncio.sleep(0.05)
+    await eventually(lambda: server.requests["val.wav"] == 1 and remote_store.stats()["coalesced"] == 4,
+                     what="every waiter joined the one fetch")
     release.set()
     outcomes = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(o, VoiceFetchError) and "503" in str(o) for o in outcomes)
@@ -569,7 +571,8 @@ async def test_cancelled_waiter_does_not_cancel_the_shared_load(
     server.routes["wes.wav"] = gated
     impatient = asyncio.create_task(remote_store.get("wes"))
     patient = asyncio.create_task(remote_store.get("wes"))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: server.requests["wes.wav"] == 1 and remote_store.stats()["coalesced"] == 1,
+                     what="both waiting on the one fetch")
     impatient.cancel()
     release.set()
     assert (await patient).id == "wes"
@@ -606,18 +609,23 @@ async def test_preload_mixed_results(
 
 async def test_preload_runs_in_parallel(server: FakeVoiceServer, remote_store: VoiceStore) -> None:
     body = level_wav()
+    release = asyncio.Event()
+    waiting = 0
 
-    async def slow(_r: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(0.2)
+    async def held(_r: httpx.Request) -> httpx.Response:
+        nonlocal waiting
+        waiting += 1
+        await release.wait()
         return httpx.Response(200, content=body, headers={"content-type": "audio/wav"})
 
     for i in range(6):
-        server.routes[f"p{i}.wav"] = slow
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    results = await remote_store.preload([f"p{i}" for i in range(6)])
+        server.routes[f"p{i}.wav"] = held
+    preload = asyncio.create_task(remote_store.preload([f"p{i}" for i in range(6)]))
+    # all six are asked for before any answers: sequential fetches would stop at one
+    await eventually(lambda: waiting == 6, what="six fetches in flight at once")
+    release.set()
+    results = await preload
     assert all(r.ok for r in results.values())
-    assert loop.time() - started < 0.2 * 6 / 2  # far below the sequential 1.2 s
     assert remote_store.stats()["fetches"] == 6
 
 
