@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 from telephony.testing.bridge_process import bridge_process, free_port
 from telephony.twilio_emulator import TwilioEmulator
 from tests.bridge_harness import running_bridge
+from tests.conftest import eventually
 from tests.test_call_e2e import open_call, twiml_parameters
 
 TOKEN = "drain-test-auth-token-0123456789"
@@ -38,14 +39,15 @@ async def stream_of(response: httpx.Response, call_sid: str) -> TwilioEmulator:
 
 
 async def draining_health(client: httpx.AsyncClient, base: str) -> httpx.Response:
-    """/health once the signal has been handled (it is delivered asynchronously): 503, or the
-    last answer after 5 s."""
-    for _ in range(250):
-        health = await client.get(f"{base}/health")
-        if health.status_code != 200:
-            break
-        await asyncio.sleep(0.02)
-    return health
+    """/health once the signal has been handled (it is delivered asynchronously): not 200."""
+    answers: list[httpx.Response] = []
+
+    async def not_healthy() -> bool:
+        answers.append(await client.get(f"{base}/health"))
+        return answers[-1].status_code != 200
+
+    await eventually(not_healthy, what="/health answering while draining")
+    return answers[-1]
 
 
 async def test_sigterm_drains_a_real_process_live_call_plays_to_its_end_and_it_exits_0() -> None:

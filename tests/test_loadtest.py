@@ -185,16 +185,14 @@ async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> No
 
 async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path: Path) -> None:
     from tests.bridge_harness import AUTH_TOKEN, running_bridge
+    from tests.conftest import eventually
 
     original = fixture("barge_in")
     async with running_bridge(record_dir=tmp_path) as rb:
         config = loadtest.LoadConfig(url=rb.base_url, recordings=[original], calls=1,
                                      duration_s=30, auth_token=AUTH_TOKEN, server_pid=None)
         first = await loadtest.run_load(config)
-        for _ in range(200):
-            if not rb.bridge.calls:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: not rb.bridge.calls, what="the recorded call ended")
         (path,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*.jsonl")))
         recorded = _replay.load_recording(path)
         config.recordings = [recorded]

@@ -168,7 +168,10 @@ async def test_agent_disconnect_with_an_open_streamed_turn_still_ends_the_call()
         await eventually(lambda: agent.of_type("setup"))
         # a streamed reply whose last token never comes: the agent crashes mid-reply
         await agent.send(type="text", token="Your balance is forty two dollars", last=False)
-        await asyncio.sleep(0.2)
+        # a barrier: the bridge answers messages in order, so once this one's error is back the
+        # open turn above has been taken in
+        await agent.send(type="no-such-message")
+        await eventually(lambda: agent.of_type("error"), what="the bridge took in the open turn")
         await agent.socket.close()
         closed = await call.wait_closed(10)
         sessions = list(rb.bridge.calls)

@@ -70,8 +70,7 @@ async def test_a_preemptible_utterance_is_cut_by_the_next_one_and_twilio_is_clea
     second = speaker.submit("Your agent is ready.")
     result = await asyncio.wait_for(first.future, 2)
     assert result.outcome is SpeechOutcome.INTERRUPTED
-    await asyncio.sleep(0.05)
-    assert "clear" in wire.events()
+    await eventually(lambda: "clear" in wire.events(), what="Twilio's buffer cleared")
     assert not second.future.done()
     await speaker.aclose()
     assert second.future.result().outcome is SpeechOutcome.CANCELLED
@@ -118,7 +117,7 @@ async def test_aclose_cancels_everything_and_leaves_no_task() -> None:
     wire.echo = False
     speaker = make_speaker(SyntheticEngine(realtime_factor=0.5), wire)
     utt = speaker.submit("Speech that will never finish because the call ends.")
-    await asyncio.sleep(0.1)
+    await eventually(lambda: "media" in wire.events(), what="speaking started")
     await speaker.aclose()
     assert utt.future.result().outcome is SpeechOutcome.CANCELLED
     assert [t for t in asyncio.all_tasks() if t.get_name().startswith(("speaker", "render"))] == []
@@ -330,8 +329,7 @@ async def test_marks_not_echoed_after_their_audio_was_due_fail_the_utterance_and
     assert len(stalls) == 1 and speaker.stalled
     sent = len(wire.messages)
     late = speaker.submit("Anything more?")
-    await asyncio.sleep(0.1)
-    assert late.future.result().outcome is SpeechOutcome.FAILED
+    assert (await asyncio.wait_for(late.future, 1)).outcome is SpeechOutcome.FAILED
     assert len(wire.messages) == sent, "nothing more is sent to a peer that stopped playing"
     await speaker.aclose()
 

@@ -111,7 +111,9 @@ async def test_the_bridges_own_voice_echoed_back_at_minus_20_db_is_not_the_calle
             heard = call.stats.utterances[0]
             assert heard.outcome == "played", "the echo of the greeting cut the greeting off"
             assert heard.frames > 200, "the greeting played for seconds, echoed all along"
-            await asyncio.sleep(1.0)  # the echo's tail, after the greeting ended
+            # the echo's tail: one more second of it (50 frames) reaches the bridge after the greeting ended
+            tail_from = session.inbound_frames
+            await eventually(lambda: session.inbound_frames >= tail_from + 50, what="1 s of echo tail heard")
         finally:
             echo.cancel()
         assert call.stats.clears == 0 and session.barge_ins == 0
