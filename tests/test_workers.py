@@ -78,6 +78,8 @@ async def workers_answering(client: httpx.AsyncClient, base: str, want: int,
     seen: dict[int, dict] = {}
     for _ in range(tries):
         body = (await client.get(f"{base}/health")).json()
+        if "process" not in body:  # not a worker's /health: a refusal while one restarts
+            continue
         seen[body["process"]["pid"]] = body
         if len(seen) >= want:
             break
