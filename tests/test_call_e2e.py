@@ -50,6 +50,7 @@ def caller_speech(seconds: float) -> bytes:
     return pcm16_to_mulaw(float_to_pcm16(audio))
 
 
+@pytest.mark.slow
 async def test_webhook_answers_connect_stream_with_parameters_and_token() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?voice=synthetic&preset=fast&greeting=Hi%20there")
@@ -64,6 +65,7 @@ async def test_webhook_answers_connect_stream_with_parameters_and_token() -> Non
         assert len(params["token"]) >= 20
 
 
+@pytest.mark.slow
 async def test_webhook_refuses_a_bad_signature_with_403_json() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", signed=False)
@@ -71,6 +73,7 @@ async def test_webhook_refuses_a_bad_signature_with_403_json() -> None:
         assert response.json()["error"]["code"] == "invalid_signature"
 
 
+@pytest.mark.slow
 async def test_webhook_rejects_unknown_preset_with_422() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?preset=nope")
@@ -78,6 +81,7 @@ async def test_webhook_rejects_unknown_preset_with_422() -> None:
         assert "nope" in response.json()["error"]["message"]
 
 
+@pytest.mark.slow
 async def test_webhook_rejects_a_voice_that_cannot_exist_with_422() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?voice=nosuchvoice")
@@ -85,12 +89,14 @@ async def test_webhook_rejects_a_voice_that_cannot_exist_with_422() -> None:
         assert response.json()["error"]["code"] == "unknown_voice"
 
 
+@pytest.mark.slow
 async def test_a_voice_id_with_a_trailing_newline_is_a_422_not_a_500() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?voice=joe%0A")
         assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_voice"
 
 
+@pytest.mark.slow
 async def test_a_request_cannot_make_the_server_import_python_code() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?agentUrl=python:os:abort")
@@ -108,6 +114,7 @@ async def test_a_request_cannot_make_the_server_import_python_code() -> None:
         assert forged.stats.close_code == 1008
 
 
+@pytest.mark.slow
 async def test_a_default_voice_that_does_not_exist_stops_the_server_at_start() -> None:
     from telephony.config import ConfigError, settings_from_env
     from telephony.services import Bridge
@@ -117,6 +124,7 @@ async def test_a_default_voice_that_does_not_exist_stops_the_server_at_start() -
         await Bridge.start(settings, engine=SyntheticEngine())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signed", [False, True], ids=["token", "signature"])
 async def test_greeting_is_played_with_valid_frames_and_marks(signed: bool) -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
@@ -131,6 +139,7 @@ async def test_greeting_is_played_with_valid_frames_and_marks(signed: bool) -> N
         assert call.stats.marks_echoed >= 1
 
 
+@pytest.mark.slow
 async def test_invalid_handshake_signature_is_closed_with_1008() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA3")
@@ -143,6 +152,7 @@ async def test_invalid_handshake_signature_is_closed_with_1008() -> None:
         assert call.stats.media_received == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", ["", "not-a-real-token"])
 async def test_unsigned_stream_without_a_valid_token_is_closed(token: str) -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
@@ -153,6 +163,7 @@ async def test_unsigned_stream_without_a_valid_token_is_closed(token: str) -> No
         assert rb.bridge.calls == {}, "no call session may start before the token is checked"
 
 
+@pytest.mark.slow
 async def test_stream_token_is_single_use_and_bound_to_the_call() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         first = await open_call(rb, client, "CA5", "?greeting=Hi.")
@@ -171,6 +182,7 @@ async def test_stream_token_is_single_use_and_bound_to_the_call() -> None:
         await first.hang_up()
 
 
+@pytest.mark.slow
 async def test_start_that_never_comes_is_closed() -> None:
     async with running_bridge(start_timeout_s=0.3) as rb:
         call = TwilioEmulator(rb.stream_url)
@@ -179,6 +191,7 @@ async def test_start_that_never_comes_is_closed() -> None:
         assert call.stats.close_code == 1008
 
 
+@pytest.mark.slow
 async def test_unsupported_media_format_is_refused() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA8")
@@ -190,6 +203,7 @@ async def test_unsupported_media_format_is_refused() -> None:
         assert call.stats.close_code == 1003
 
 
+@pytest.mark.slow
 async def test_demo_agent_reads_back_dtmf_and_pound_ends_the_stream() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA9", "?greeting=Hi.")
@@ -203,6 +217,7 @@ async def test_demo_agent_reads_back_dtmf_and_pound_ends_the_stream() -> None:
         assert call.stats.invalid == []
 
 
+@pytest.mark.slow
 async def test_malformed_messages_are_counted_and_the_call_goes_on() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA10", "?greeting=")
@@ -222,6 +237,7 @@ async def test_malformed_messages_are_counted_and_the_call_goes_on() -> None:
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_barge_in_clears_twilio_and_stops_generation() -> None:
     engine = SyntheticEngine(realtime_factor=0.3)
     async with running_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as rb:
@@ -254,6 +270,7 @@ def media_around_the_first_clear(call: TwilioEmulator) -> tuple[int, int]:
     return events[:cleared_at].count("media"), events[cleared_at:].count("media")
 
 
+@pytest.mark.slow
 async def test_disconnect_mid_utterance_leaves_no_task_and_no_busy_engine_slot() -> None:
     engine = SyntheticEngine(realtime_factor=0.5)
     # Insecure mode and no webhook: the greeting is rendered live by the call, not pre-rendered.
@@ -275,6 +292,7 @@ async def test_disconnect_mid_utterance_leaves_no_task_and_no_busy_engine_slot()
         await eventually(lambda: not leftover(), what="every task of the call ended")
 
 
+@pytest.mark.slow
 async def test_pre_rendered_greeting_starts_within_milliseconds_of_start() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA13", "?greeting=Thanks%20for%20calling.")
@@ -290,6 +308,7 @@ async def test_pre_rendered_greeting_starts_within_milliseconds_of_start() -> No
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_recording_writes_the_call_as_recorded_call_jsonl(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
@@ -334,6 +353,7 @@ async def test_a_peer_that_stops_reading_stalls_the_stream_once_and_nothing_wait
     assert sent == ["m0", "m1", "m2"] and sender.stalled and stalls == [True]
 
 
+@pytest.mark.slow
 async def test_a_twilio_side_that_stops_reading_fails_the_utterance_and_ends_the_call(
         caplog: pytest.LogCaptureFixture) -> None:
     """Issue 10 finding 5: the peer stops reading mid-greeting while the kernel's buffers still
@@ -399,6 +419,7 @@ class _DeafSocket:
         await asyncio.Event().wait()  # the close frame cannot be written either
 
 
+@pytest.mark.slow
 async def test_a_send_that_stalls_ends_the_call_at_once_not_on_the_next_message(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Issue 10 finding 5, the write-buffer side: when sends block (the transport over its

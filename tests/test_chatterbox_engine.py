@@ -434,6 +434,7 @@ def test_the_engine_is_created_by_name_without_torch(tmp_path: Path) -> None:
 
 
 # ---- through the bridge ---------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_a_call_through_the_bridge_speaks_a_cloned_voice_with_valid_frames(tmp_path: Path) -> None:
     import httpx
 
@@ -477,6 +478,7 @@ def test_settings_build_the_engine_with_its_options(tmp_path: Path) -> None:
     assert engine.conditioning.cache_dir == voices / ".chatterbox-conds"
 
 
+@pytest.mark.slow
 async def test_a_checkpoint_that_cannot_load_stops_the_server_with_the_files_named(tmp_path: Path) -> None:
     from telephony.config import ConfigError, settings_from_env
     from telephony.services import Bridge

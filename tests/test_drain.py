@@ -11,6 +11,7 @@ import signal
 import time
 
 import httpx
+import pytest
 from twilio.request_validator import RequestValidator
 
 from telephony.testing.bridge_process import bridge_process, free_port
@@ -50,6 +51,7 @@ async def draining_health(client: httpx.AsyncClient, base: str) -> httpx.Respons
     return answers[-1]
 
 
+@pytest.mark.slow
 async def test_sigterm_drains_a_real_process_live_call_plays_to_its_end_and_it_exits_0() -> None:
     port = free_port()
     env = {"TWILIO_AUTH_TOKEN": TOKEN, "PUBLIC_URL": f"http://127.0.0.1:{port}",
@@ -89,6 +91,7 @@ async def test_sigterm_drains_a_real_process_live_call_plays_to_its_end_and_it_e
         assert "fd budget: limit" in log
 
 
+@pytest.mark.slow
 async def test_a_second_sigterm_stops_at_once() -> None:
     async with bridge_process("--insecure-dev", env={"VOICE_BRIDGE_ENGINE": "synthetic"}) as proc, \
             httpx.AsyncClient(timeout=5) as client:
@@ -105,6 +108,7 @@ async def test_a_second_sigterm_stops_at_once() -> None:
         assert "SIGTERM: stopping now; 1 live call(s) are cut" in proc.log()
 
 
+@pytest.mark.slow
 async def test_past_drain_s_the_utterance_in_progress_finishes_then_the_call_closes() -> None:
     long_greeting = "This greeting is much longer than the drain allows. " * 3
     async with running_bridge(drain_s=0.3) as rb, httpx.AsyncClient() as client:
@@ -122,6 +126,7 @@ async def test_past_drain_s_the_utterance_in_progress_finishes_then_the_call_clo
         assert rb.server.should_exit
 
 
+@pytest.mark.slow
 async def test_drain_without_calls_ends_at_once_and_health_says_draining() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         rb.server.begin_drain()

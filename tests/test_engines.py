@@ -87,6 +87,7 @@ def sentences(piper_voice, monkeypatch) -> SentenceCounter:
     return counter
 
 
+@pytest.mark.slow
 async def test_piper_streams_two_sentences_as_non_silent_float32_chunks(piper: PiperEngine) -> None:
     chunks = [c async for c in piper.stream(request("Hello there. How can I help you today?"))]
     assert piper.sample_rate == 22050
@@ -103,6 +104,7 @@ async def test_piper_streams_two_sentences_as_non_silent_float32_chunks(piper: P
     assert piper.busy_slots == 0
 
 
+@pytest.mark.slow
 async def test_cancelling_the_consumer_stops_piper_within_one_chunk(
     piper: PiperEngine, sentences: SentenceCounter
 ) -> None:
@@ -135,6 +137,7 @@ async def test_cancelling_the_consumer_stops_piper_within_one_chunk(
     assert piper.stats.failures == 0
 
 
+@pytest.mark.slow
 async def test_closing_the_iterator_early_frees_the_piper_slot(
     piper: PiperEngine, sentences: SentenceCounter
 ) -> None:
@@ -158,6 +161,7 @@ async def test_piper_rejects_an_unknown_voice_and_cloning(piper: PiperEngine) ->
     assert piper.busy_slots == 0
 
 
+@pytest.mark.slow
 async def test_piper_reports_each_ignored_preset_parameter_once(
     piper: PiperEngine, caplog: pytest.LogCaptureFixture
 ) -> None:

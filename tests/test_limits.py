@@ -56,6 +56,7 @@ async def response_head(reader: asyncio.StreamReader, timeout: float) -> bytes:
 
 
 # ---- finding 1: header and body deadlines ---------------------------------------------------------
+@pytest.mark.slow
 async def test_headers_that_never_complete_get_408_and_the_connection_closes() -> None:
     async with running_bridge(header_timeout_s=0.3) as rb, raw(rb) as (reader, writer):
         writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a slowloris, stopped here
@@ -68,6 +69,7 @@ async def test_headers_that_never_complete_get_408_and_the_connection_closes() -
         assert guard_of(rb).refused["header_timeout"] == 1
 
 
+@pytest.mark.slow
 async def test_a_kept_alive_connection_gets_the_same_header_deadline_for_its_next_request() -> None:
     async with running_bridge(header_timeout_s=0.3) as rb, raw(rb) as (reader, writer):
         writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -80,6 +82,7 @@ async def test_a_kept_alive_connection_gets_the_same_header_deadline_for_its_nex
         assert (await response_head(reader, 3)).startswith(b"HTTP/1.1 408")
 
 
+@pytest.mark.slow
 async def test_silent_connections_are_closed_without_a_stray_408() -> None:
     """A connection that never sends a byte is closed (counted); a kept-alive one after its
     pipelined requests is closed silently: a 408 there could be read as the next answer."""
@@ -93,6 +96,7 @@ async def test_silent_connections_are_closed_without_a_stray_408() -> None:
         assert guard_of(rb).refused == {"idle_timeout": 1}
 
 
+@pytest.mark.slow
 async def test_a_trickled_webhook_body_gets_408_within_the_body_timeout() -> None:
     async with running_bridge(body_timeout_s=0.3) as rb, raw(rb) as (reader, writer):
         writer.write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
@@ -101,6 +105,7 @@ async def test_a_trickled_webhook_body_gets_408_within_the_body_timeout() -> Non
         assert head.startswith(b"HTTP/1.1 408"), head
 
 
+@pytest.mark.slow
 async def test_a_client_gone_mid_body_is_no_500_and_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
     async with running_bridge() as rb:
         async with raw(rb) as (_, writer):
@@ -111,6 +116,7 @@ async def test_a_client_gone_mid_body_is_no_500_and_no_traceback(caplog: pytest.
 
 
 # ---- finding 1: caps on unauthenticated connections ----------------------------------------------
+@pytest.mark.slow
 async def test_idle_connections_past_the_per_peer_cap_get_503_and_other_peers_are_served(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "telephony.conn_guard")
@@ -131,6 +137,7 @@ async def test_idle_connections_past_the_per_peer_cap_get_503_and_other_peers_ar
         await eventually(lambda: guard.pending == 0)
 
 
+@pytest.mark.slow
 async def test_at_the_global_cap_the_oldest_idle_connection_makes_room_for_a_new_caller() -> None:
     # Idle connections from many addresses, each under its per-peer cap, fill the global cap:
     # refusing newcomers would lock every caller and webhook out (a spread-out slowloris), so the
@@ -151,6 +158,7 @@ async def test_at_the_global_cap_the_oldest_idle_connection_makes_room_for_a_new
             writer.close()
 
 
+@pytest.mark.slow
 async def test_connections_past_max_connections_get_503_at_accept() -> None:
     async with running_bridge(max_connections=4, body_timeout_s=5) as rb:
         guard = guard_of(rb)
@@ -169,6 +177,7 @@ async def test_connections_past_max_connections_get_503_at_accept() -> None:
             writer.close()
 
 
+@pytest.mark.slow
 async def test_streams_that_do_not_send_start_are_capped_per_peer_with_1013(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "telephony.conn_guard")
@@ -187,6 +196,7 @@ async def test_streams_that_do_not_send_start_are_capped_per_peer_with_1013(
         await eventually(lambda: guard.pending == 0)
 
 
+@pytest.mark.slow
 async def test_streams_that_do_not_send_start_are_capped_globally_with_1013() -> None:
     async with running_bridge(max_pending=2, max_pending_per_peer=0, start_timeout_s=5) as rb:
         guard = guard_of(rb)
@@ -216,6 +226,7 @@ def test_the_fd_budget_sizes_the_caps_from_the_limit() -> None:
 
 
 # ---- finding 2: operator endpoints need a credential ------------------------------------------------
+@pytest.mark.slow
 async def test_a_warmup_flood_without_credentials_is_refused_and_synthesizes_nothing() -> None:
     async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
         before = rb.bridge.engine.stats.utterances
@@ -227,6 +238,7 @@ async def test_a_warmup_flood_without_credentials_is_refused_and_synthesizes_not
         assert not rb.bridge.background
 
 
+@pytest.mark.slow
 async def test_preload_without_credentials_fetches_nothing() -> None:
     fetches = []
     async with running_bridge(voice_server_url="http://127.0.0.1:9") as rb, \
@@ -246,6 +258,7 @@ def signed(url: str, body: bytes | None = None) -> tuple[str, dict[str, str]]:
                  "Content-Type": "application/json"}
 
 
+@pytest.mark.slow
 async def test_operator_endpoints_take_the_key_or_a_twilio_signature_and_nothing_else() -> None:
     body = json.dumps({"voice": "synthetic"}).encode()
     async with running_bridge() as rb, httpx.AsyncClient() as client:
@@ -267,6 +280,7 @@ async def test_operator_endpoints_take_the_key_or_a_twilio_signature_and_nothing
             assert (await client.get(rb.base_url + open_path)).status_code == 200
 
 
+@pytest.mark.slow
 async def test_insecure_dev_without_a_key_leaves_operator_endpoints_open() -> None:
     async with running_bridge(twilio_auth_token=None, insecure_dev=True, api_key=None) as rb, \
             httpx.AsyncClient(base_url=rb.base_url) as client:
@@ -275,6 +289,7 @@ async def test_insecure_dev_without_a_key_leaves_operator_endpoints_open() -> No
 
 
 # ---- finding 2: bodies are capped before they are read ------------------------------------------------
+@pytest.mark.slow
 async def test_a_200_mb_webhook_is_refused_at_once_without_reading_it() -> None:
     async with running_bridge() as rb, raw(rb) as (reader, writer):
         writer.write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
@@ -286,6 +301,7 @@ async def test_a_200_mb_webhook_is_refused_at_once_without_reading_it() -> None:
         assert time.monotonic() - started < 1
 
 
+@pytest.mark.slow
 async def test_a_chunked_webhook_is_cut_off_past_the_cap() -> None:
     async with running_bridge() as rb, raw(rb) as (reader, writer):
         writer.write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"

@@ -107,6 +107,7 @@ def test_loadtest_refuses_non_loopback_hosts(capsys: pytest.CaptureFixture[str])
 # ---------------------------------------------------------------------------------- against the bridge
 
 
+@pytest.mark.slow
 async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
     from tests.bridge_harness import AUTH_TOKEN, running_bridge
     from tts_core.engines.synthetic import SyntheticEngine
@@ -145,6 +146,7 @@ async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
     assert "TTFA" in text and "underruns: 0" in text
 
 
+@pytest.mark.slow
 async def test_a_slow_engine_shows_up_as_underruns() -> None:
     from tests.bridge_harness import AUTH_TOKEN, running_bridge
     from tts_core.engines.synthetic import SyntheticEngine
@@ -162,6 +164,7 @@ async def test_a_slow_engine_shows_up_as_underruns() -> None:
     assert sum(data["timeseries"]["underrun_ms"]) == pytest.approx(data["underruns"]["total_ms"])
 
 
+@pytest.mark.slow
 async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> None:
     from tests.bridge_harness import AUTH_TOKEN, running_bridge
 
@@ -183,6 +186,7 @@ async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> No
         assert seconds > 2.0
 
 
+@pytest.mark.slow
 async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path: Path) -> None:
     from tests.bridge_harness import AUTH_TOKEN, running_bridge
     from tests.conftest import eventually
@@ -214,6 +218,7 @@ async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path:
         assert [t["outcome"] for t in call["turns"]] == ["audio", "audio"]
 
 
+@pytest.mark.slow
 async def test_refused_calls_are_reported_as_errors() -> None:
     from tests.bridge_harness import running_bridge
 

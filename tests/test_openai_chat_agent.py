@@ -46,6 +46,7 @@ async def started(agent: OpenAIChatAgent, greeting: str = GREETING) -> FakeCall:
 
 
 # ---- (1) one turn -----------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_a_caller_turn_streams_tokens_into_say_and_sends_the_system_prompt(
         chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
     chat_standin.script(Script(tokens=["Sure", ",", " I", " can", " help", "."], token_delay_s=0.1))
@@ -72,6 +73,7 @@ async def test_a_caller_turn_streams_tokens_into_say_and_sends_the_system_prompt
     await agent.on_stop(call)
 
 
+@pytest.mark.slow
 async def test_tokens_reach_say_while_the_server_is_still_generating(
         chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
     chat_standin.script(Script(tokens=["One", " two", " three."], token_delay_s=0.3))
@@ -132,6 +134,7 @@ async def test_a_keypress_is_a_caller_turn(chat_standin: StandInChatServer, http
 
 
 # ---- (3) interruptions ---------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_an_interrupted_reply_keeps_only_what_the_caller_heard(
         chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
     words = ["Well,", " the", " answer", " is", " long", " and", " winding."]
@@ -214,6 +217,7 @@ async def test_a_new_turn_before_the_first_token_merges_the_caller_turns(
     await agent.on_stop(call)
 
 
+@pytest.mark.slow
 async def test_a_turn_queued_behind_the_greeting_asks_at_once_and_a_newer_turn_cancels_it(
         chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
     greeting_playing = asyncio.Event()
@@ -280,6 +284,7 @@ ERRORS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ERRORS))
 async def test_a_failing_chat_server_is_answered_with_an_apology_and_the_call_goes_on(
         case: str, chat_standin: StandInChatServer, http: httpx.AsyncClient,
@@ -409,6 +414,7 @@ def test_llm_settings_are_read_and_the_api_key_never_shows() -> None:
     assert with_password.display_url == "https://llm.example.com:8443/v1/chat/completions"
 
 
+@pytest.mark.slow
 async def test_a_call_may_pick_openai_chat_only_when_the_operator_configured_an_llm(
         chat_standin: StandInChatServer) -> None:
     from tests.bridge_harness import running_bridge
@@ -422,6 +428,7 @@ async def test_a_call_may_pick_openai_chat_only_when_the_operator_configured_an_
 
 
 # ---- (7) end to end: the real bridge, the Twilio emulator as the caller's phone --------------------------
+@pytest.mark.slow
 async def test_end_to_end_a_caller_turn_is_answered_with_audio_the_caller_hears(
         chat_standin: StandInChatServer) -> None:
     from tests.bridge_harness import running_bridge
@@ -455,6 +462,7 @@ async def test_end_to_end_a_caller_turn_is_answered_with_audio_the_caller_hears(
         assert call.stats.invalid == []
 
 
+@pytest.mark.slow
 async def test_end_to_end_barge_in_closes_the_llm_stream_and_keeps_only_the_heard_words(
         chat_standin: StandInChatServer) -> None:
     from telephony.twilio_emulator import TwilioEmulator

@@ -25,6 +25,8 @@ from tests.conftest import eventually, wav_bytes
 from tests.test_call_e2e import open_call
 from tests.test_relay_e2e import agent_app
 
+pytestmark = pytest.mark.slow  # end-to-end: runs outside the fast tier (pytest -m 'not slow')
+
 FIVE_MB_SAMPLES = 2_500_000
 """16-bit mono at 8 kHz: a 5,000,044-byte WAV (just under the 5 MiB download cap), 312 s of audio,
 10,000,000 bytes decoded (float32)."""

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.bridge_harness import RunningBridge, running_bridge
 from tests.conftest import eventually
@@ -71,6 +72,7 @@ async def ttfa(rb: RunningBridge, client: httpx.AsyncClient, call_sid: str, gree
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_a_greeting_burst_without_streams_does_not_delay_a_live_call() -> None:
     engine = LoggedEngine()
     async with running_bridge(engine=engine, prerender_concurrency=RUNNING,
@@ -138,6 +140,7 @@ async def _frames(n: int, delay: float = 0.0) -> AsyncIterator[list[bytes]]:
     yield []
 
 
+@pytest.mark.slow
 async def test_pre_renders_are_bounded_and_a_followed_one_jumps_the_queue() -> None:
     cache = PhraseCache(max_prerenders=1, max_prerender_queue=1, prerender_timeout_s=60)
     started: list[str] = []
@@ -191,6 +194,7 @@ async def test_a_pre_render_nobody_follows_is_cancelled_after_its_timeout() -> N
     assert stats["entries"] == 0
 
 
+@pytest.mark.slow
 async def test_background_work_steps_aside_between_chunks_for_a_live_request() -> None:
     import threading
     import time
@@ -223,6 +227,7 @@ async def test_background_work_steps_aside_between_chunks_for_a_live_request() -
     runner.shutdown()
 
 
+@pytest.mark.slow
 async def test_a_warmup_is_background_work_too() -> None:
     """The webhook's (and /warmup's) warm-up synthesis takes an engine slot only after live
     requests waiting for it."""

@@ -210,6 +210,7 @@ async def test_connect_refused_raises_agent_error_fast() -> None:
     await agent.on_stop(FakeCall())
 
 
+@pytest.mark.slow
 async def test_connect_timeout_raises_agent_error() -> None:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -522,6 +523,7 @@ def test_clips_below_telephone_rate_are_refused(rate: int) -> None:
         decode_wav(wav_bytes(np.zeros(4000, dtype=np.float32), rate))
 
 
+@pytest.mark.slow
 async def test_a_compressed_audio_body_is_refused_not_decoded() -> None:
     import gzip
 
@@ -556,6 +558,7 @@ async def test_fetch_audio_limits_and_schemes() -> None:
             await fetch_audio(client, "file:///etc/passwd", max_bytes=1000)
 
 
+@pytest.mark.slow
 async def test_text_sent_after_an_interrupted_stream_is_spoken_or_reported(app: AgentApp) -> None:
     call = FakeCall()
     call.cut_after_tokens = 2  # the caller barges in after two tokens
@@ -589,6 +592,7 @@ async def test_text_sent_after_an_interrupted_stream_is_spoken_or_reported(app: 
 BODY = wav_bytes(np.zeros(8000, dtype=np.float32), 8000)
 
 
+@pytest.mark.slow
 async def test_play_downloads_of_one_call_are_bounded(app: AgentApp) -> None:
     """200 plays at once: the job table takes MAX_PENDING_JOBS and refuses the rest; of those, exactly
     MAX_CONCURRENT_DOWNLOADS download at a time, and every one is downloaded in the end."""

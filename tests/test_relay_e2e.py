@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import httpx
 import numpy as np
+import pytest
 import websockets
 from twilio.request_validator import RequestValidator
 
@@ -62,6 +63,7 @@ async def agent_app() -> AsyncIterator[AgentApp]:
         yield app
 
 
+@pytest.mark.slow
 async def test_agent_gets_a_signed_setup_and_its_streamed_tokens_are_spoken() -> None:
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA21", f"?greeting=Hello.&agentUrl={agent.url}")
@@ -80,6 +82,7 @@ async def test_agent_gets_a_signed_setup_and_its_streamed_tokens_are_spoken() ->
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_dtmf_reaches_the_agent() -> None:
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA22", f"?greeting=&agentUrl={agent.url}")
@@ -90,6 +93,7 @@ async def test_dtmf_reaches_the_agent() -> None:
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_barge_in_sends_clear_to_twilio_and_interrupt_to_the_agent() -> None:
     engine = SyntheticEngine(realtime_factor=0.3)
     async with agent_app() as agent, running_bridge(engine=engine) as rb, httpx.AsyncClient() as client:
@@ -113,6 +117,7 @@ async def test_barge_in_sends_clear_to_twilio_and_interrupt_to_the_agent() -> No
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_agent_end_lets_speech_finish_then_closes_the_stream() -> None:
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA24", f"?greeting=&agentUrl={agent.url}")
@@ -124,6 +129,7 @@ async def test_agent_end_lets_speech_finish_then_closes_the_stream() -> None:
         assert call.stats.close_code == 1000
 
 
+@pytest.mark.slow
 async def test_agent_that_cannot_be_reached_ends_the_call_cleanly() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA25", "?greeting=&agentUrl=ws://127.0.0.1:9/none")
@@ -147,6 +153,7 @@ class SaysTheDigitAgent(Agent):
         SaysTheDigitAgent.said.append((digit, await call.say(tokens())))
 
 
+@pytest.mark.slow
 async def test_in_process_python_agent_is_selected_by_name() -> None:
     SaysTheDigitAgent.said.clear()
     async with running_bridge(default_agent="python:tests.test_relay_e2e:SaysTheDigitAgent") as rb:
@@ -162,6 +169,7 @@ async def test_in_process_python_agent_is_selected_by_name() -> None:
 
 
 # ---- the agent disconnects: what it sent is still spoken, then the call ends ----------------------
+@pytest.mark.slow
 async def test_agent_disconnect_with_an_open_streamed_turn_still_ends_the_call() -> None:
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA91", f"?greeting=&agentUrl={agent.url}")
@@ -180,6 +188,7 @@ async def test_agent_disconnect_with_an_open_streamed_turn_still_ends_the_call()
                        f"utterances heard={len(call.played_utterances())}"
 
 
+@pytest.mark.slow
 async def test_text_sent_just_before_the_agent_disconnects_is_spoken() -> None:
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA92", f"?greeting=&agentUrl={agent.url}")
@@ -191,6 +200,7 @@ async def test_text_sent_just_before_the_agent_disconnects_is_spoken() -> None:
             f"the goodbye was lost: media frames received={call.stats.media_received}")
 
 
+@pytest.mark.slow
 async def test_play_and_text_sent_before_the_agent_disconnects_are_spoken() -> None:
     body = wav_bytes(np.full(8000, 0.3, dtype=np.float32), 8000)
 

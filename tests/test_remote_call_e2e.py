@@ -20,6 +20,8 @@ from tts_core.engines.openai_remote import OpenAIRemoteEngine
 from tts_core.engines.piper import PiperEngine
 from tts_core.engines.synthetic import SyntheticEngine
 
+pytestmark = pytest.mark.slow  # end-to-end: runs outside the fast tier (pytest -m 'not slow')
+
 API_KEY = "sk-remote-test"
 GREETING = "Hello caller. This voice comes from a server across the network."
 REPLY = "Your order shipped this morning, and it should arrive on Thursday."

@@ -6,6 +6,8 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import pytest
+
 from telephony.agents.base import SpeechOutcome
 from telephony.playout import PlayoutClock
 from telephony.speaker import Speaker
@@ -148,6 +150,7 @@ def media_and_segment_marks(wire: Wire) -> list[str]:
 PROMPT = "For billing, press one. For appointments, press two. To hear this again, press nine."
 
 
+@pytest.mark.slow
 async def test_calls_saying_the_same_prompt_at_once_share_one_synthesis() -> None:
     engine, cache = CountingEngine(realtime_factor=0.05), PhraseCache()
     wires = [Wire() for _ in range(5)]
@@ -193,6 +196,7 @@ async def test_barge_in_on_the_only_call_rendering_a_phrase_stops_the_engine() -
     await speaker.aclose()
 
 
+@pytest.mark.slow
 async def test_a_call_that_leaves_does_not_stop_the_phrase_for_the_others() -> None:
     engine, cache = CountingEngine(realtime_factor=0.1), PhraseCache()
     leaving, staying = Wire(), Wire()
@@ -220,6 +224,7 @@ class SlowWire:
             self.messages.append(json.loads(text))
 
 
+@pytest.mark.slow
 async def test_no_media_is_sent_after_clear() -> None:
     wire = SlowWire()
     speaker = Speaker(engine=SyntheticEngine(chunk_ms=1000), voice_id="synthetic", preset=PRESET,
@@ -308,6 +313,7 @@ class StoppedPeer(Wire):
             asyncio.get_running_loop().call_soon(self.speaker.on_mark, message["mark"]["name"])
 
 
+@pytest.mark.slow
 async def test_marks_not_echoed_after_their_audio_was_due_fail_the_utterance_and_stop_sending() -> None:
     """Issue 10 finding 5: a Twilio side that stops playing/reading is noticed by its marks."""
     wire = StoppedPeer(echo_first=1)
@@ -334,6 +340,7 @@ async def test_marks_not_echoed_after_their_audio_was_due_fail_the_utterance_and
     await speaker.aclose()
 
 
+@pytest.mark.slow
 async def test_a_peer_that_echoes_every_mark_in_time_is_never_declared_stalled() -> None:
     wire = Wire()  # echoes at once
     stalls: list[str] = []

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import httpx
 import numpy as np
+import pytest
 import websockets
 
 from telephony.agents.demo import DemoAgent, demo_answer
@@ -63,6 +64,7 @@ class TimedAgent(AgentApp):
                 await ws.send(json.dumps({"type": "text", "token": self.reply, "last": True}))
 
 
+@pytest.mark.slow
 async def test_caller_speech_reaches_the_agent_as_a_prompt_and_its_reply_is_heard(
     recogniser: Recogniser,
 ) -> None:
@@ -97,6 +99,7 @@ async def test_caller_speech_reaches_the_agent_as_a_prompt_and_its_reply_is_hear
     assert base.received == []
 
 
+@pytest.mark.slow
 async def test_the_bridges_own_voice_echoed_back_at_minus_20_db_is_not_the_caller(
     recogniser: Recogniser,
 ) -> None:
@@ -121,6 +124,7 @@ async def test_the_bridges_own_voice_echoed_back_at_minus_20_db_is_not_the_calle
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_a_caller_talking_over_the_greeting_barges_in_and_is_then_recognised(
     recogniser: Recogniser,
 ) -> None:
@@ -139,6 +143,7 @@ async def test_a_caller_talking_over_the_greeting_barges_in_and_is_then_recognis
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_partial_prompts_come_while_the_caller_talks_when_the_webhook_asks(
     recogniser: Recogniser,
 ) -> None:
@@ -154,6 +159,7 @@ async def test_partial_prompts_come_while_the_caller_talks_when_the_webhook_asks
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_partial_prompts_parameter_is_carried_and_checked() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         _, params = twiml_parameters((await rb.webhook(client, "CA45", "?partialPrompts=true")).text)
@@ -164,6 +170,7 @@ async def test_partial_prompts_parameter_is_carried_and_checked() -> None:
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_partial_prompts"
 
 
+@pytest.mark.slow
 async def test_a_newcomers_first_call_with_the_demo_agent_is_a_conversation(
     recogniser: Recogniser,
 ) -> None:

@@ -6,6 +6,7 @@ agent must receive the right ``prompt``, and the caller must hear its reply."""
 from __future__ import annotations
 
 import httpx
+import pytest
 import websockets
 
 from telephony.testing.bridge_process import bridge_process
@@ -16,6 +17,8 @@ from tests.test_call_e2e import open_call, session_of
 from tests.test_stt_e2e import TimedAgent, say
 from tts_core.stt.openai_remote import RemoteRecogniser
 from tts_core.stt.wer import normalise
+
+pytestmark = pytest.mark.slow  # end-to-end: runs outside the fast tier (pytest -m 'not slow')
 
 API_KEY = "sk-remote-stt-test"
 

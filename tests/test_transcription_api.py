@@ -39,6 +39,7 @@ def client_for(base_url: str, key: str = API_KEY) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, timeout=30)
 
 
+@pytest.mark.slow
 async def test_the_openai_client_transcribes_real_speech(recogniser: Recogniser) -> None:
     async with running_bridge(stt="local", recogniser=recogniser, api_key=API_KEY) as rb:
         client = client_for(rb.base_url)
@@ -62,6 +63,7 @@ async def test_the_openai_client_transcribes_real_speech(recogniser: Recogniser)
         assert raw.headers["x-ignored-fields"] == "prompt,temperature"
 
 
+@pytest.mark.slow
 async def test_api_key_rules(recogniser: Recogniser) -> None:
     wav = clip_wav("go_forward_ten_meters")
     async with running_bridge(stt="local", recogniser=recogniser, api_key=API_KEY) as rb:
@@ -90,6 +92,7 @@ def assert_openai_error(response: httpx.Response, status: int, code: str) -> dic
     return error
 
 
+@pytest.mark.slow
 async def test_bad_uploads_get_openai_shaped_4xx(recogniser: Recogniser) -> None:
     wav = clip_wav("go_forward_ten_meters")
     auth = {"Authorization": f"Bearer {API_KEY}"}
@@ -120,6 +123,7 @@ async def test_bad_uploads_get_openai_shaped_4xx(recogniser: Recogniser) -> None
         assert_openai_error(await http.get(url), 405, "method_not_allowed")  # reachable, not the catch-all
 
 
+@pytest.mark.slow
 async def test_a_declared_oversize_upload_is_refused_before_its_body_is_read(recogniser: Recogniser) -> None:
     async with running_bridge(stt="local", recogniser=recogniser, api_key=API_KEY) as rb:
         port = int(rb.base_url.rsplit(":", 1)[1])
@@ -135,6 +139,7 @@ async def test_a_declared_oversize_upload_is_refused_before_its_body_is_read(rec
         writer.close()
 
 
+@pytest.mark.slow
 async def test_an_upload_growing_past_the_cap_is_cut_off(recogniser: Recogniser,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transcription_api, "MAX_FILE_BYTES", 200_000)
@@ -220,6 +225,7 @@ class StuckRecogniser(Recogniser):
         raise AssertionError("unreachable")
 
 
+@pytest.mark.slow
 async def test_a_client_that_leaves_cancels_its_recognition(monkeypatch: pytest.MonkeyPatch) -> None:
     limiters: list[InFlight] = []
 

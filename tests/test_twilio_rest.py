@@ -79,6 +79,7 @@ def calls_api(base_url: str, sleeps: Sleeps, **options: object) -> TwilioCalls:
 
 
 # ---- TwilioCalls against the stand-in ------------------------------------------------------------
+@pytest.mark.slow
 async def test_hang_up_posts_status_completed_for_the_call(standin: TwilioRestStandIn) -> None:
     api = calls_api(standin.url, Sleeps())
     try:
@@ -105,6 +106,7 @@ async def test_an_api_key_pair_authenticates_instead_of_the_auth_token(standin: 
     assert (request.username, request.password) == (key, "key-secret")
 
 
+@pytest.mark.slow
 async def test_hang_up_runs_off_the_event_loop(standin: TwilioRestStandIn) -> None:
     standin.reply(Reply(delay_s=0.3))
     ticks = 0
@@ -175,6 +177,7 @@ async def test_an_api_that_always_fails_is_tried_a_bounded_number_of_times(
     assert AUTH_TOKEN not in caplog.text
 
 
+@pytest.mark.slow
 async def test_a_request_that_times_out_is_retried(standin: TwilioRestStandIn) -> None:
     standin.reply(Reply(delay_s=3.0))
     sleeps = Sleeps()
@@ -274,6 +277,7 @@ async def demo_goodbye(rb: RunningBridge, client: httpx.AsyncClient, sid: str) -
     return call
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("reply", "outcome"), [(OK, "hung_up"), (ALREADY_ENDED, "already_ended")])
 async def test_demo_goodbye_is_heard_then_the_call_is_hung_up_then_the_stream_closes(
         standin: TwilioRestStandIn, reply: Reply, outcome: str,
@@ -315,6 +319,7 @@ class GoodbyeThenHangUp(Agent):
         await goodbye
 
 
+@pytest.mark.slow
 async def test_end_with_hangup_lets_queued_speech_be_heard_before_the_rest_request(
         standin: TwilioRestStandIn) -> None:
     seen: list[list[float]] = []
@@ -332,6 +337,7 @@ async def test_end_with_hangup_lets_queued_speech_be_heard_before_the_rest_reque
     assert GoodbyeThenHangUp.results == [EndResult(hung_up=True)]
 
 
+@pytest.mark.slow
 async def test_a_failing_api_still_closes_the_stream(standin: TwilioRestStandIn,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     standin.reply(default=SERVER_ERROR)
@@ -350,6 +356,7 @@ async def test_a_failing_api_still_closes_the_stream(standin: TwilioRestStandIn,
     assert errors == 1
 
 
+@pytest.mark.slow
 async def test_without_an_account_sid_a_hang_up_falls_back_to_closing_the_stream(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="voice_bridge.call")
@@ -375,6 +382,7 @@ async def relay_end(rb: RunningBridge, client: httpx.AsyncClient, sid: str, **en
         return call, agent
 
 
+@pytest.mark.slow
 async def test_conversation_relay_end_hangs_up_only_when_handoff_data_asks(
         standin: TwilioRestStandIn) -> None:
     async with running_bridge(twilio_account_sid=ACCOUNT_SID, twilio_api_base_url=standin.url) as rb, \
@@ -390,6 +398,7 @@ async def test_conversation_relay_end_hangs_up_only_when_handoff_data_asks(
         assert call.stats.close_code == 1000 and agent.of_type("error") == []
 
 
+@pytest.mark.slow
 async def test_end_hangs_up_setting_makes_every_relay_end_hang_up(standin: TwilioRestStandIn) -> None:
     async with running_bridge(twilio_account_sid=ACCOUNT_SID, twilio_api_base_url=standin.url,
                               end_hangs_up=True) as rb, httpx.AsyncClient() as client:
@@ -397,6 +406,7 @@ async def test_end_hangs_up_setting_makes_every_relay_end_hang_up(standin: Twili
     assert [r.call_sid for r in standin.requests] == [call_sid(6)]
 
 
+@pytest.mark.slow
 async def test_a_relay_hang_up_without_credentials_tells_the_agent_why() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         call, agent = await relay_end(rb, client, call_sid(7), handoffData={"hangup": True})

@@ -429,6 +429,7 @@ async def test_remote_timeout_slow_response(server: FakeVoiceServer, http: httpx
     await store.aclose()
 
 
+@pytest.mark.slow
 async def test_remote_timeout_trickling_body(server: FakeVoiceServer, http: httpx.AsyncClient) -> None:
     async def trickle() -> AsyncIterator[bytes]:
         while True:
