@@ -54,6 +54,7 @@ HTTP_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("path", "body"), HTTP_CASES,
                          ids=[f"{p}-{i}" for i, (p, _) in enumerate(HTTP_CASES)])
 async def test_bad_json_bodies_are_a_4xx_without_a_traceback(
@@ -92,6 +93,7 @@ def test_twilio_messages_with_huge_numbers_are_protocol_errors(raw: str) -> None
     assert type(message).__name__ == "Mark"  # a foreign mark name parses; it is ignored later
 
 
+@pytest.mark.slow
 async def test_huge_numbers_in_a_live_call_are_counted_and_the_call_goes_on(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -109,6 +111,7 @@ async def test_huge_numbers_in_a_live_call_are_counted_and_the_call_goes_on(
     no_tracebacks(caplog)
 
 
+@pytest.mark.slow
 async def test_a_huge_number_before_start_closes_with_a_protocol_error_not_a_crash(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -144,6 +147,7 @@ def test_close_reasons_are_cut_by_utf8_bytes_at_a_character_boundary(text: str) 
     assert text.startswith(reason) or "\ud800" in text
 
 
+@pytest.mark.slow
 async def test_a_long_non_ascii_setup_error_closes_with_its_code_not_1006(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -156,6 +160,7 @@ async def test_a_long_non_ascii_setup_error_closes_with_its_code_not_1006(
     no_tracebacks(caplog)
 
 
+@pytest.mark.slow
 async def test_an_agent_end_with_a_long_non_ascii_reason_closes_the_stream_cleanly(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -175,6 +180,7 @@ REFUSED = ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x0e", "\x1b", "\x1f", "\uff
 ALLOWED = ["\t", "\n", "\r", "\x7f", "\x85", "\x9f", "é", "\u2028", "😀", "<", "&", '"']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("char", REFUSED + ALLOWED, ids=[f"U+{ord(c):04X}" for c in REFUSED + ALLOWED])
 async def test_twiml_is_well_formed_xml_for_every_character_class(char: str) -> None:
     from urllib.parse import quote
@@ -194,6 +200,7 @@ async def test_twiml_is_well_formed_xml_for_every_character_class(char: str) -> 
         assert params["greeting"] in (greeting, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("char", REFUSED, ids=[f"U+{ord(c):04X}" for c in REFUSED])
 async def test_control_characters_in_twilio_form_fields_are_dropped_from_twiml(char: str) -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:

@@ -139,6 +139,7 @@ def test_speech_fires_after_min_speech_ms(min_speech_ms: int, level_dbfs: float,
     assert events[0].speech_ms >= min_speech_ms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level_dbfs", [-35.0, -25.0])
 @pytest.mark.parametrize("text", ["Hello can you hear me?", "Sorry, I have a question."])
 def test_real_speech_fires_after_min_speech_ms(text: str, level_dbfs: float) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from telephony.testing.bridge_harness import RunningBridge, running_bridge
 from telephony.testing.twilio_emulator import TwilioEmulator
+from tests.conftest import eventually
 from tts_core.audio import pcm16_to_mulaw
 from tts_core.audio.mulaw import float_to_pcm16
 from tts_core.engines.synthetic import SyntheticEngine, speechlike
@@ -49,6 +50,7 @@ def caller_speech(seconds: float) -> bytes:
     return pcm16_to_mulaw(float_to_pcm16(audio))
 
 
+@pytest.mark.slow
 async def test_webhook_answers_connect_stream_with_parameters_and_token() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?voice=synthetic&preset=fast&greeting=Hi%20there")
@@ -63,6 +65,7 @@ async def test_webhook_answers_connect_stream_with_parameters_and_token() -> Non
         assert len(params["token"]) >= 20
 
 
+@pytest.mark.slow
 async def test_webhook_refuses_a_bad_signature_with_403_json() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", signed=False)
@@ -70,6 +73,7 @@ async def test_webhook_refuses_a_bad_signature_with_403_json() -> None:
         assert response.json()["error"]["code"] == "invalid_signature"
 
 
+@pytest.mark.slow
 async def test_webhook_rejects_unknown_preset_with_422() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?preset=nope")
@@ -77,6 +81,7 @@ async def test_webhook_rejects_unknown_preset_with_422() -> None:
         assert "nope" in response.json()["error"]["message"]
 
 
+@pytest.mark.slow
 async def test_webhook_rejects_a_voice_that_cannot_exist_with_422() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?voice=nosuchvoice")
@@ -84,12 +89,14 @@ async def test_webhook_rejects_a_voice_that_cannot_exist_with_422() -> None:
         assert response.json()["error"]["code"] == "unknown_voice"
 
 
+@pytest.mark.slow
 async def test_a_voice_id_with_a_trailing_newline_is_a_422_not_a_500() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?voice=joe%0A")
         assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_voice"
 
 
+@pytest.mark.slow
 async def test_a_request_cannot_make_the_server_import_python_code() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA1", "?agentUrl=python:os:abort")
@@ -107,6 +114,7 @@ async def test_a_request_cannot_make_the_server_import_python_code() -> None:
         assert forged.stats.close_code == 1008
 
 
+@pytest.mark.slow
 async def test_a_default_voice_that_does_not_exist_stops_the_server_at_start() -> None:
     from telephony.config import ConfigError, settings_from_env
     from telephony.services import Bridge
@@ -116,6 +124,7 @@ async def test_a_default_voice_that_does_not_exist_stops_the_server_at_start() -
         await Bridge.start(settings, engine=SyntheticEngine())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signed", [False, True], ids=["token", "signature"])
 async def test_greeting_is_played_with_valid_frames_and_marks(signed: bool) -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
@@ -130,6 +139,7 @@ async def test_greeting_is_played_with_valid_frames_and_marks(signed: bool) -> N
         assert call.stats.marks_echoed >= 1
 
 
+@pytest.mark.slow
 async def test_invalid_handshake_signature_is_closed_with_1008() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA3")
@@ -142,6 +152,7 @@ async def test_invalid_handshake_signature_is_closed_with_1008() -> None:
         assert call.stats.media_received == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", ["", "not-a-real-token"])
 async def test_unsigned_stream_without_a_valid_token_is_closed(token: str) -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
@@ -152,6 +163,7 @@ async def test_unsigned_stream_without_a_valid_token_is_closed(token: str) -> No
         assert rb.bridge.calls == {}, "no call session may start before the token is checked"
 
 
+@pytest.mark.slow
 async def test_stream_token_is_single_use_and_bound_to_the_call() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         first = await open_call(rb, client, "CA5", "?greeting=Hi.")
@@ -170,6 +182,7 @@ async def test_stream_token_is_single_use_and_bound_to_the_call() -> None:
         await first.hang_up()
 
 
+@pytest.mark.slow
 async def test_start_that_never_comes_is_closed() -> None:
     async with running_bridge(start_timeout_s=0.3) as rb:
         call = TwilioEmulator(rb.stream_url)
@@ -178,6 +191,7 @@ async def test_start_that_never_comes_is_closed() -> None:
         assert call.stats.close_code == 1008
 
 
+@pytest.mark.slow
 async def test_unsupported_media_format_is_refused() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA8")
@@ -189,6 +203,7 @@ async def test_unsupported_media_format_is_refused() -> None:
         assert call.stats.close_code == 1003
 
 
+@pytest.mark.slow
 async def test_demo_agent_reads_back_dtmf_and_pound_ends_the_stream() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA9", "?greeting=Hi.")
@@ -202,6 +217,7 @@ async def test_demo_agent_reads_back_dtmf_and_pound_ends_the_stream() -> None:
         assert call.stats.invalid == []
 
 
+@pytest.mark.slow
 async def test_malformed_messages_are_counted_and_the_call_goes_on() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA10", "?greeting=")
@@ -221,6 +237,7 @@ async def test_malformed_messages_are_counted_and_the_call_goes_on() -> None:
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_barge_in_clears_twilio_and_stops_generation() -> None:
     engine = SyntheticEngine(realtime_factor=0.3)
     async with running_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as rb:
@@ -233,14 +250,27 @@ async def test_barge_in_clears_twilio_and_stops_generation() -> None:
         assert await call.wait_for(lambda: call.stats.clears >= 1, timeout=5)
         reaction = call.stats.clear_times[0] - speech_started
         assert reaction < 0.6, f"clear after {reaction:.3f}s of caller speech"
-        received = call.stats.media_received
-        await asyncio.sleep(0.5)
-        assert call.stats.media_received == received, "no audio of the interrupted reply leaks out"
-        assert session_of(rb, "CA11").barge_ins == 1
+        session = session_of(rb, "CA11")
+        assert session.barge_ins == 1
         assert rb.bridge.engine.busy_slots == 0
+        # once the interrupted reply's turn is recorded, its sending is over; the close that follows
+        # the hang-up comes after anything the bridge sent before it
+        await eventually(lambda: session.turns, what="the interrupted reply's turn recorded")
         await call.hang_up()
+        before_clear, after_clear = media_around_the_first_clear(call)
+        assert after_clear == 0, "no audio of the interrupted reply leaks out"
+        assert session.turns[0]["outcome"] == "interrupted"
+        assert session.turns[0]["frames"] <= before_clear
 
 
+def media_around_the_first_clear(call: TwilioEmulator) -> tuple[int, int]:
+    """Media messages the emulator received before and after the bridge's first ``clear``."""
+    events = [raw.split('"event":"', 1)[1].split('"', 1)[0] for _, raw in call.outbound_log]
+    cleared_at = events.index("clear")
+    return events[:cleared_at].count("media"), events[cleared_at:].count("media")
+
+
+@pytest.mark.slow
 async def test_disconnect_mid_utterance_leaves_no_task_and_no_busy_engine_slot() -> None:
     engine = SyntheticEngine(realtime_factor=0.5)
     # Insecure mode and no webhook: the greeting is rendered live by the call, not pre-rendered.
@@ -252,24 +282,23 @@ async def test_disconnect_mid_utterance_leaves_no_task_and_no_busy_engine_slot()
         assert await call.wait_for(lambda: call.stats.media_received > 10)
         assert engine.busy_slots == 1
         await call.close()  # the socket drops without a stop message
-        for _ in range(200):
-            if not rb.bridge.calls and engine.busy_slots == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert rb.bridge.calls == {}
-        assert engine.busy_slots == 0
-        await asyncio.sleep(0.05)
-        leftover = [t.get_name() for t in asyncio.all_tasks()
+        await eventually(lambda: not rb.bridge.calls and engine.busy_slots == 0, what="the call freed")
+
+        def leftover() -> list[str]:
+            return [t.get_name() for t in asyncio.all_tasks()
                     if t.get_name() not in before and ("CA12" in t.get_name() or
                                                       t.get_name().startswith(("speaker", "render")))]
-        assert leftover == []
+
+        await eventually(lambda: not leftover(), what="every task of the call ended")
 
 
+@pytest.mark.slow
 async def test_pre_rendered_greeting_starts_within_milliseconds_of_start() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA13", "?greeting=Thanks%20for%20calling.")
         _, params = twiml_parameters(response.text)
-        await asyncio.sleep(0.3)  # the webhook's background render finishes while Twilio dials
+        # the webhook's background render finishes while Twilio dials
+        await eventually(lambda: rb.bridge.phrases.stats()["entries"] == 1, what="the greeting cached")
         call = TwilioEmulator(rb.stream_url, call_sid="CA13", custom_parameters=params)
         await call.connect()
         assert await call.wait_for(lambda: call.stats.utterances)
@@ -279,6 +308,7 @@ async def test_pre_rendered_greeting_starts_within_milliseconds_of_start() -> No
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_recording_writes_the_call_as_recorded_call_jsonl(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
@@ -289,7 +319,7 @@ async def test_recording_writes_the_call_as_recorded_call_jsonl(tmp_path) -> Non
         await call.stream_audio(caller_speech(0.1))
         assert await call.wait_for(lambda: len(call.played_utterances()) >= 2)
         await call.hang_up()
-        assert await rb_wait(lambda: rb.bridge.calls == {})
+        await eventually(lambda: rb.bridge.calls == {})
     (path,) = tmp_path.glob("*.jsonl")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0]["type"] == "header" and lines[0]["sample_rate"] == 8000
@@ -301,14 +331,6 @@ async def test_recording_writes_the_call_as_recorded_call_jsonl(tmp_path) -> Non
     # replay must not hear it twice: only what the agent said is an agent event.
     assert spoken == ["You pressed 3."]
     assert lines[-1] == {"type": "trailer", "dropped_lines": 0}
-
-
-async def rb_wait(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(predicate())
 
 
 async def test_a_peer_that_stops_reading_stalls_the_stream_once_and_nothing_waits_on_it() -> None:
@@ -331,6 +353,7 @@ async def test_a_peer_that_stops_reading_stalls_the_stream_once_and_nothing_wait
     assert sent == ["m0", "m1", "m2"] and sender.stalled and stalls == [True]
 
 
+@pytest.mark.slow
 async def test_a_twilio_side_that_stops_reading_fails_the_utterance_and_ends_the_call(
         caplog: pytest.LogCaptureFixture) -> None:
     """Issue 10 finding 5: the peer stops reading mid-greeting while the kernel's buffers still
@@ -347,7 +370,7 @@ async def test_a_twilio_side_that_stops_reading_fails_the_utterance_and_ends_the
         assert await call.wait_for(lambda: call.stats.media_received >= 20)
         await call.stop_reading()
         stopped = asyncio.get_running_loop().time()
-        assert await rb_wait(lambda: rb.bridge.calls == {}, timeout=6), "the call did not end"
+        await eventually(lambda: rb.bridge.calls == {}, timeout=6, what="the call ended")
         took = asyncio.get_running_loop().time() - stopped
         await call.close()
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("call {")]
@@ -396,6 +419,7 @@ class _DeafSocket:
         await asyncio.Event().wait()  # the close frame cannot be written either
 
 
+@pytest.mark.slow
 async def test_a_send_that_stalls_ends_the_call_at_once_not_on_the_next_message(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Issue 10 finding 5, the write-buffer side: when sends block (the transport over its

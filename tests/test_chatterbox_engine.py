@@ -24,6 +24,7 @@ from tests.chatterbox_standin import (
     make_checkpoint,
     tone,
 )
+from tests.conftest import eventually
 from tts_core.audio.seams import SeamJoiner
 from tts_core.engines import EngineError, SpeechRequest, UnsupportedVoiceError, create_engine
 from tts_core.engines import chatterbox as chatterbox_module
@@ -62,15 +63,6 @@ async def speak(engine: ChatterboxEngine, text: str, voice: Voice | None = None,
                             voice=voice, first_in_turn=first_in_turn)
     async with aclosing(engine.stream(request)) as chunks:
         return [chunk async for chunk in chunks]
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.005)
-    return predicate()
 
 
 # ---- (1) one synthesis per replica: conditioning never mixes --------------------------------------
@@ -330,7 +322,7 @@ async def test_cancelling_an_utterance_frees_its_replica_within_one_chunk(tmp_pa
     stream = engine.stream(request)
     await anext(stream)
     await stream.aclose()
-    assert await wait_until(lambda: engine.busy_slots == 0)
+    await eventually(lambda: engine.busy_slots == 0)
     assert loader.stats.closed_on_start_thread == [True]  # closed at once, where it ran
     assert loader.stats.chunks <= 2  # the chunk in flight at most, no further one
     assert engine.stats.cancelled == 1
@@ -343,7 +335,7 @@ async def test_a_caller_cancelled_while_waiting_for_a_replica_leaves_the_pool_in
     engine = make_engine(tmp_path, loader, replicas=1)
     await engine.load()
     busy = asyncio.create_task(speak(engine, LONG_TEXT))
-    assert await wait_until(lambda: engine.busy_slots == 1)
+    await eventually(lambda: engine.busy_slots == 1)
     waiting = asyncio.create_task(speak(engine, "I give up."))
     await asyncio.sleep(0)
     waiting.cancel()
@@ -368,10 +360,10 @@ async def test_a_contended_replica_goes_to_the_earliest_deadline(tmp_path: Path)
         order.append(text)
 
     busy = asyncio.create_task(utter(LONG_TEXT, None))
-    assert await wait_until(lambda: engine.busy_slots == 1)
+    await eventually(lambda: engine.busy_slots == 1)
     now = time.monotonic()
     late = asyncio.create_task(utter("Later.", now + 5))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: len(engine._pool._waiters) == 1, what="the later request queued first")
     urgent = asyncio.create_task(utter("Now.", now))
     await asyncio.gather(busy, late, urgent)
     assert order == [LONG_TEXT, "Now.", "Later."]
@@ -442,6 +434,7 @@ def test_the_engine_is_created_by_name_without_torch(tmp_path: Path) -> None:
 
 
 # ---- through the bridge ---------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_a_call_through_the_bridge_speaks_a_cloned_voice_with_valid_frames(tmp_path: Path) -> None:
     import httpx
 
@@ -485,6 +478,7 @@ def test_settings_build_the_engine_with_its_options(tmp_path: Path) -> None:
     assert engine.conditioning.cache_dir == voices / ".chatterbox-conds"
 
 
+@pytest.mark.slow
 async def test_a_checkpoint_that_cannot_load_stops_the_server_with_the_files_named(tmp_path: Path) -> None:
     from telephony.config import ConfigError, settings_from_env
     from telephony.services import Bridge

@@ -7,28 +7,22 @@ fault it is: 400 unreadable body, 404 no such voice, 422 a request we understood
 from __future__ import annotations
 
 import json
-import wave
 from collections import defaultdict
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from telephony.testing.bridge_harness import running_bridge
+from tests.conftest import tone, wav_bytes
 from tests.test_call_e2e import open_call
 from tts_core.engines import create_engine
 
 
 def write_wav(path: Path, seconds: float = 0.6, rate: int = 16000) -> None:
-    t = np.arange(int(rate * seconds)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * 180 * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
+    """A short voice sample: a 180 Hz tone, clearly not silence."""
+    path.write_bytes(wav_bytes(tone(seconds, rate), rate))
 
 
 @pytest.fixture
@@ -59,6 +53,7 @@ def samples(metrics_text: str) -> dict[str, float]:
 
 
 # ---- /warmup -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_warmup_answers_voice_preset_time_and_ready() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         response = await client.post("/warmup", json={"voice": "synthetic", "preset": "fast"})
@@ -70,6 +65,7 @@ async def test_warmup_answers_voice_preset_time_and_ready() -> None:
         assert isinstance(body["warmup_ms"], int | float) and body["warmup_ms"] > 0
 
 
+@pytest.mark.slow
 async def test_warmup_without_a_body_uses_the_defaults() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         body = (await client.post("/warmup")).json()
@@ -77,6 +73,7 @@ async def test_warmup_without_a_body_uses_the_defaults() -> None:
         assert body["ready"] is True
 
 
+@pytest.mark.slow
 async def test_warmup_of_a_stored_voice(voices_dir: Path) -> None:
     async with running_bridge(voices_dir=voices_dir) as rb, rb.operator_client() as client:
         response = await client.post("/warmup", json={"voice": "alice"})
@@ -84,6 +81,7 @@ async def test_warmup_of_a_stored_voice(voices_dir: Path) -> None:
         assert response.json()["voice"] == "alice"
 
 
+@pytest.mark.slow
 async def test_warmup_of_a_valid_but_unknown_voice_is_404(voices_dir: Path) -> None:
     async with running_bridge(voices_dir=voices_dir) as rb, rb.operator_client() as client:
         error = error_of(await client.post("/warmup", json={"voice": "nobody"}), 404)
@@ -93,6 +91,7 @@ async def test_warmup_of_a_valid_but_unknown_voice_is_404(voices_dir: Path) -> N
 INVALID_VOICE_IDS = ["../x", "a/b", "x" * 65, "voice.wav", "joe\n"]
 
 
+@pytest.mark.slow
 async def test_warmup_of_an_invalid_voice_id_is_422() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         for voice in INVALID_VOICE_IDS:
@@ -100,6 +99,7 @@ async def test_warmup_of_an_invalid_voice_id_is_422() -> None:
             assert error_of(response, 422)["code"] == "invalid_voice", voice
 
 
+@pytest.mark.slow
 async def test_warmup_with_an_unknown_preset_is_422() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         error = error_of(await client.post("/warmup", json={"preset": "loud"}), 422)
@@ -109,6 +109,7 @@ async def test_warmup_with_an_unknown_preset_is_422() -> None:
 NOT_JSON = [b"{nope", b"voice=joe", b"\xff\xfe\x00", b"[" * 60_000]  # last: too deep, under the 64 KiB cap
 
 
+@pytest.mark.slow
 async def test_a_body_that_is_not_json_is_400() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         for body in NOT_JSON:
@@ -125,6 +126,7 @@ BAD_PRELOADS = [{"voices": []}, [], {}, {"voices": "alice"}, {"voices": [1]},
                 {"voices": ["a"], "extra": 1}, {"voices": ["v"] * 65}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("path", "bodies"), [("/warmup", BAD_WARMUPS), ("/preload", BAD_PRELOADS)])
 async def test_unknown_fields_wrong_types_and_bad_sizes_are_422(path: str, bodies: list[object]) -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
@@ -133,6 +135,7 @@ async def test_unknown_fields_wrong_types_and_bad_sizes_are_422(path: str, bodie
             assert error_of(response, 422)["code"] == "invalid_request", body
 
 
+@pytest.mark.slow
 async def test_unknown_fields_are_named_in_the_details() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         response = await client.post("/warmup", json={"voice": "synthetic", "speed": 2})
@@ -141,6 +144,7 @@ async def test_unknown_fields_are_named_in_the_details() -> None:
 
 
 # ---- /preload ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_preload_reports_each_voice_and_the_cache(voices_dir: Path) -> None:
     async with running_bridge(voices_dir=voices_dir) as rb, rb.operator_client() as client:
         response = await client.post("/preload", json={"voices": ["synthetic", "alice", "ghost"]})
@@ -159,6 +163,7 @@ async def test_preload_reports_each_voice_and_the_cache(voices_dir: Path) -> Non
         assert cache["local_hits"] == 1 and cache["misses"] == 1
 
 
+@pytest.mark.slow
 async def test_preload_accepts_a_bare_json_list_and_serves_from_memory_the_second_time(
         voices_dir: Path) -> None:
     async with running_bridge(voices_dir=voices_dir) as rb, rb.operator_client() as client:
@@ -169,6 +174,7 @@ async def test_preload_accepts_a_bare_json_list_and_serves_from_memory_the_secon
         assert again["cache"]["memory_hits"] == 1
 
 
+@pytest.mark.slow
 async def test_preload_reports_an_invalid_id_as_a_failed_result() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         body = (await client.post("/preload", json={"voices": ["../x"]})).json()
@@ -177,6 +183,7 @@ async def test_preload_reports_an_invalid_id_as_a_failed_result() -> None:
 
 
 # ---- /health and /voices -----------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_health_describes_engine_calls_and_security() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         response = await client.get("/health")
@@ -190,6 +197,7 @@ async def test_health_describes_engine_calls_and_security() -> None:
         assert "balanced" in health["presets"]
 
 
+@pytest.mark.slow
 async def test_health_warns_loudly_when_signatures_are_not_checked() -> None:
     async with running_bridge(twilio_auth_token=None, insecure_dev=True) as rb:
         async with rb.operator_client() as client:
@@ -198,6 +206,7 @@ async def test_health_warns_loudly_when_signatures_are_not_checked() -> None:
     assert "--insecure-dev" in health["warning"]
 
 
+@pytest.mark.slow
 async def test_health_counts_active_calls() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         call = await open_call(rb, client, "CA40", "?greeting=Hello.")
@@ -206,6 +215,7 @@ async def test_health_counts_active_calls() -> None:
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_voices_lists_builtin_and_stored_voices(voices_dir: Path) -> None:
     write_wav(voices_dir / "bob.wav")
     (voices_dir / "notes.txt").write_text("not a voice")
@@ -230,6 +240,7 @@ METRICS = {
 }
 
 
+@pytest.mark.slow
 async def test_metrics_are_prometheus_text_with_the_bridge_metrics() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         response = await client.get("/metrics")
@@ -244,6 +255,7 @@ async def test_metrics_are_prometheus_text_with_the_bridge_metrics() -> None:
     assert values["voice_bridge_frames_sent_total"] == 0
 
 
+@pytest.mark.slow
 async def test_a_short_call_shows_up_in_the_metrics() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA41", "?greeting=Hi%20there.")
@@ -256,6 +268,7 @@ async def test_a_short_call_shows_up_in_the_metrics() -> None:
 
 
 # ---- every error has one shape -----------------------------------------------------------------------
+@pytest.mark.slow
 async def test_unknown_routes_and_methods_are_json_errors_too() -> None:
     async with running_bridge() as rb, rb.operator_client() as client:
         assert error_of(await client.get("/nope"), 404)["code"] == "http_error"
@@ -264,6 +277,7 @@ async def test_unknown_routes_and_methods_are_json_errors_too() -> None:
 
 
 # ---- the real Piper engine ---------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_warmup_with_the_real_piper_engine() -> None:
     # running_bridge's ``engine`` is an Engine object (its settings engine cannot be overridden by name),
     # so the Piper engine is built here exactly as Bridge.start would build it.

@@ -11,11 +11,13 @@ import signal
 import time
 
 import httpx
+import pytest
 from twilio.request_validator import RequestValidator
 
 from telephony.testing.bridge_harness import running_bridge
 from telephony.testing.bridge_process import bridge_process, free_port
 from telephony.testing.twilio_emulator import TwilioEmulator
+from tests.conftest import eventually
 from tests.test_call_e2e import open_call, twiml_parameters
 
 TOKEN = "drain-test-auth-token-0123456789"
@@ -38,16 +40,18 @@ async def stream_of(response: httpx.Response, call_sid: str) -> TwilioEmulator:
 
 
 async def draining_health(client: httpx.AsyncClient, base: str) -> httpx.Response:
-    """/health once the signal has been handled (it is delivered asynchronously): 503, or the
-    last answer after 5 s."""
-    for _ in range(250):
-        health = await client.get(f"{base}/health")
-        if health.status_code != 200:
-            break
-        await asyncio.sleep(0.02)
-    return health
+    """/health once the signal has been handled (it is delivered asynchronously): not 200."""
+    answers: list[httpx.Response] = []
+
+    async def not_healthy() -> bool:
+        answers.append(await client.get(f"{base}/health"))
+        return answers[-1].status_code != 200
+
+    await eventually(not_healthy, what="/health answering while draining")
+    return answers[-1]
 
 
+@pytest.mark.slow
 async def test_sigterm_drains_a_real_process_live_call_plays_to_its_end_and_it_exits_0() -> None:
     port = free_port()
     env = {"TWILIO_AUTH_TOKEN": TOKEN, "PUBLIC_URL": f"http://127.0.0.1:{port}",
@@ -87,6 +91,7 @@ async def test_sigterm_drains_a_real_process_live_call_plays_to_its_end_and_it_e
         assert "fd budget: limit" in log
 
 
+@pytest.mark.slow
 async def test_a_second_sigterm_stops_at_once() -> None:
     async with bridge_process("--insecure-dev", env={"VOICE_BRIDGE_ENGINE": "synthetic"}) as proc, \
             httpx.AsyncClient(timeout=5) as client:
@@ -103,6 +108,7 @@ async def test_a_second_sigterm_stops_at_once() -> None:
         assert "SIGTERM: stopping now; 1 live call(s) are cut" in proc.log()
 
 
+@pytest.mark.slow
 async def test_past_drain_s_the_utterance_in_progress_finishes_then_the_call_closes() -> None:
     long_greeting = "This greeting is much longer than the drain allows. " * 3
     async with running_bridge(drain_s=0.3) as rb, httpx.AsyncClient() as client:
@@ -120,6 +126,7 @@ async def test_past_drain_s_the_utterance_in_progress_finishes_then_the_call_clo
         assert rb.server.should_exit
 
 
+@pytest.mark.slow
 async def test_drain_without_calls_ends_at_once_and_health_says_draining() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         rb.server.begin_drain()

@@ -27,7 +27,8 @@ from telephony.config import ConfigError, settings_from_env
 from telephony.egress import EgressPolicy, EgressRefused, address_category, guarded_client
 from telephony.testing.asgi_server import free_port_url, serve_asgi
 from telephony.testing.bridge_harness import running_bridge
-from tests.test_relay_client import FakeCall, wav_bytes
+from tests.conftest import wav_bytes
+from tests.test_relay_client import FakeCall
 
 LOOPBACK_HOST = EgressPolicy(allow_hosts=frozenset({"127.0.0.1"}))
 """The test servers' own address is trusted by name; ``localhost`` (the same machine, reached by
@@ -93,6 +94,7 @@ def test_a_default_agent_without_a_host_is_a_config_error(url: str) -> None:
         settings_from_env({"VOICE_BRIDGE_DEFAULT_AGENT": url}, insecure_dev=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("url", ["ws://", "wss://", "ws://:8080/relay"])
 async def test_a_webhook_agent_url_without_a_host_is_a_422(url: str) -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
@@ -126,6 +128,7 @@ async def test_an_agent_url_on_an_internal_address_is_refused_and_never_dialled(
             await RelayAgent(meta, auth_token=None, http_client=httpx.AsyncClient()).on_start(FakeCall())
 
 
+@pytest.mark.slow
 async def test_through_the_bridge_an_internal_agent_url_ends_the_call_undialled(internal_agent) -> None:  # type: ignore[no-untyped-def]
     from tests.test_call_e2e import open_call
 
@@ -173,6 +176,7 @@ async def media_server() -> AsyncIterator[tuple[str, list[str]]]:
         yield url, hits
 
 
+@pytest.mark.slow
 async def test_a_redirect_to_loopback_is_refused_without_a_request(media_server) -> None:  # type: ignore[no-untyped-def]
     base, hits = media_server
     async with guarded_client(LOOPBACK_HOST) as client:
@@ -187,6 +191,7 @@ async def test_a_redirect_to_loopback_is_refused_without_a_request(media_server)
     assert "/secret.wav" not in hits
 
 
+@pytest.mark.slow
 async def test_redirects_are_bounded(media_server) -> None:  # type: ignore[no-untyped-def]
     base, hits = media_server
     async with guarded_client(LOOPBACK_HOST) as client:
@@ -208,6 +213,7 @@ async def test_an_internal_play_source_is_refused_and_errors_name_nothing_inside
         assert "127.0.0.1" not in text and "Errno" not in text and closed.rsplit(":", 1)[1] not in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("url", ["ws://10.0.0.5:8080/relay", "ws://[::1]:9000/", "wss://169.254.169.254/x",
                                  "ws://192.168.1.20/agent"])
 async def test_a_webhook_agent_url_on_a_refused_address_literal_is_a_422(url: str) -> None:

@@ -12,6 +12,7 @@ from contextlib import aclosing
 import numpy as np
 import pytest
 
+from tests.conftest import eventually
 from tts_core.engines import EngineError, SpeechRequest, UnsupportedVoiceError, create_engine
 from tts_core.engines.base import Engine
 from tts_core.engines.offloop import OffloopRunner
@@ -30,16 +31,6 @@ LONG_TEXT = " ".join(
 
 def request(text: str, voice_id: str = BUILTIN_VOICE, preset: Preset = BALANCED, **kw) -> SpeechRequest:
     return SpeechRequest(text=text, voice_id=voice_id, preset=preset, **kw)
-
-
-async def wait_until(predicate, within: float = 5.0) -> float:
-    """Poll ``predicate`` until true; return the seconds it took (fails the test on timeout)."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > within:
-            pytest.fail(f"condition not met within {within}s")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
 
 
 # ---- Piper --------------------------------------------------------------------------------------
@@ -96,6 +87,7 @@ def sentences(piper_voice, monkeypatch) -> SentenceCounter:
     return counter
 
 
+@pytest.mark.slow
 async def test_piper_streams_two_sentences_as_non_silent_float32_chunks(piper: PiperEngine) -> None:
     chunks = [c async for c in piper.stream(request("Hello there. How can I help you today?"))]
     assert piper.sample_rate == 22050
@@ -112,6 +104,7 @@ async def test_piper_streams_two_sentences_as_non_silent_float32_chunks(piper: P
     assert piper.busy_slots == 0
 
 
+@pytest.mark.slow
 async def test_cancelling_the_consumer_stops_piper_within_one_chunk(
     piper: PiperEngine, sentences: SentenceCounter
 ) -> None:
@@ -129,14 +122,14 @@ async def test_cancelling_the_consumer_stops_piper_within_one_chunk(
     assert piper.busy_slots == 1
     computed_at_cancel = len(sentences.computed)
     task.cancel()
-    cancel_took = await wait_until(task.done, within=1.0)
+    cancel_took = await eventually(task.done, timeout=1.0)
     assert task.cancelled()
     assert cancel_took < 0.2, "the consumer is released at once, not after the chunk in flight"
 
-    freed_after = await wait_until(lambda: piper.busy_slots == 0)
+    freed_after = await eventually(lambda: piper.busy_slots == 0)
     assert freed_after < max(sentences.computed) + 0.5, "slot frees once the in-flight chunk ends"
     assert sentences.closed.wait(1.0), "the sentence generator is closed"
-    await asyncio.sleep(0.3)
+    # closed: its ``finally`` ran, so the count below is final (no wait for "nothing more")
     assert len(sentences.computed) <= computed_at_cancel + 1  # at most the chunk in flight
     assert len(sentences.computed) < LONG_TEXT.count(".")
     assert received == 1
@@ -144,6 +137,7 @@ async def test_cancelling_the_consumer_stops_piper_within_one_chunk(
     assert piper.stats.failures == 0
 
 
+@pytest.mark.slow
 async def test_closing_the_iterator_early_frees_the_piper_slot(
     piper: PiperEngine, sentences: SentenceCounter
 ) -> None:
@@ -152,8 +146,7 @@ async def test_closing_the_iterator_early_frees_the_piper_slot(
             break
     # Freed by the close itself, not later by the garbage collector finalising a generator.
     assert piper.busy_slots == 0
-    assert sentences.closed.wait(1.0)
-    await asyncio.sleep(0.3)
+    assert sentences.closed.wait(1.0)  # its ``finally`` ran: the count below is final
     assert len(sentences.computed) == 1, "nothing is computed after the consumer walks away"
     assert piper.stats.cancelled == 1
 
@@ -168,6 +161,7 @@ async def test_piper_rejects_an_unknown_voice_and_cloning(piper: PiperEngine) ->
     assert piper.busy_slots == 0
 
 
+@pytest.mark.slow
 async def test_piper_reports_each_ignored_preset_parameter_once(
     piper: PiperEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -269,11 +263,11 @@ async def test_runner_slot_stays_busy_until_the_in_flight_chunk_finishes() -> No
         task = asyncio.create_task(consume())
         await asyncio.to_thread(chunk_started.wait, 5)
         task.cancel()
-        await wait_until(task.done, within=1.0)
+        await eventually(task.done, timeout=1.0)
         assert runner.busy == 1, "the chunk in flight still holds the slot"
 
         finish_chunk.set()
-        await wait_until(lambda: runner.busy == 0)
+        await eventually(lambda: runner.busy == 0)
         assert generator_closed.wait(1.0)
         assert computed == [0, 1], "no chunk is started after the cancel"
 
@@ -346,7 +340,7 @@ async def test_generator_exception_reaches_the_caller_as_engine_error() -> None:
     assert len(received) == 1
     assert engine.stats.failures == 1
     assert engine.stats.cancelled == 0, "a failure is not a cancellation"
-    await wait_until(lambda: engine.busy_slots == 0, within=1.0)
+    await eventually(lambda: engine.busy_slots == 0, timeout=1.0)
     engine.runner.shutdown()
 
 

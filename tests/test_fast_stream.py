@@ -21,6 +21,7 @@ from telephony.testing.asgi_server import free_port_url
 from telephony.testing.bridge_harness import RunningBridge, running_bridge
 from telephony.testing.twilio_emulator import TwilioEmulator
 from telephony.twilio_media import parse_inbound
+from tests.conftest import eventually
 from tests.test_call_e2e import LONG_GREETING, caller_speech, session_of, twiml_parameters
 from tts_core.engines.synthetic import SyntheticEngine
 
@@ -46,6 +47,7 @@ async def open_fast_call(rb: RunningBridge, url: str, client: httpx.AsyncClient,
     return call
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signed", [False, True], ids=["token", "signature"])
 async def test_greeting_over_the_lean_listener_has_valid_frames_and_marks(signed: bool) -> None:
     async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
@@ -60,6 +62,7 @@ async def test_greeting_over_the_lean_listener_has_valid_frames_and_marks(signed
         assert call.stats.marks_echoed >= 1
 
 
+@pytest.mark.slow
 async def test_the_lean_listener_authenticates_like_the_asgi_route() -> None:
     async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
         response = await rb.webhook(client, "CA3")
@@ -77,12 +80,14 @@ async def test_the_lean_listener_authenticates_like_the_asgi_route() -> None:
         assert rb.bridge.calls == {}
 
 
+@pytest.mark.slow
 async def test_other_paths_on_the_stream_port_are_404() -> None:
     async with fast_bridge() as (_, url), httpx.AsyncClient() as client:
         response = await client.get(url.replace("ws://", "http://").replace("/media-stream", "/twiml"))
         assert response.status_code == 404
 
 
+@pytest.mark.slow
 async def test_dtmf_and_pound_end_the_stream_after_the_goodbye() -> None:
     async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
         call = await open_fast_call(rb, url, client, "CA9", "?greeting=Hi.")
@@ -96,6 +101,7 @@ async def test_dtmf_and_pound_end_the_stream_after_the_goodbye() -> None:
         assert call.stats.invalid == []
 
 
+@pytest.mark.slow
 async def test_malformed_messages_pushed_to_the_session_are_counted_and_the_call_goes_on() -> None:
     async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
         call = await open_fast_call(rb, url, client, "CA10", "?greeting=")
@@ -118,6 +124,7 @@ async def test_malformed_messages_pushed_to_the_session_are_counted_and_the_call
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_barge_in_over_the_lean_listener_clears_twilio() -> None:
     engine = SyntheticEngine(realtime_factor=0.3)
     async with fast_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as (rb, url):
@@ -133,6 +140,7 @@ async def test_barge_in_over_the_lean_listener_clears_twilio() -> None:
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_a_dropped_socket_ends_the_call_and_frees_everything() -> None:
     engine = SyntheticEngine(realtime_factor=0.5)
     async with fast_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as (rb, url):
@@ -140,12 +148,7 @@ async def test_a_dropped_socket_ends_the_call_and_frees_everything() -> None:
         await call.connect()
         assert await call.wait_for(lambda: call.stats.media_received > 10)
         await call.close()  # no stop message
-        for _ in range(300):
-            if not rb.bridge.calls and engine.busy_slots == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert rb.bridge.calls == {}
-        assert engine.busy_slots == 0
+        await eventually(lambda: not rb.bridge.calls and engine.busy_slots == 0, what="the call freed")
 
 
 # ---- units ----------------------------------------------------------------------------------------

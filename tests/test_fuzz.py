@@ -34,6 +34,8 @@ from telephony.testing.fuzz_harness import (
     webhook_probe,
 )
 
+pytestmark = pytest.mark.slow  # end-to-end: runs outside the fast tier (pytest -m 'not slow')
+
 FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 POKE_EVERY = 4

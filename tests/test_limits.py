@@ -22,6 +22,7 @@ from twilio.request_validator import RequestValidator
 
 from telephony.conn_guard import ConnectionGuard, plan_budget, raise_fd_limit
 from telephony.testing.bridge_harness import AUTH_TOKEN, OPERATOR_HEADERS, RunningBridge, running_bridge
+from tests.conftest import eventually
 
 
 def guard_of(rb: RunningBridge) -> ConnectionGuard:
@@ -54,16 +55,8 @@ async def response_head(reader: asyncio.StreamReader, timeout: float) -> bytes:
             return exc.partial
 
 
-async def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():  # server-side state: no event to wait on
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
-
-
 # ---- finding 1: header and body deadlines ---------------------------------------------------------
+@pytest.mark.slow
 async def test_headers_that_never_complete_get_408_and_the_connection_closes() -> None:
     async with running_bridge(header_timeout_s=0.3) as rb, raw(rb) as (reader, writer):
         writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a slowloris, stopped here
@@ -76,6 +69,7 @@ async def test_headers_that_never_complete_get_408_and_the_connection_closes() -
         assert guard_of(rb).refused["header_timeout"] == 1
 
 
+@pytest.mark.slow
 async def test_a_kept_alive_connection_gets_the_same_header_deadline_for_its_next_request() -> None:
     async with running_bridge(header_timeout_s=0.3) as rb, raw(rb) as (reader, writer):
         writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -88,6 +82,7 @@ async def test_a_kept_alive_connection_gets_the_same_header_deadline_for_its_nex
         assert (await response_head(reader, 3)).startswith(b"HTTP/1.1 408")
 
 
+@pytest.mark.slow
 async def test_silent_connections_are_closed_without_a_stray_408() -> None:
     """A connection that never sends a byte is closed (counted); a kept-alive one after its
     pipelined requests is closed silently: a 408 there could be read as the next answer."""
@@ -101,6 +96,7 @@ async def test_silent_connections_are_closed_without_a_stray_408() -> None:
         assert guard_of(rb).refused == {"idle_timeout": 1}
 
 
+@pytest.mark.slow
 async def test_a_trickled_webhook_body_gets_408_within_the_body_timeout() -> None:
     async with running_bridge(body_timeout_s=0.3) as rb, raw(rb) as (reader, writer):
         writer.write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
@@ -109,23 +105,25 @@ async def test_a_trickled_webhook_body_gets_408_within_the_body_timeout() -> Non
         assert head.startswith(b"HTTP/1.1 408"), head
 
 
+@pytest.mark.slow
 async def test_a_client_gone_mid_body_is_no_500_and_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
     async with running_bridge() as rb:
         async with raw(rb) as (_, writer):
             writer.write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nCallSid=CA")
-            assert await wait_until(lambda: len(rb.server.server_state.tasks) == 1)
-        assert await wait_until(lambda: not rb.server.server_state.tasks)
+            await eventually(lambda: len(rb.server.server_state.tasks) == 1)
+        await eventually(lambda: not rb.server.server_state.tasks)
     assert "Traceback" not in caplog.text and "unhandled error" not in caplog.text
 
 
 # ---- finding 1: caps on unauthenticated connections ----------------------------------------------
+@pytest.mark.slow
 async def test_idle_connections_past_the_per_peer_cap_get_503_and_other_peers_are_served(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "telephony.conn_guard")
     async with running_bridge(max_pending_per_peer=4, header_timeout_s=5) as rb:
         guard = guard_of(rb)
         idle = [await connect(rb) for _ in range(4)]
-        assert await wait_until(lambda: guard.pending == 4)
+        await eventually(lambda: guard.pending == 4)
         async with raw(rb) as (reader, _):
             head = await response_head(reader, 3)
         assert head.startswith(b"HTTP/1.1 503"), head
@@ -136,9 +134,10 @@ async def test_idle_connections_past_the_per_peer_cap_get_503_and_other_peers_ar
             assert (await other.get(f"{rb.base_url}/health")).status_code == 200
         for _, writer in idle:
             writer.close()
-        assert await wait_until(lambda: guard.pending == 0)
+        await eventually(lambda: guard.pending == 0)
 
 
+@pytest.mark.slow
 async def test_at_the_global_cap_the_oldest_idle_connection_makes_room_for_a_new_caller() -> None:
     # Idle connections from many addresses, each under its per-peer cap, fill the global cap:
     # refusing newcomers would lock every caller and webhook out (a spread-out slowloris), so the
@@ -146,7 +145,7 @@ async def test_at_the_global_cap_the_oldest_idle_connection_makes_room_for_a_new
     async with running_bridge(max_pending=6, max_pending_per_peer=0, header_timeout_s=5) as rb:
         guard = guard_of(rb)
         idle = [await connect(rb, f"127.0.0.{2 + i}") for i in range(6)]
-        assert await wait_until(lambda: guard.pending == 6)
+        await eventually(lambda: guard.pending == 6)
         transport = httpx.AsyncHTTPTransport(local_address="127.0.1.1")
         async with httpx.AsyncClient(transport=transport) as caller:
             assert (await caller.get(f"{rb.base_url}/health")).status_code == 200
@@ -154,11 +153,12 @@ async def test_at_the_global_cap_the_oldest_idle_connection_makes_room_for_a_new
         oldest_reader = idle[0][0]
         async with asyncio.timeout(3):
             assert await oldest_reader.read() == b""  # closed without an answer
-        assert await wait_until(lambda: guard.pending == 5)
+        await eventually(lambda: guard.pending == 5)
         for _, writer in idle:
             writer.close()
 
 
+@pytest.mark.slow
 async def test_connections_past_max_connections_get_503_at_accept() -> None:
     async with running_bridge(max_connections=4, body_timeout_s=5) as rb:
         guard = guard_of(rb)
@@ -167,8 +167,8 @@ async def test_connections_past_max_connections_get_503_at_accept() -> None:
             conn = await connect(rb, f"127.0.0.{2 + i}")
             conn[1].write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
             busy.append(conn)
-        assert await wait_until(lambda: len(rb.server.server_state.connections) == 4
-                                and guard.pending == 0)
+        await eventually(lambda: len(rb.server.server_state.connections) == 4
+                         and guard.pending == 0)
         async with raw(rb, "127.0.1.1") as (reader, _):
             head = await response_head(reader, 3)
         assert head.startswith(b"HTTP/1.1 503"), head
@@ -177,13 +177,14 @@ async def test_connections_past_max_connections_get_503_at_accept() -> None:
             writer.close()
 
 
+@pytest.mark.slow
 async def test_streams_that_do_not_send_start_are_capped_per_peer_with_1013(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "telephony.conn_guard")
     async with running_bridge(max_pending_per_peer=3, start_timeout_s=5) as rb:
         guard = guard_of(rb)
         quiet = [await websockets.connect(rb.stream_url) for _ in range(3)]
-        assert await wait_until(lambda: guard.pending == 3)
+        await eventually(lambda: guard.pending == 3)
         async with websockets.connect(rb.stream_url) as refused:
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(refused.recv(), 3)
@@ -192,14 +193,15 @@ async def test_streams_that_do_not_send_start_are_capped_per_peer_with_1013(
         assert "media stream from 127.0.0.1 refused" in caplog.text
         for ws in quiet:
             await ws.close()
-        assert await wait_until(lambda: guard.pending == 0)
+        await eventually(lambda: guard.pending == 0)
 
 
+@pytest.mark.slow
 async def test_streams_that_do_not_send_start_are_capped_globally_with_1013() -> None:
     async with running_bridge(max_pending=2, max_pending_per_peer=0, start_timeout_s=5) as rb:
         guard = guard_of(rb)
         quiet = [await websockets.connect(rb.stream_url) for _ in range(2)]
-        assert await wait_until(lambda: guard.streams.total == 2)
+        await eventually(lambda: guard.streams.total == 2)
         async with websockets.connect(rb.stream_url) as refused:
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(refused.recv(), 3)
@@ -224,6 +226,7 @@ def test_the_fd_budget_sizes_the_caps_from_the_limit() -> None:
 
 
 # ---- finding 2: operator endpoints need a credential ------------------------------------------------
+@pytest.mark.slow
 async def test_a_warmup_flood_without_credentials_is_refused_and_synthesizes_nothing() -> None:
     async with running_bridge() as rb, httpx.AsyncClient(base_url=rb.base_url) as client:
         before = rb.bridge.engine.stats.utterances
@@ -235,6 +238,7 @@ async def test_a_warmup_flood_without_credentials_is_refused_and_synthesizes_not
         assert not rb.bridge.background
 
 
+@pytest.mark.slow
 async def test_preload_without_credentials_fetches_nothing() -> None:
     fetches = []
     async with running_bridge(voice_server_url="http://127.0.0.1:9") as rb, \
@@ -254,6 +258,7 @@ def signed(url: str, body: bytes | None = None) -> tuple[str, dict[str, str]]:
                  "Content-Type": "application/json"}
 
 
+@pytest.mark.slow
 async def test_operator_endpoints_take_the_key_or_a_twilio_signature_and_nothing_else() -> None:
     body = json.dumps({"voice": "synthetic"}).encode()
     async with running_bridge() as rb, httpx.AsyncClient() as client:
@@ -275,6 +280,7 @@ async def test_operator_endpoints_take_the_key_or_a_twilio_signature_and_nothing
             assert (await client.get(rb.base_url + open_path)).status_code == 200
 
 
+@pytest.mark.slow
 async def test_insecure_dev_without_a_key_leaves_operator_endpoints_open() -> None:
     async with running_bridge(twilio_auth_token=None, insecure_dev=True, api_key=None) as rb, \
             httpx.AsyncClient(base_url=rb.base_url) as client:
@@ -283,6 +289,7 @@ async def test_insecure_dev_without_a_key_leaves_operator_endpoints_open() -> No
 
 
 # ---- finding 2: bodies are capped before they are read ------------------------------------------------
+@pytest.mark.slow
 async def test_a_200_mb_webhook_is_refused_at_once_without_reading_it() -> None:
     async with running_bridge() as rb, raw(rb) as (reader, writer):
         writer.write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
@@ -294,6 +301,7 @@ async def test_a_200_mb_webhook_is_refused_at_once_without_reading_it() -> None:
         assert time.monotonic() - started < 1
 
 
+@pytest.mark.slow
 async def test_a_chunked_webhook_is_cut_off_past_the_cap() -> None:
     async with running_bridge() as rb, raw(rb) as (reader, writer):
         writer.write(b"POST /twiml HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"

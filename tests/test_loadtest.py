@@ -114,6 +114,7 @@ def test_loadtest_refuses_non_loopback_hosts() -> None:
 # ---------------------------------------------------------------------------------- against the bridge
 
 
+@pytest.mark.slow
 async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
     from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
     from tts_core.engines.synthetic import SyntheticEngine
@@ -152,6 +153,7 @@ async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
     assert "TTFA" in text and "underruns: 0" in text
 
 
+@pytest.mark.slow
 async def test_a_slow_engine_shows_up_as_underruns() -> None:
     from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
     from tts_core.engines.synthetic import SyntheticEngine
@@ -169,6 +171,7 @@ async def test_a_slow_engine_shows_up_as_underruns() -> None:
     assert sum(data["timeseries"]["underrun_ms"]) == pytest.approx(data["underruns"]["total_ms"])
 
 
+@pytest.mark.slow
 async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> None:
     from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
 
@@ -190,18 +193,17 @@ async def test_simulated_call_writes_what_the_caller_heard(tmp_path: Path) -> No
         assert seconds > 2.0
 
 
+@pytest.mark.slow
 async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path: Path) -> None:
     from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
+    from tests.conftest import eventually
 
     original = fixture("barge_in")
     async with running_bridge(record_dir=tmp_path) as rb:
         config = LoadConfig(url=rb.base_url, recordings=[original], calls=1,
                             duration_s=30, auth_token=AUTH_TOKEN, server_pid=None)
         first = await run_load(config)
-        for _ in range(200):
-            if not rb.bridge.calls:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: not rb.bridge.calls, what="the recorded call ended")
         (path,) = await asyncio.to_thread(lambda: list(tmp_path.glob("*.jsonl")))
         recorded = recorded_call.load_recording(path)
         config.recordings = [recorded]
@@ -223,6 +225,7 @@ async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path:
         assert [t["outcome"] for t in call["turns"]] == ["audio", "audio"]
 
 
+@pytest.mark.slow
 async def test_refused_calls_are_reported_as_errors() -> None:
     from telephony.testing.bridge_harness import running_bridge
 

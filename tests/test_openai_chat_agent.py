@@ -16,8 +16,8 @@ from telephony.agents.chat_stream import ChatServer
 from telephony.agents.openai_chat import APOLOGY, OpenAIChatAgent
 from telephony.config import ConfigError, settings_from_env
 from tests.chat_standin import Script, StandInChatServer
+from tests.conftest import eventually
 from tests.fake_call import FakeCall
-from tests.test_call_e2e import rb_wait
 from tts_core.errors import UpstreamFailed
 
 API_KEY = "sk-standin-secret-4242"
@@ -47,6 +47,7 @@ async def started(agent: OpenAIChatAgent, greeting: str = GREETING) -> FakeCall:
 
 
 # ---- (1) one turn -----------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_a_caller_turn_streams_tokens_into_say_and_sends_the_system_prompt(
         chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
     chat_standin.script(Script(tokens=["Sure", ",", " I", " can", " help", "."], token_delay_s=0.1))
@@ -73,6 +74,7 @@ async def test_a_caller_turn_streams_tokens_into_say_and_sends_the_system_prompt
     await agent.on_stop(call)
 
 
+@pytest.mark.slow
 async def test_tokens_reach_say_while_the_server_is_still_generating(
         chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
     chat_standin.script(Script(tokens=["One", " two", " three."], token_delay_s=0.3))
@@ -133,6 +135,7 @@ async def test_a_keypress_is_a_caller_turn(chat_standin: StandInChatServer, http
 
 
 # ---- (3) interruptions ---------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_an_interrupted_reply_keeps_only_what_the_caller_heard(
         chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
     words = ["Well,", " the", " answer", " is", " long", " and", " winding."]
@@ -215,6 +218,7 @@ async def test_a_new_turn_before_the_first_token_merges_the_caller_turns(
     await agent.on_stop(call)
 
 
+@pytest.mark.slow
 async def test_a_turn_queued_behind_the_greeting_asks_at_once_and_a_newer_turn_cancels_it(
         chat_standin: StandInChatServer, http: httpx.AsyncClient) -> None:
     greeting_playing = asyncio.Event()
@@ -232,7 +236,7 @@ async def test_a_turn_queued_behind_the_greeting_asks_at_once_and_a_newer_turn_c
     await agent.on_caller_speech(call, "Hello", final=True)
     first = await chat_standin.wait_requests(1)  # asked while the greeting still plays
     turn = agent._current
-    assert turn is not None and await rb_wait(lambda: turn.chars == len("First answer"))  # buffered
+    assert turn is not None and await eventually(lambda: turn.chars == len("First answer"))  # buffered
     await agent.on_caller_speech(call, "Are you there?", final=True)
     # Nothing preempts a reply queued behind the greeting: the agent itself closes its request.
     await asyncio.wait_for(first.client_closed.wait(), 2)
@@ -281,6 +285,7 @@ ERRORS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ERRORS))
 async def test_a_failing_chat_server_is_answered_with_an_apology_and_the_call_goes_on(
         case: str, chat_standin: StandInChatServer, http: httpx.AsyncClient,
@@ -422,6 +427,7 @@ def test_llm_settings_are_read_and_the_api_key_never_shows() -> None:
     assert with_password.display_url == "https://llm.example.com:8443/v1/chat/completions"
 
 
+@pytest.mark.slow
 async def test_a_call_may_pick_openai_chat_only_when_the_operator_configured_an_llm(
         chat_standin: StandInChatServer) -> None:
     from telephony.testing.bridge_harness import running_bridge
@@ -435,6 +441,7 @@ async def test_a_call_may_pick_openai_chat_only_when_the_operator_configured_an_
 
 
 # ---- (7) end to end: the real bridge, the Twilio emulator as the caller's phone --------------------------
+@pytest.mark.slow
 async def test_end_to_end_a_caller_turn_is_answered_with_audio_the_caller_hears(
         chat_standin: StandInChatServer) -> None:
     from telephony.testing.bridge_harness import running_bridge
@@ -462,12 +469,13 @@ async def test_end_to_end_a_caller_turn_is_answered_with_audio_the_caller_hears(
         assert request.messages[-1] == {"role": "user", "content": "When are you open?"}
         assert "Thanks for calling." in request.messages[0]["content"]
         assert request.headers["authorization"] == f"Bearer {API_KEY}"
-        assert await rb_wait(lambda: len(session.turns) >= 2)  # the reply's end mark echoed back
+        await eventually(lambda: len(session.turns) >= 2)  # the reply's end mark echoed back
         assert [t["outcome"] for t in session.turns] == ["played", "played"]
         await call.hang_up()
         assert call.stats.invalid == []
 
 
+@pytest.mark.slow
 async def test_end_to_end_barge_in_closes_the_llm_stream_and_keeps_only_the_heard_words(
         chat_standin: StandInChatServer) -> None:
     from telephony.testing.bridge_harness import running_bridge

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.conftest import eventually
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.render import FrameBatch, RenderItem, SegmentEnd, SegmentStart
 
@@ -29,8 +30,11 @@ class Renderer:
         self.fail_after = fail_after
         self.runs = 0
         self.cancelled = 0
+        self.sent = 0
         self.release = asyncio.Event()
         self.release.set()
+        self.held = asyncio.Event()
+        """Set when the renderer waits for ``release``: nothing can have been rendered past there."""
 
     async def __call__(self) -> AsyncIterator[RenderItem]:
         self.runs += 1
@@ -39,10 +43,13 @@ class Renderer:
             for index in range(self.segments):
                 yield SegmentStart(index, f"segment {index}")
                 for _ in range(0, self.frames_per_segment, self.batch):
+                    if not self.release.is_set():
+                        self.held.set()
                     await self.release.wait()
                     if self.fail_after is not None and sent >= self.fail_after:
                         raise RuntimeError("engine fell over")
                     sent += self.batch
+                    self.sent += self.batch
                     yield FrameBatch([FRAME] * self.batch)
                     await asyncio.sleep(0)
                 yield SegmentEnd(index)
@@ -99,7 +106,7 @@ async def test_a_follower_gets_frames_as_they_are_rendered_not_when_the_phrase_i
     follower = cache.follow(key(), render)
     assert await asyncio.wait_for(follower.__anext__(), 1) == SegmentStart(0, "segment 0")
     first = asyncio.ensure_future(follower.__anext__())
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(render.held.wait(), 1)
     assert not first.done()
     render.release.set()
     batch = await asyncio.wait_for(first, 1)
@@ -110,7 +117,7 @@ async def test_a_follower_gets_frames_as_they_are_rendered_not_when_the_phrase_i
 async def test_a_late_follower_catches_up_cut_at_the_same_segment_ends() -> None:
     cache, render = PhraseCache(), Renderer(segments=3, frames_per_segment=4, batch=1)
     early = asyncio.ensure_future(collect(cache.follow(key(), render)))
-    await asyncio.sleep(0.005)  # let part of the phrase render before the second call asks
+    await eventually(lambda: render.sent >= 5)  # part of the phrase renders before the second call asks
     late = await collect(cache.follow(key(), render))
     assert shape(late) == shape(await early) == [(4, True), (4, True), (4, True), (1, False)]
     assert render.runs == 1
@@ -129,8 +136,7 @@ async def test_when_the_last_follower_leaves_the_rendering_is_cancelled_and_not_
     follower = cache.follow(key(), render)
     await follower.__anext__()
     await follower.aclose()  # the caller barged in
-    await asyncio.sleep(0.01)
-    assert render.cancelled == 1
+    await eventually(lambda: render.cancelled == 1, what="the rendering cancelled")
     assert not cache.has(key()) and cache.stats()["abandoned"] == 1
     # The next request starts a fresh rendering rather than inheriting the cancelled one.
     assert shape(await collect(cache.follow(key(), render))) == [(100, True), (100, True), (1, False)]
@@ -151,10 +157,7 @@ async def test_a_prerender_nobody_follows_yet_runs_to_completion() -> None:
     cache, render = PhraseCache(), Renderer()
     assert cache.start(key(), render) is True
     assert cache.start(key(), render) is False  # already rendering
-    for _ in range(100):
-        if cache.peek(key()) is not None:
-            break
-        await asyncio.sleep(0.001)
+    await eventually(lambda: cache.peek(key()) is not None, what="the phrase cached")
     assert cache.peek(key()) == (FRAME,) * 9
 
 

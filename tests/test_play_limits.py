@@ -21,9 +21,11 @@ from starlette.routing import Route
 
 from telephony.testing.asgi_server import serve_asgi
 from telephony.testing.bridge_harness import running_bridge
+from tests.conftest import eventually, wav_bytes
 from tests.test_call_e2e import open_call
-from tests.test_relay_client import wav_bytes
-from tests.test_relay_e2e import agent_app, wait_until
+from tests.test_relay_e2e import agent_app
+
+pytestmark = pytest.mark.slow  # end-to-end: runs outside the fast tier (pytest -m 'not slow')
 
 FIVE_MB_SAMPLES = 2_500_000
 """16-bit mono at 8 kHz: a 5,000,044-byte WAV (just under the 5 MiB download cap), 312 s of audio,
@@ -65,12 +67,12 @@ async def test_three_plays_of_5mb_with_loop_10_stay_within_the_call_budget(media
     async with agent_app() as agent, running_bridge(play_max_decoded_mb=cap_mb) as rb, \
             httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA71", f"?greeting=&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         session = next(iter(rb.bridge.calls.values()))
         budget = session.agent.play_budget
         for _ in range(3):
             await agent.send(type="play", source=f"{base}/big.wav", loop=10)
-        assert await wait_until(lambda: errors(agent), timeout=20), "the third play must be refused"
+        await eventually(lambda: errors(agent), timeout=20, what="the third play refused")
         assert budget.held_bytes == 2 * DECODED, budget.held_bytes  # one buffer per play, loops free
         assert budget.peak_bytes <= cap_mb * 1024 * 1024
         assert "budget" in errors(agent)[0] and "big.wav" in errors(agent)[0]
@@ -78,18 +80,18 @@ async def test_three_plays_of_5mb_with_loop_10_stay_within_the_call_budget(media
         def clips() -> list:  # type: ignore[type-arg]
             return [u.source for u in [*session.speaker.queue.active, *session.speaker.queue.pending]]
 
-        assert await wait_until(lambda: len(clips()) == 2, timeout=10), clips()
+        await eventually(lambda: len(clips()) == 2, timeout=10, what="two clips queued")
         for clip in clips():
             assert clip.audio.nbytes == DECODED and clip.loops == 10
         await call.hang_up()
-        assert await wait_until(lambda: budget.held_bytes == 0, timeout=10), "budget given back at hang-up"
+        await eventually(lambda: budget.held_bytes == 0, timeout=10, what="budget given back at hang-up")
 
 
 async def test_a_loop_plays_the_clip_that_many_times(media) -> None:  # type: ignore[no-untyped-def]
     base, _ = media
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA72", f"?greeting=&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         await agent.send(type="play", source=f"{base}/short.wav", loop=3)
         assert await call.wait_for(lambda: call.played_utterances(), timeout=10)
         frames = call.played_utterances()[0].frames
@@ -101,9 +103,9 @@ async def test_a_play_redirected_to_loopback_is_refused_with_a_generic_error(med
     base, hits = media
     async with agent_app() as agent, running_bridge() as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA73", f"?greeting=&agentUrl={agent.url}")
-        assert await wait_until(lambda: agent.of_type("setup"))
+        await eventually(lambda: agent.of_type("setup"))
         await agent.send(type="play", source=f"{base}/moved")
-        assert await wait_until(lambda: errors(agent), timeout=10)
+        await eventually(lambda: errors(agent), timeout=10)
         text = errors(agent)[0]
         assert text == f"play {base}/moved: play source refused: address not allowed", text
         assert "localhost" not in text and "internal" not in text

@@ -18,9 +18,11 @@ from urllib.parse import quote
 
 import httpx
 import numpy as np
+import pytest
 
 from telephony.testing.bridge_harness import RunningBridge, running_bridge
-from tests.test_call_e2e import open_call, rb_wait
+from tests.conftest import eventually
+from tests.test_call_e2e import open_call
 from tts_core.engines.base import SpeechRequest
 from tts_core.engines.offloop import PrioritySlots
 from tts_core.engines.synthetic import SyntheticEngine
@@ -71,13 +73,14 @@ async def ttfa(rb: RunningBridge, client: httpx.AsyncClient, call_sid: str, gree
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_a_greeting_burst_without_streams_does_not_delay_a_live_call() -> None:
     engine = LoggedEngine()
     async with running_bridge(engine=engine, prerender_concurrency=RUNNING,
                               prerender_queue=QUEUED, prerender_timeout_s=1.0) as rb, \
             httpx.AsyncClient() as client:
         quiet = await ttfa(rb, client, "CA80", "Welcome to the quiet line.")
-        assert await rb_wait(lambda: engine.busy_slots == 0 and not rb.bridge.calls)
+        await eventually(lambda: engine.busy_slots == 0 and not rb.bridge.calls)
 
         responses = await asyncio.gather(*(
             rb.webhook(client, f"CA9{n:02d}", "?greeting="
@@ -102,11 +105,11 @@ async def test_a_greeting_burst_without_streams_does_not_delay_a_live_call() -> 
         assert jumped == [], f"pre-renders got the slot before the live call: {jumped}"
 
         # Nobody came for the burst's greetings: what still ran or waited is cancelled.
-        assert await rb_wait(lambda: rb.bridge.phrases.stats()["rendering"] == 0, timeout=5)
+        await eventually(lambda: rb.bridge.phrases.stats()["rendering"] == 0, timeout=5)
         stats = rb.bridge.phrases.stats()
         assert stats["prerender_expired"] >= 1
         assert stats["prerenders"] <= 1 + RUNNING + QUEUED + 1  # quiet call, burst, live call
-        assert await rb_wait(lambda: engine.busy_slots == 0)
+        await eventually(lambda: engine.busy_slots == 0)
 
 
 # ---- the pieces ------------------------------------------------------------------------------------
@@ -139,16 +142,20 @@ async def _frames(n: int, delay: float = 0.0) -> AsyncIterator[RenderItem]:
     yield SegmentEnd(0)
 
 
+@pytest.mark.slow
 async def test_pre_renders_are_bounded_and_a_followed_one_jumps_the_queue() -> None:
     cache = PhraseCache(max_prerenders=1, max_prerender_queue=1, prerender_timeout_s=60)
     started: list[str] = []
     deadlines: dict[str, float | None] = {}
+    a_may_finish = asyncio.Event()  # "a" holds its slot until the test lets it go
 
     def renderer(name: str):  # type: ignore[no-untyped-def]
         def render(deadline):  # type: ignore[no-untyped-def]
             async def gen() -> AsyncIterator[RenderItem]:
                 started.append(name)
                 deadlines[name] = deadline()
+                if name == "a":
+                    await a_may_finish.wait()
                 async for batch in _frames(50, 0.01):
                     yield batch
             return gen()
@@ -158,7 +165,7 @@ async def test_pre_renders_are_bounded_and_a_followed_one_jumps_the_queue() -> N
     assert cache.prerender(keys[0], renderer("a"))
     assert cache.prerender(keys[1], renderer("b"))
     assert not cache.prerender(keys[2], renderer("c"))  # one running, one waiting: skipped
-    await asyncio.sleep(0.05)
+    await eventually(lambda: started, what="the first pre-render started")
     assert started == ["a"] and deadlines["a"] == math.inf  # nobody listens: lowest priority
     assert cache.stats()["prerender_queued"] == 1
 
@@ -169,10 +176,11 @@ async def test_pre_renders_are_bounded_and_a_followed_one_jumps_the_queue() -> N
         return frames
 
     follower = asyncio.create_task(follow())
-    await asyncio.sleep(0.05)
-    assert started == ["a", "b"]  # followed: live work now, not waiting for "a" to finish
+    # followed: live work now, while "a" still holds its slot
+    await eventually(lambda: started == ["a", "b"], what="the followed pre-render started")
     assert cache.stats()["prerender_queued"] == 0
     assert await asyncio.wait_for(follower, 5) == 50
+    a_may_finish.set()
     await cache.aclose()
 
 
@@ -181,13 +189,14 @@ async def test_a_pre_render_nobody_follows_is_cancelled_after_its_timeout() -> N
     keys = [PhraseKey("e", "v", "p", f"text {n}") for n in range(3)]
     for key in keys:
         assert cache.prerender(key, lambda deadline: _frames(1000, 0.01))
-    assert await rb_wait(lambda: cache.stats()["rendering"] == 0, timeout=2)
+    await eventually(lambda: cache.stats()["rendering"] == 0, timeout=2)
     stats = cache.stats()
     assert stats["prerender_expired"] == 3
     assert stats["prerendering"] == 0 and stats["prerender_queued"] == 0
     assert stats["entries"] == 0
 
 
+@pytest.mark.slow
 async def test_background_work_steps_aside_between_chunks_for_a_live_request() -> None:
     import threading
     import time
@@ -220,6 +229,7 @@ async def test_background_work_steps_aside_between_chunks_for_a_live_request() -
     runner.shutdown()
 
 
+@pytest.mark.slow
 async def test_a_warmup_is_background_work_too() -> None:
     """The webhook's (and /warmup's) warm-up synthesis takes an engine slot only after live
     requests waiting for it."""
@@ -236,9 +246,9 @@ async def test_a_warmup_is_background_work_too() -> None:
                 pass
 
     first = asyncio.create_task(speak("Live one."))
-    assert await rb_wait(lambda: ("granted", "Live one.") in engine.log, timeout=2)
+    await eventually(lambda: ("granted", "Live one.") in engine.log, timeout=2)
     warm = asyncio.create_task(engine.warmup("synthetic", preset))
-    assert await rb_wait(lambda: engine.slots.waiting == 1, timeout=2)  # the warm-up queues
+    await eventually(lambda: engine.slots.waiting == 1, timeout=2)  # the warm-up queues
     second = asyncio.create_task(speak("Live two."))
     await asyncio.gather(first, warm, second)
     grants = [text for event, text in engine.log if event == "granted"]

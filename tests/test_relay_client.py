@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import socket
 import struct
 import time
-import wave
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,11 +20,13 @@ from telephony.agents.audio_fetch import AudioFetchError, decode_wav, fetch_audi
 from telephony.agents.base import AgentError, CallInfo, SpeechOutcome, SpeechResult
 from telephony.agents.play_budget import PlayBudget
 from telephony.agents.relay.dispatch import dispatch_frame
+from telephony.agents.relay.play_loader import MAX_CONCURRENT_DOWNLOADS
 from telephony.agents.relay.session import RelaySession
 from telephony.agents.relay.speech_jobs import MAX_PENDING_JOBS, SNIPPET_CHARS, ready
 from telephony.agents.relay.text_replies import MAX_TURN_CHARS
 from telephony.agents.relay_client import RelayAgent
 from telephony.egress import EgressPolicy
+from tests.conftest import eventually, wav_bytes
 from tts_core.audio import pcm16_to_mulaw
 from tts_core.errors import Forbidden, UpstreamFailed
 
@@ -144,21 +144,6 @@ async def app() -> AsyncIterator[AgentApp]:
         yield agent_app
 
 
-def wav_bytes(samples: np.ndarray, rate: int, *, width: int = 2, channels: int = 1) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        if width == 1:
-            data = (np.clip(samples, -1, 1) * 127 + 128).astype(np.uint8).tobytes()
-        elif width == 2:
-            data = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-        else:
-            data = (np.clip(samples, -1, 1) * 2147483647).astype("<i4").tobytes()
-        w.writeframes(data)
-    return buf.getvalue()
-
 
 def mulaw_wav_bytes(pcm: np.ndarray, rate: int = 8000) -> bytes:
     data = pcm16_to_mulaw(pcm)
@@ -187,14 +172,6 @@ async def started(
     await agent.on_start(call)
     await app.next("setup")
     return agent
-
-
-async def until(predicate: Any, within_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 # ---- connection and setup -------------------------------------------------------------------------
@@ -249,6 +226,7 @@ async def test_an_agent_url_the_egress_policy_refuses_is_a_forbidden_agent_error
     await agent.on_stop(FakeCall())
 
 
+@pytest.mark.slow
 async def test_connect_timeout_raises_agent_error() -> None:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -275,7 +253,7 @@ async def test_streamed_tokens_are_one_turn_in_order(app: AgentApp) -> None:
     for token in tokens[:-1]:
         await app.send({"type": "text", "token": token, "last": False})
     await app.send({"type": "text", "token": tokens[-1], "last": True, "interruptible": False})
-    await until(lambda: ("played", "".join(tokens)) in call.events)
+    await eventually(lambda: ("played", "".join(tokens)) in call.events)
     says = [e for e in call.events if e[0].startswith("say")]
     assert says == [("say-stream", tokens, True, False)]  # flags come from the turn's first token
     await agent.on_stop(call)
@@ -288,7 +266,7 @@ async def test_two_turns_are_two_says(app: AgentApp) -> None:
     await app.send({"type": "text", "token": " turn.", "last": True})
     await app.send({"type": "text", "token": "Second", "last": False, "preemptible": True})
     await app.send({"type": "text", "token": " turn.", "last": True})
-    await until(lambda: call.kinds().count("played") == 2)
+    await eventually(lambda: call.kinds().count("played") == 2)
     says = [e for e in call.events if e[0].startswith("say")]
     assert says == [
         ("say-stream", ["One", " turn."], True, False),
@@ -301,7 +279,7 @@ async def test_single_last_message_is_a_plain_string_say(app: AgentApp) -> None:
     call = FakeCall()
     agent = await started(app, call)
     await app.send({"type": "text", "token": "Thanks for calling.", "last": True})
-    await until(lambda: "played" in call.kinds())
+    await eventually(lambda: "played" in call.kinds())
     assert call.events[0] == ("say", "Thanks for calling.", True, False)
     await agent.on_stop(call)
 
@@ -312,12 +290,12 @@ async def test_tokens_of_an_interrupted_turn_are_dropped_until_it_ends(app: Agen
     agent = await started(app, call)
     await app.send({"type": "text", "token": "Let me", "last": False})
     await app.send({"type": "text", "token": " explain", "last": False})
-    await until(lambda: "interrupted" in call.kinds())
+    await eventually(lambda: "interrupted" in call.kinds())
     call.cut_after_tokens = None
     await app.send({"type": "text", "token": " the whole", "last": False})  # stale: dropped
     await app.send({"type": "text", "token": " story.", "last": True})  # stale; ends the turn
     await app.send({"type": "text", "token": "Sure.", "last": True})
-    await until(lambda: ("played", "Sure.") in call.events)
+    await eventually(lambda: ("played", "Sure.") in call.events)
     says = [e[:2] for e in call.events if e[0].startswith("say")]
     assert says == [("say-stream", ["Let me", " explain"]), ("say", "Sure.")]
     # what was dropped is reported once, never lost silently
@@ -331,13 +309,13 @@ async def test_caller_event_starts_a_new_turn_after_an_interrupted_one(app: Agen
     call.cut_after_tokens = 1
     agent = await started(app, call)
     await app.send({"type": "text", "token": "Long answer", "last": False})
-    await until(lambda: "interrupted" in call.kinds())
+    await eventually(lambda: "interrupted" in call.kinds())
     call.cut_after_tokens = None
     await agent.on_caller_speech(call, "stop, just tell me the time", True)
     assert (await app.next("prompt"))["voicePrompt"] == "stop, just tell me the time"
     await app.send({"type": "text", "token": "It is", "last": False})
     await app.send({"type": "text", "token": " noon.", "last": True})
-    await until(lambda: ("played", "It is noon.") in call.events)
+    await eventually(lambda: ("played", "It is noon.") in call.events)
     await agent.on_stop(call)
 
 
@@ -395,7 +373,7 @@ async def test_play_wav_reaches_play_audio_with_its_rate(app: AgentApp) -> None:
     call = FakeCall()
     agent = await started(app, call, media_client({url: (200, wav_bytes(tone, 16000))}))
     await app.send({"type": "play", "source": url, "interruptible": False})
-    await until(lambda: "play" in call.kinds())
+    await eventually(lambda: "play" in call.kinds())
     _, audio, rate, label, interruptible = next(e for e in call.events if e[0] == "play")
     assert rate == 16000 and label == url and interruptible is False
     assert audio.dtype == np.float32 and audio.shape == (1600,)
@@ -410,7 +388,7 @@ async def test_play_keeps_message_order_with_text(app: AgentApp) -> None:
     await app.send({"type": "text", "token": "Before.", "last": True})
     await app.send({"type": "play", "source": url})
     await app.send({"type": "text", "token": "After.", "last": True})
-    await until(lambda: call.kinds().count("played") == 2 and "play" in call.kinds())
+    await eventually(lambda: call.kinds().count("played") == 2 and "play" in call.kinds())
     order = [e[1] if e[0] == "say" else e[0] for e in call.events if e[0] in ("say", "play")]
     assert order == ["Before.", "play", "After."]
     await agent.on_stop(call)
@@ -471,7 +449,7 @@ async def test_invalid_messages_get_an_error_and_the_session_continues(app: Agen
     await app.send({"type": "text", "token": "x" * 2000, "last": True})
     assert "too large" in (await app.next("error"))["description"]
     await app.send({"type": "text", "token": "Still here.", "last": True})
-    await until(lambda: ("played", "Still here.") in call.events)
+    await eventually(lambda: ("played", "Still here.") in call.events)
     assert not call.ended.is_set()
     await agent.on_stop(call)
 
@@ -524,7 +502,7 @@ async def test_on_stop_cancels_everything(app: AgentApp) -> None:
     await app.send({"type": "text", "token": "Never", "last": False})
     await app.send({"type": "text", "token": "A whole sentence.", "last": True})
     await app.send({"type": "play", "source": url})
-    await until(lambda: "say-stream" in call.kinds())
+    await eventually(lambda: "say-stream" in call.kinds())
     t0 = time.monotonic()
     await agent.on_stop(call)
     assert time.monotonic() - t0 < 1.0
@@ -543,8 +521,8 @@ def test_decode_wav_formats() -> None:
         audio, rate = decode_wav(wav_bytes(tone, 22050, width=width))
         assert rate == 22050 and audio.dtype == np.float32
         np.testing.assert_allclose(audio, tone, atol=0.02)
-    stereo = np.stack([tone, np.zeros_like(tone)], axis=1).reshape(-1)
-    audio, _ = decode_wav(wav_bytes(stereo, 8000, channels=2))
+    stereo = np.stack([tone, np.zeros_like(tone)], axis=1)
+    audio, _ = decode_wav(wav_bytes(stereo, 8000))
     np.testing.assert_allclose(audio, tone / 2, atol=1e-3)
     pcm = (tone * 32767).astype(np.int16)
     audio, rate = decode_wav(mulaw_wav_bytes(pcm))
@@ -561,6 +539,7 @@ def test_clips_below_telephone_rate_are_refused(rate: int) -> None:
         decode_wav(wav_bytes(np.zeros(4000, dtype=np.float32), rate))
 
 
+@pytest.mark.slow
 async def test_a_compressed_audio_body_is_refused_not_decoded() -> None:
     import gzip
 
@@ -596,25 +575,33 @@ async def test_fetch_audio_limits_and_schemes() -> None:
         assert isinstance(refused.value, UpstreamFailed)  # in the error tree, by its class
 
 
+@pytest.mark.slow
 async def test_text_sent_after_an_interrupted_stream_is_spoken_or_reported(app: AgentApp) -> None:
     call = FakeCall()
     call.cut_after_tokens = 2  # the caller barges in after two tokens
     agent = await started(app, call)
     await app.send({"type": "text", "token": "Let me", "last": False})
     await app.send({"type": "text", "token": " explain", "last": False})
-    await until(lambda: "interrupted" in call.kinds())
+    await eventually(lambda: "interrupted" in call.kinds())
     call.cut_after_tokens = None
     # the agent abandons that reply (as CR apps do on `interrupt`) and says something new
     await app.send({"type": "text", "token": "Sorry, go ahead.", "last": True})
-    await asyncio.sleep(0.3)
-    spoken = [e for e in call.events if e[0] in ("say", "say-stream", "played")]
-    errors = []
-    while not app.received.empty():
-        m = app.received.get_nowait()
-        if m["type"] == "error":
-            errors.append(m)
+    errors: list[dict[str, Any]] = []
+
+    def spoken_so_far() -> list[tuple[Any, ...]]:
+        return [e for e in call.events if e[0] in ("say", "say-stream", "played")]
+
+    def spoken_or_reported() -> bool:
+        while not app.received.empty():
+            m = app.received.get_nowait()
+            if m["type"] == "error":
+                errors.append(m)
+        return (any("Sorry" in str(e) for e in spoken_so_far())
+                or any("Sorry" in e["description"] for e in errors))
+
+    await eventually(spoken_or_reported, what="'Sorry, go ahead.' spoken or reported")
     await agent.on_stop(call)
-    assert not any("Sorry" in str(e) for e in spoken)
+    assert not any("Sorry" in str(e) for e in spoken_so_far())
     assert any("interrupted" in e["description"] and "Sorry, go ahead." in e["description"]
                for e in errors), f"'Sorry, go ahead.' neither spoken nor reported: errors={errors}"
 
@@ -622,16 +609,22 @@ async def test_text_sent_after_an_interrupted_stream_is_spoken_or_reported(app: 
 BODY = wav_bytes(np.zeros(8000, dtype=np.float32), 8000)
 
 
+@pytest.mark.slow
 async def test_play_downloads_of_one_call_are_bounded(app: AgentApp) -> None:
+    """200 plays at once: the job table takes MAX_PENDING_JOBS and refuses the rest; of those, exactly
+    MAX_CONCURRENT_DOWNLOADS download at a time, and every one is downloaded in the end."""
+    release = asyncio.Event()
+    downloads = 0
     in_flight = 0
     peak = 0
 
     async def handle(request: httpx.Request) -> httpx.Response:
-        nonlocal in_flight, peak
+        nonlocal downloads, in_flight, peak
+        downloads += 1
         in_flight += 1
         peak = max(peak, in_flight)
         try:
-            await asyncio.sleep(0.5)  # a slow media server
+            await release.wait()  # a media server that answers when the test says
             return httpx.Response(200, content=BODY)
         finally:
             in_flight -= 1
@@ -639,13 +632,19 @@ async def test_play_downloads_of_one_call_are_bounded(app: AgentApp) -> None:
     http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
     call = FakeCall()
     agent = await started(app, call, http)
-    for n in range(200):
+    plays = 200
+    for n in range(plays):
         await app.send({"type": "play", "source": f"https://media.example/{n}.wav"})
-    await asyncio.sleep(0.3)
-    seen = peak
+    for _ in range(plays - MAX_PENDING_JOBS):  # every play is handled: taken or refused
+        assert "too many speech requests" in (await app.next("error"))["description"]
+    await eventually(lambda: downloads >= MAX_CONCURRENT_DOWNLOADS, what="the first downloads started")
+    assert downloads == peak == MAX_CONCURRENT_DOWNLOADS, f"{downloads} started, {peak} at once"
+    release.set()
+    await eventually(lambda: call.kinds().count("play") == MAX_PENDING_JOBS, what="every play played")
     await agent.on_stop(call)
     await http.aclose()
-    assert seen <= 2, f"{seen} downloads of one call ran at once (each up to 5 MB, x10 loops)"
+    assert downloads == MAX_PENDING_JOBS
+    assert peak == MAX_CONCURRENT_DOWNLOADS, f"{peak} downloads of one call ran at once"
 
 
 # ---- per-reply bounds, without a socket --------------------------------------------------------
@@ -712,10 +711,10 @@ async def test_a_reply_refused_for_lack_of_room_is_refused_once_and_never_spoken
     await handle(session, text_message("is forty "))
     await handle(session, text_message("dollars."))
     gate.set()
-    await asyncio.sleep(0.05)
+    await eventually(lambda: not len(session.jobs), what="room in the job table")
     await handle(session, text_message(" Anything else?"))
     await handle(session, text_message("", last=True))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: not len(session.jobs), what="every job started for the reply finished")
     assert len(sent) == 1, "one refusal expected for one reply"
     assert not [e for e in call.events if e[0].startswith("say") and e[1] != "busy"]
     await session.stop()

@@ -13,11 +13,14 @@ import pytest
 from telephony.testing.bridge_harness import running_bridge
 from telephony.testing.bridge_process import BridgeProcess, bridge_process
 from telephony.testing.twilio_emulator import SILENCE, TwilioEmulator
+from tests.conftest import eventually
 from tests.test_call_e2e import open_call
-from tests.test_relay_e2e import AgentApp, agent_app, wait_until
+from tests.test_relay_e2e import AgentApp, agent_app
 from tts_core.engines.openai_remote import OpenAIRemoteEngine
 from tts_core.engines.piper import PiperEngine
 from tts_core.engines.synthetic import SyntheticEngine
+
+pytestmark = pytest.mark.slow  # end-to-end: runs outside the fast tier (pytest -m 'not slow')
 
 API_KEY = "sk-remote-test"
 GREETING = "Hello caller. This voice comes from a server across the network."
@@ -108,8 +111,8 @@ async def test_killing_a_server_mid_utterance_fails_that_utterance_and_the_next_
         engine = OpenAIRemoteEngine([s.api_base for s in servers], api_key=API_KEY, voices=["synthetic"])
         async with running_bridge(engine=engine) as rb, httpx.AsyncClient() as client:
             call = await open_call(rb, client, "CA62", f"?voice=synthetic&greeting=&agentUrl={agent.url}")
-            assert await wait_until(lambda: agent.of_type("setup"))
-            assert await wait_until(lambda: engine.busy_slots == 0)  # the webhook's warmup is over
+            await eventually(lambda: agent.of_type("setup"))
+            await eventually(lambda: engine.busy_slots == 0)  # the webhook's warmup is over
             if kill == "second":  # make the other server the busy one
                 engine.fleet.begin(engine.fleet.servers[0])
             before = [s["requests"] for s in engine.servers()]
@@ -121,7 +124,7 @@ async def test_killing_a_server_mid_utterance_fails_that_utterance_and_the_next_
             if kill == "second":
                 engine.fleet.end(engine.fleet.servers[0])
             servers[busy].kill()
-            assert await wait_until(lambda: agent.of_type("error"), timeout=10)
+            await eventually(lambda: agent.of_type("error"), timeout=10)
             assert "speech failed" in agent.of_type("error")[0]["description"]
             errors_before = len(agent.of_type("error"))
             survivor = engine.servers()[1 - busy]["url"]

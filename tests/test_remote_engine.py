@@ -74,6 +74,7 @@ async def test_pcm_in_odd_sized_chunks_arrives_bit_exact_with_the_request_fields
         assert server.headers_seen[0]["authorization"] == "Bearer sk-test"
 
 
+@pytest.mark.slow
 async def test_stream_fields_and_preset_parameters_are_configurable() -> None:
     async with standins() as [(server, url)], remote(
             [url], stream_fields=["stream"], send_preset_params=True) as engine:
@@ -83,6 +84,7 @@ async def test_stream_fields_and_preset_parameters_are_configurable() -> None:
         assert body["exaggeration"] == BALANCED.exaggeration and body["cfg_weight"] == BALANCED.cfg_weight
 
 
+@pytest.mark.slow
 async def test_a_content_length_body_arriving_at_once_is_taken_whole() -> None:
     async with standins() as [(server, url)], remote([url]) as engine:
         server.mode = "content_length"
@@ -90,6 +92,7 @@ async def test_a_content_length_body_arriving_at_once_is_taken_whole() -> None:
         np.testing.assert_array_equal(audio, pcm_float(server.expected_pcm()))
 
 
+@pytest.mark.slow
 async def test_pcm_announced_at_22050_in_x_sample_rate_is_resampled_to_the_engine_rate() -> None:
     async with standins() as [(server, url)], remote([url]) as engine:
         server.mode, server.rate, server.seconds = "x_sample_rate", 22050, 1.0
@@ -99,6 +102,7 @@ async def test_pcm_announced_at_22050_in_x_sample_rate_is_resampled_to_the_engin
         assert abs(dominant_hz(audio, 24000) - 440) < 3
 
 
+@pytest.mark.slow
 async def test_a_configured_sample_rate_overrides_the_header() -> None:
     async with standins() as [(server, url)], remote([url], sample_rate=22050) as engine:
         server.mode, server.rate = "x_sample_rate", 16000  # the server lies; the operator knows
@@ -107,6 +111,7 @@ async def test_a_configured_sample_rate_overrides_the_header() -> None:
         assert audio.size == len(server.expected_pcm()) // 2
 
 
+@pytest.mark.slow
 async def test_a_wav_body_has_its_header_skipped_and_its_rate_honoured() -> None:
     async with standins() as [(server, url)], remote([url]) as engine:
         server.mode, server.rate, server.seconds = "wav", 16000, 1.0
@@ -115,6 +120,7 @@ async def test_a_wav_body_has_its_header_skipped_and_its_rate_honoured() -> None
         assert abs(dominant_hz(audio, 24000) - 440) < 3
 
 
+@pytest.mark.slow
 async def test_server_sent_events_of_base64_audio_deltas_are_decoded() -> None:
     async with standins() as [(server, url)], remote([url]) as engine:
         server.mode = "sse"
@@ -122,6 +128,7 @@ async def test_server_sent_events_of_base64_audio_deltas_are_decoded() -> None:
         np.testing.assert_array_equal(audio, pcm_float(server.expected_pcm()))
 
 
+@pytest.mark.slow
 async def test_first_byte_timeout_counts_to_the_first_audio_byte_not_the_headers() -> None:
     async with standins() as [(server, url)], remote([url], first_byte_timeout_s=0.3) as engine:
         server.mode, server.audio_delay_s = "pcm", 1.0  # headers at once, audio only after 1 s
@@ -134,6 +141,7 @@ async def test_first_byte_timeout_counts_to_the_first_audio_byte_not_the_headers
         assert engine.servers()[0]["first_byte_ms_p50"] >= 300  # timed on audio, not headers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [200, 500])
 @pytest.mark.parametrize("shape", sorted(ERROR_BODIES))
 async def test_json_error_bodies_become_one_engine_error_with_the_servers_message(
@@ -145,6 +153,7 @@ async def test_json_error_bodies_become_one_engine_error_with_the_servers_messag
             await speak(engine)
 
 
+@pytest.mark.slow
 async def test_an_empty_200_is_an_engine_error_not_silence() -> None:
     async with standins() as [(server, url)], remote([url]) as engine:
         server.mode = "empty"
@@ -152,6 +161,7 @@ async def test_an_empty_200_is_an_engine_error_not_silence() -> None:
             await speak(engine)
 
 
+@pytest.mark.slow
 async def test_a_refused_request_is_not_retried_and_leaves_the_server_in_service() -> None:
     async with standins(2) as [(a, url_a), (b, url_b)], remote([url_a, url_b]) as engine:
         a.mode = b.mode = "error"
@@ -163,6 +173,7 @@ async def test_a_refused_request_is_not_retried_and_leaves_the_server_in_service
 
 
 # ---- a fleet -----------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_a_failure_before_the_first_byte_is_retried_once_on_another_server() -> None:
     async with standins() as [(server, url)], remote([free_port_url() + "/v1", url]) as engine:
         for _ in range(3):
@@ -173,6 +184,7 @@ async def test_a_failure_before_the_first_byte_is_retried_once_on_another_server
         assert live["requests"] == 3 and live["failures"] == 0
 
 
+@pytest.mark.slow
 async def test_an_empty_200_fails_over_to_the_next_server() -> None:
     async with standins(2) as [(a, url_a), (b, url_b)], remote([url_a, url_b]) as engine:
         a.mode = b.mode = "empty"
@@ -181,6 +193,7 @@ async def test_an_empty_200_fails_over_to_the_next_server() -> None:
         assert len(a.requests) == 1 and len(b.requests) == 1  # retried exactly once, elsewhere
 
 
+@pytest.mark.slow
 async def test_a_stream_that_stalls_after_audio_is_an_error_and_never_retried() -> None:
     async with standins(2) as [(a, url_a), (b, url_b)], remote([url_a, url_b],
                                                                  stall_timeout_s=0.3) as engine:
@@ -194,6 +207,7 @@ async def test_a_stream_that_stalls_after_audio_is_an_error_and_never_retried() 
         assert sorted(s["state"] for s in engine.servers()) == ["backoff", "up"]
 
 
+@pytest.mark.slow
 async def test_cancelling_an_utterance_closes_the_http_stream_so_the_server_stops() -> None:
     async with standins() as [(server, url)], remote([url]) as engine:
         server.mode, server.seconds = "slow", 5.0
@@ -205,6 +219,7 @@ async def test_cancelling_an_utterance_closes_the_http_stream_so_the_server_stop
         assert engine.busy_slots == 0 and engine.stats.cancelled == 1
 
 
+@pytest.mark.slow
 async def test_utterances_go_to_the_server_with_fewest_in_flight() -> None:
     async with standins(2) as [(a, url_a), (b, url_b)], remote([url_a, url_b]) as engine:
         a.mode = b.mode = "slow"
@@ -218,6 +233,7 @@ async def test_utterances_go_to_the_server_with_fewest_in_flight() -> None:
         assert engine.busy_slots == 0
 
 
+@pytest.mark.slow
 async def test_a_failed_server_is_probed_again_after_its_backoff() -> None:
     now = [1000.0]
     async with standins(2) as [(a, url_a), (b, url_b)], remote(
@@ -234,6 +250,7 @@ async def test_a_failed_server_is_probed_again_after_its_backoff() -> None:
         assert engine.servers()[0]["state"] == "up"
 
 
+@pytest.mark.slow
 async def test_warmup_warms_every_server_and_reports_each() -> None:
     async with standins(2) as [(a, url_a), (b, url_b)], remote([url_a, url_b]) as engine:
         timings = await engine.warmup("alloy", BALANCED)
@@ -249,6 +266,7 @@ async def test_warmup_warms_every_server_and_reports_each() -> None:
 
 
 # ---- the bridge around it ----------------------------------------------------------------------
+@pytest.mark.slow
 async def test_health_metrics_and_warmup_show_each_server() -> None:
     from telephony.testing.bridge_harness import running_bridge
 
@@ -288,6 +306,7 @@ def test_settings_for_the_remote_engine_are_checked_at_start() -> None:
     assert "sk-secret" not in repr(settings)
 
 
+@pytest.mark.slow
 async def test_webhooks_warm_the_fleet_once_per_voice_and_preset_not_once_per_call() -> None:
     from telephony.testing.bridge_harness import running_bridge
 
@@ -304,6 +323,7 @@ async def test_webhooks_warm_the_fleet_once_per_voice_and_preset_not_once_per_ca
     assert voices == ["alloy", "alloy", "nova", "nova"]  # each server once per voice, not per call
 
 
+@pytest.mark.slow
 async def test_streams_are_spread_over_several_small_connection_pools() -> None:
     # httpcore scans a whole pool on every request start and end: one pool of hundreds of streams
     # cost the bridge 20% of its CPU at 100 calls; small pools keep each scan short.

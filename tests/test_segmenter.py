@@ -532,6 +532,7 @@ def _random_text(rng: random.Random) -> str:
     return "".join(rng.choice(_PIECES) + rng.choice(_GAPS) for _ in range(rng.randint(1, 40)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", _SETTINGS_VARIANTS, ids=lambda s: repr(s))
 def test_token_split_invariance_on_generated_texts(settings):
     rng = random.Random(99)

@@ -6,10 +6,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import pytest
+
 from telephony.agents.base import SpeechOutcome
 from telephony.playout import PlayoutClock
 from telephony.speaker import Speaker
 from telephony.twilio_media import MarkName, OutboundEncoder
+from tests.conftest import eventually
 from tts_core.engines.base import Engine, EngineError, SpeechRequest
 from tts_core.engines.synthetic import SyntheticEngine
 from tts_core.phrase_cache import PhraseCache
@@ -34,14 +37,6 @@ class Wire:
 
     def events(self) -> list[str]:
         return [m["event"] for m in self.messages]
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(predicate())
 
 
 def make_speaker(engine: Engine, wire: Wire, cache: PhraseCache | None = None) -> Speaker:
@@ -73,12 +68,11 @@ async def test_a_preemptible_utterance_is_cut_by_the_next_one_and_twilio_is_clea
     speaker = make_speaker(SyntheticEngine(realtime_factor=0.2), wire)
     first = speaker.submit("A long hold message that the agent may replace at any moment.",
                            preemptible=True)
-    assert await wait_until(lambda: "media" in wire.events())
+    await eventually(lambda: "media" in wire.events())
     second = speaker.submit("Your agent is ready.")
     result = await asyncio.wait_for(first.future, 2)
     assert result.outcome is SpeechOutcome.INTERRUPTED
-    await asyncio.sleep(0.05)
-    assert "clear" in wire.events()
+    await eventually(lambda: "clear" in wire.events(), what="Twilio's buffer cleared")
     assert not second.future.done()
     await speaker.aclose()
     assert second.future.result().outcome is SpeechOutcome.CANCELLED
@@ -109,7 +103,7 @@ async def test_marks_echoed_after_a_clear_do_not_count_as_played() -> None:
     wire.echo = False
     speaker = make_speaker(SyntheticEngine(realtime_factor=0.2), wire)
     utt = speaker.submit("Something long enough to be interrupted while it plays out loud.")
-    assert await wait_until(lambda: wire.events().count("media") >= 20)
+    await eventually(lambda: wire.events().count("media") >= 20)
     old_marks = [m["mark"]["name"] for m in wire.messages if m["event"] == "mark"]
     result = await speaker.interrupt()
     assert result is not None and result.outcome is SpeechOutcome.INTERRUPTED
@@ -125,7 +119,7 @@ async def test_aclose_cancels_everything_and_leaves_no_task() -> None:
     wire.echo = False
     speaker = make_speaker(SyntheticEngine(realtime_factor=0.5), wire)
     utt = speaker.submit("Speech that will never finish because the call ends.")
-    await asyncio.sleep(0.1)
+    await eventually(lambda: "media" in wire.events(), what="speaking started")
     await speaker.aclose()
     assert utt.future.result().outcome is SpeechOutcome.CANCELLED
     assert [t for t in asyncio.all_tasks() if t.get_name().startswith(("speaker", "render"))] == []
@@ -156,6 +150,7 @@ def media_and_segment_marks(wire: Wire) -> list[str]:
 PROMPT = "For billing, press one. For appointments, press two. To hear this again, press nine."
 
 
+@pytest.mark.slow
 async def test_calls_saying_the_same_prompt_at_once_share_one_synthesis() -> None:
     engine, cache = CountingEngine(realtime_factor=0.05), PhraseCache()
     wires = [Wire() for _ in range(5)]
@@ -192,15 +187,16 @@ async def test_barge_in_on_the_only_call_rendering_a_phrase_stops_the_engine() -
     wire.echo = False
     speaker = make_speaker(engine, wire, cache)
     utt = speaker.submit(PROMPT)
-    assert await wait_until(lambda: wire.events().count("media") >= 5)
+    await eventually(lambda: wire.events().count("media") >= 5)
     result = await speaker.interrupt()
     assert result is not None and result.outcome is SpeechOutcome.INTERRUPTED
-    assert await wait_until(lambda: engine.busy_slots == 0, timeout=1.0)
+    await eventually(lambda: engine.busy_slots == 0, timeout=1.0)
     assert not cache.has(speaker.cache_key(PROMPT))  # nothing half-rendered is kept
     assert utt.future.result().outcome is SpeechOutcome.INTERRUPTED
     await speaker.aclose()
 
 
+@pytest.mark.slow
 async def test_a_call_that_leaves_does_not_stop_the_phrase_for_the_others() -> None:
     engine, cache = CountingEngine(realtime_factor=0.1), PhraseCache()
     leaving, staying = Wire(), Wire()
@@ -208,7 +204,7 @@ async def test_a_call_that_leaves_does_not_stop_the_phrase_for_the_others() -> N
     first, second = make_speaker(engine, leaving, cache), make_speaker(engine, staying, cache)
     first.submit(PROMPT)
     kept = second.submit(PROMPT)
-    assert await wait_until(lambda: leaving.events().count("media") >= 3)
+    await eventually(lambda: leaving.events().count("media") >= 3)
     await first.aclose()  # hang-up
     assert (await asyncio.wait_for(kept.future, 10)).outcome is SpeechOutcome.PLAYED
     assert len(engine.requests) == 3
@@ -228,6 +224,7 @@ class SlowWire:
             self.messages.append(json.loads(text))
 
 
+@pytest.mark.slow
 async def test_no_media_is_sent_after_clear() -> None:
     wire = SlowWire()
     speaker = Speaker(engine=SyntheticEngine(chunk_ms=1000), voice_id="synthetic", preset=PRESET,
@@ -236,7 +233,7 @@ async def test_no_media_is_sent_after_clear() -> None:
     speaker.start()
     utt = speaker.submit("A long answer that keeps going and going so the caller can talk over it "
                          "for quite a while before it would ever end on its own.")
-    assert await wait_until(lambda: sum(m["event"] == "media" for m in wire.messages) >= 3)
+    await eventually(lambda: sum(m["event"] == "media" for m in wire.messages) >= 3)
     result = await speaker.interrupt()
     assert result is not None and result.outcome is SpeechOutcome.INTERRUPTED
     await asyncio.sleep(0.3)
@@ -255,7 +252,7 @@ async def test_barge_in_does_not_cut_a_queued_non_interruptible_utterance() -> N
     speaker = make_speaker(SyntheticEngine(realtime_factor=0.2), wire)
     first = speaker.submit("Here is some chatter the caller may talk over whenever they like.")
     legal = speaker.submit("This call may be recorded.", interruptible=False)
-    assert await wait_until(lambda: wire.events().count("media") >= 10)
+    await eventually(lambda: wire.events().count("media") >= 10)
     await speaker.interrupt()
     outcome = legal.future.result().outcome if legal.future.done() else None
     await speaker.aclose()
@@ -270,7 +267,7 @@ async def test_preemption_only_cuts_preemptible_speech() -> None:
     hold = speaker.submit("Please hold while we find an agent for you, this may take a while.",
                           preemptible=True)
     notice = speaker.submit("This call may be recorded for quality purposes.")  # NOT preemptible
-    assert await wait_until(lambda: greeting.future.done() and speaker.queue.active == [hold])
+    await eventually(lambda: greeting.future.done() and speaker.queue.active == [hold])
     speaker.submit("Your agent is ready.")  # pre-empts the hold message...
     outcome = notice.future.result().outcome if notice.future.done() else None
     await speaker.aclose()
@@ -316,6 +313,7 @@ class StoppedPeer(Wire):
             asyncio.get_running_loop().call_soon(self.speaker.on_mark, message["mark"]["name"])
 
 
+@pytest.mark.slow
 async def test_marks_not_echoed_after_their_audio_was_due_fail_the_utterance_and_stop_sending() -> None:
     """Issue 10 finding 5: a Twilio side that stops playing/reading is noticed by its marks."""
     wire = StoppedPeer(echo_first=1)
@@ -337,12 +335,12 @@ async def test_marks_not_echoed_after_their_audio_was_due_fail_the_utterance_and
     assert len(stalls) == 1 and speaker.stalled
     sent = len(wire.messages)
     late = speaker.submit("Anything more?")
-    await asyncio.sleep(0.1)
-    assert late.future.result().outcome is SpeechOutcome.FAILED
+    assert (await asyncio.wait_for(late.future, 1)).outcome is SpeechOutcome.FAILED
     assert len(wire.messages) == sent, "nothing more is sent to a peer that stopped playing"
     await speaker.aclose()
 
 
+@pytest.mark.slow
 async def test_a_peer_that_echoes_every_mark_in_time_is_never_declared_stalled() -> None:
     wire = Wire()  # echoes at once
     stalls: list[str] = []

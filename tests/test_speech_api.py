@@ -27,8 +27,8 @@ import pytest
 from telephony import speech_api
 from telephony.speech_stream import AudioStreamResponse
 from telephony.testing.bridge_harness import RunningBridge, running_bridge
+from tests.conftest import eventually
 from tests.test_control_api import write_wav
-from tests.test_engines import wait_until
 from tts_core.audio import Pcm16Encoder, mulaw_to_pcm16
 from tts_core.engines.base import EngineError, SpeechRequest
 from tts_core.engines.piper import PiperEngine
@@ -65,6 +65,7 @@ async def stream_speech(rb: RunningBridge, **params: object) -> tuple[bytes, dic
 
 
 # ---- audio formats ----------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_pcm_streams_24khz_from_a_16khz_engine_while_it_synthesises() -> None:
     engine = SyntheticEngine(sample_rate=16000, realtime_factor=1.0)
     async with running_bridge(engine, api_key=KEY) as rb:
@@ -87,6 +88,7 @@ async def test_pcm_streams_24khz_from_a_16khz_engine_while_it_synthesises() -> N
     assert rms_db(audio) > -30
 
 
+@pytest.mark.slow
 async def test_wav_is_a_streamed_24khz_16bit_mono_wav() -> None:
     async with running_bridge(SyntheticEngine(sample_rate=22050), api_key=KEY) as rb:
         body, headers = await stream_speech(rb, response_format="wav")
@@ -102,6 +104,7 @@ async def test_wav_is_a_streamed_24khz_16bit_mono_wav() -> None:
     assert rms_db(audio) > -30
 
 
+@pytest.mark.slow
 async def test_mulaw_is_8khz_g711() -> None:
     async with running_bridge(SyntheticEngine(sample_rate=22050), api_key=KEY) as rb:
         body, headers = await stream_speech(rb, response_format="mulaw", voice={"id": "synthetic"})
@@ -112,12 +115,14 @@ async def test_mulaw_is_8khz_g711() -> None:
     assert rms_db(decoded) > -30
 
 
+@pytest.mark.slow
 async def test_speed_is_passed_to_the_engine_through_the_preset() -> None:
     async with running_bridge(SyntheticEngine(), api_key=KEY) as rb:
         body, _ = await stream_speech(rb, response_format="pcm", speed=2.0)
     assert len(body) / 2 / 24000 == pytest.approx(len(TEXT) * SPC / 2.0, abs=0.002)
 
 
+@pytest.mark.slow
 async def test_long_input_is_cut_into_segments_and_stays_one_seamless_stream() -> None:
     """Every segment goes through the same resampler: the output equals resampling the engine's
     whole audio in one pass (a resampler flushed or restarted per segment differs at each seam)."""
@@ -141,6 +146,7 @@ async def test_long_input_is_cut_into_segments_and_stays_one_seamless_stream() -
     assert body == expected
 
 
+@pytest.mark.slow
 async def test_sse_stream_format_sends_base64_deltas_then_done() -> None:
     async with running_bridge(SyntheticEngine(), api_key=KEY) as rb:
         body, headers = await stream_speech(rb, response_format="pcm", stream_format="sse")
@@ -152,6 +158,7 @@ async def test_sse_stream_format_sends_base64_deltas_then_done() -> None:
     assert len(audio) / 2 / 24000 == pytest.approx(len(TEXT) * SPC, abs=0.002)
 
 
+@pytest.mark.slow
 async def test_piper_pcm_is_resampled_from_22050_to_24000() -> None:
     """The embedded voice speaks 22.05 kHz; the pcm contract is 24 kHz. Piper's durations vary
     from run to run, so the engine's own output for this very request is counted."""
@@ -175,6 +182,7 @@ async def test_piper_pcm_is_resampled_from_22050_to_24000() -> None:
     assert rms_db(pcm16(body)) > -35
 
 
+@pytest.mark.slow
 async def test_a_stored_voice_is_spoken_by_a_cloning_engine(tmp_path: Path) -> None:
     write_wav(tmp_path / "alice.wav")
     async with running_bridge(SyntheticEngine(), api_key=KEY, voices_dir=tmp_path) as rb:
@@ -186,6 +194,7 @@ async def test_a_stored_voice_is_spoken_by_a_cloning_engine(tmp_path: Path) -> N
     assert {v["id"] for v in voices["data"]} == {"synthetic", "alice"}
 
 
+@pytest.mark.slow
 async def test_a_stored_voice_on_an_engine_that_cannot_clone_is_a_400(tmp_path: Path) -> None:
     class NoCloning(SyntheticEngine):
         supports_cloning = False
@@ -198,6 +207,7 @@ async def test_a_stored_voice_on_an_engine_that_cannot_clone_is_a_400(tmp_path: 
 
 
 # ---- access -------------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_api_key_is_required_and_checked() -> None:
     async with running_bridge(SyntheticEngine(), api_key=KEY) as rb:
         for key in (None, "wrong-key"):
@@ -215,6 +225,7 @@ async def test_api_key_is_required_and_checked() -> None:
         assert body
 
 
+@pytest.mark.slow
 async def test_without_a_key_v1_is_refused_unless_insecure_dev() -> None:
     async with running_bridge(SyntheticEngine(), api_key=None) as rb, httpx.AsyncClient() as http:
         response = await http.get(f"{rb.base_url}/v1/models")
@@ -227,6 +238,7 @@ async def test_without_a_key_v1_is_refused_unless_insecure_dev() -> None:
         assert body
 
 
+@pytest.mark.slow
 async def test_models_lists_openai_model_objects() -> None:
     async with running_bridge(SyntheticEngine(), api_key=KEY) as rb:
         models = [m async for m in client(rb).models.list()]
@@ -240,6 +252,7 @@ async def test_models_lists_openai_model_objects() -> None:
 
 
 # ---- bad input ----------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("params", "error_class", "param"),
     [
@@ -269,6 +282,7 @@ async def test_bad_requests_get_openai_errors(params: dict[str, object], error_c
     assert engine.stats.utterances == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("content", "status", "code"),
     [
@@ -288,6 +302,7 @@ async def test_malformed_bodies_get_openai_errors(content: bytes, status: int, c
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.slow
 async def test_body_over_the_limit_is_refused_without_a_content_length() -> None:
     """A chunked upload has no length to check up front: it is cut off while being read."""
 
@@ -319,6 +334,7 @@ class FailingEngine(SyntheticEngine):
             yield chunk
 
 
+@pytest.mark.slow
 async def test_engine_failure_before_audio_is_a_502_json_error() -> None:
     async with running_bridge(FailingEngine(good_chunks=0), api_key=KEY) as rb:
         with pytest.raises(openai.InternalServerError) as failed:
@@ -328,6 +344,7 @@ async def test_engine_failure_before_audio_is_a_502_json_error() -> None:
     assert failed.value.code == "engine_error" and failed.value.type == "server_error"
 
 
+@pytest.mark.slow
 async def test_engine_failure_mid_stream_aborts_the_body() -> None:
     """Headers are gone, so the status cannot say it: the body is cut without its final chunk,
     which a client sees as an error, never as complete (shorter) audio."""
@@ -353,6 +370,7 @@ async def raw_connection(rb: RunningBridge, rcvbuf: int | None = None) -> socket
     return sock
 
 
+@pytest.mark.slow
 async def test_a_client_that_stops_reading_is_cut_off_and_the_synthesis_cancelled(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(AudioStreamResponse, "send_stall_timeout_s", 0.3)
@@ -367,12 +385,13 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_synthesis_cancelle
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode() + body)
             # ~12 MB of pcm; the client reads none of it, so the server's sends stall.
-            await wait_until(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1,
-                             within=15.0)
+            await eventually(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1,
+                             timeout=15.0)
         finally:
             sock.close()
 
 
+@pytest.mark.slow
 async def test_a_body_that_trickles_in_gets_a_408(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(speech_api, "BODY_TIMEOUT_S", 0.3)
     async with running_bridge(SyntheticEngine(), api_key=KEY) as rb:
@@ -390,6 +409,7 @@ async def test_a_body_that_trickles_in_gets_a_408(monkeypatch: pytest.MonkeyPatc
     assert b'"request_timeout"' in reply
 
 
+@pytest.mark.slow
 async def test_requests_beyond_the_in_flight_limit_get_a_429_and_places_are_given_back() -> None:
     engine = SyntheticEngine(first_chunk_delay_s=60.0)
     async with running_bridge(engine, api_key=KEY, engine_concurrency=1) as rb:
@@ -397,7 +417,7 @@ async def test_requests_beyond_the_in_flight_limit_get_a_429_and_places_are_give
         waiting = [asyncio.create_task(client(rb).audio.speech.create(
             model="tts-1", voice="synthetic", input=TEXT, response_format="pcm"))
             for _ in range(limit)]
-        await wait_until(lambda: engine.busy_slots == limit)
+        await eventually(lambda: engine.busy_slots == limit)
         with pytest.raises(openai.RateLimitError) as refused:
             await client(rb).audio.speech.create(model="tts-1", voice="synthetic", input=TEXT)
         assert refused.value.code == "server_busy"
@@ -405,7 +425,7 @@ async def test_requests_beyond_the_in_flight_limit_get_a_429_and_places_are_give
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
-        await wait_until(lambda: engine.busy_slots == 0)
+        await eventually(lambda: engine.busy_slots == 0)
         engine.first_chunk_delay_s = 0.0
         # Every place comes back, whichever way a request ends: more than the limit in a row.
         for _ in range(limit + 1):
@@ -416,6 +436,7 @@ async def test_requests_beyond_the_in_flight_limit_get_a_429_and_places_are_give
             assert body
 
 
+@pytest.mark.slow
 async def test_client_disconnect_mid_body_cancels_the_synthesis() -> None:
     engine = SyntheticEngine(realtime_factor=1.0)  # ~12 s of speech, spoken in real time
     text = "This sentence is long enough to keep a real time engine busy for a while. " * 3
@@ -426,17 +447,18 @@ async def test_client_disconnect_mid_body_cancels_the_synthesis() -> None:
             got = await anext(response.iter_bytes())
             assert got and engine.busy_slots == 1
         # Leaving the block closed the connection mid-body.
-        await wait_until(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1, within=3.0)
+        await eventually(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1, timeout=3.0)
     assert engine.stats.utterances == 1  # no later segment was started
 
 
+@pytest.mark.slow
 async def test_client_disconnect_before_the_first_byte_cancels_the_synthesis() -> None:
     engine = SyntheticEngine(first_chunk_delay_s=60.0)
     async with running_bridge(engine, api_key=KEY) as rb:
         request = asyncio.create_task(client(rb).audio.speech.create(
             model="tts-1", voice="synthetic", input=TEXT, response_format="pcm"))
-        await wait_until(lambda: engine.busy_slots == 1)
+        await eventually(lambda: engine.busy_slots == 1)
         request.cancel()
-        await wait_until(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1, within=3.0)
+        await eventually(lambda: engine.busy_slots == 0 and engine.stats.cancelled == 1, timeout=3.0)
         with pytest.raises(asyncio.CancelledError):
             await request

@@ -21,6 +21,8 @@ from telephony.testing.bridge_process import BridgeProcess, bridge_process, free
 from telephony.testing.twilio_emulator import TwilioEmulator
 from tests.test_call_e2e import open_call, twiml_parameters
 
+pytestmark = pytest.mark.slow  # end-to-end: runs outside the fast tier (pytest -m 'not slow')
+
 WEBHOOK_FORM = {"AccountSid": "AC1", "From": "+15550001111", "To": "+15550002222",
                 "Direction": "inbound"}
 

@@ -24,6 +24,7 @@ def telephone_clip(name: str) -> np.ndarray:
     return to_recogniser_rate(MulawDecoder().to_pcm16(speech_clip(name)))
 
 
+@pytest.mark.slow
 async def test_real_speech_over_the_phone_is_recognised(recogniser: Recogniser) -> None:
     transcript = await recogniser.transcribe(telephone_clip("go_forward_ten_meters"))
     assert normalise(transcript.text) == ["go", "forward", "ten", "meters"], transcript.text
@@ -31,12 +32,14 @@ async def test_real_speech_over_the_phone_is_recognised(recogniser: Recogniser) 
     assert transcript.decode_ms < 2000
 
 
+@pytest.mark.slow
 async def test_silence_and_noise_give_no_words(recogniser: Recogniser) -> None:
     noise = np.random.default_rng(3).normal(0, 0.02, 16000).astype(np.float32)
     for audio in (np.zeros(16000, np.float32), noise, np.zeros(0, np.float32)):
         assert (await recogniser.transcribe(audio)).text == ""
 
 
+@pytest.mark.slow
 async def test_concurrent_turns_are_served_earliest_deadline_first(
     recogniser: Recogniser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -110,6 +113,7 @@ async def test_a_missing_model_directory_is_refused(tmp_path: Path) -> None:
         await create_recogniser("local", model=str(tmp_path)).load()
 
 
+@pytest.mark.slow
 async def test_remote_recognition_needs_a_url_and_starts_without_contacting_it() -> None:
     with pytest.raises(ConfigError, match="VOICE_BRIDGE_STT_URL"):
         settings_from_env({"VOICE_BRIDGE_STT": "openai"}, insecure_dev=True, engine="synthetic")

@@ -11,14 +11,15 @@ from urllib.parse import quote
 
 import httpx
 import numpy as np
+import pytest
 import websockets
 
 from telephony.agents.demo import DemoAgent, demo_answer
 from telephony.testing.bridge_harness import running_bridge
 from telephony.testing.twilio_emulator import SILENCE, TwilioEmulator
-from tests.conftest import speech_clip
+from tests.conftest import eventually, speech_clip
 from tests.test_call_e2e import open_call, session_of, twiml_parameters
-from tests.test_relay_e2e import AgentApp, agent_app, wait_until
+from tests.test_relay_e2e import AgentApp, agent_app
 from tts_core.audio.mulaw import mulaw_to_pcm16
 from tts_core.stt import Recogniser
 from tts_core.stt.wer import normalise, word_errors
@@ -63,6 +64,7 @@ class TimedAgent(AgentApp):
                 await ws.send(json.dumps({"type": "text", "token": self.reply, "last": True}))
 
 
+@pytest.mark.slow
 async def test_caller_speech_reaches_the_agent_as_a_prompt_and_its_reply_is_heard(
     recogniser: Recogniser,
 ) -> None:
@@ -73,7 +75,7 @@ async def test_caller_speech_reaches_the_agent_as_a_prompt_and_its_reply_is_hear
         async with websockets.serve(agent.handler, "127.0.0.1", 0) as server:
             url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/relay"
             call = await open_call(rb, client, "CA41", f"?greeting=&agentUrl={url}")
-            assert await wait_until(lambda: agent.of_type("setup"))
+            await eventually(lambda: agent.of_type("setup"))
             speech_ended = await say(call, speech_clip("go_forward_ten_meters"))
             assert await call.wait_for(lambda: call.stats.utterances, timeout=10)
             prompts = [(t, m) for t, m in agent.arrivals if m["type"] == "prompt"]
@@ -97,12 +99,13 @@ async def test_caller_speech_reaches_the_agent_as_a_prompt_and_its_reply_is_hear
     assert base.received == []
 
 
+@pytest.mark.slow
 async def test_the_bridges_own_voice_echoed_back_at_minus_20_db_is_not_the_caller(
     recogniser: Recogniser,
 ) -> None:
     async with running_bridge(stt="local", recogniser=recogniser) as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA42", f"?greeting={quote(LONG_GREETING)}")
-        assert await wait_until(lambda: rb.bridge.calls)
+        await eventually(lambda: rb.bridge.calls)
         session = session_of(rb, "CA42")
         echo = asyncio.create_task(call.stream_echo(30, gain_db=-20.0, delay_ms=80))
         try:
@@ -111,7 +114,9 @@ async def test_the_bridges_own_voice_echoed_back_at_minus_20_db_is_not_the_calle
             heard = call.stats.utterances[0]
             assert heard.outcome == "played", "the echo of the greeting cut the greeting off"
             assert heard.frames > 200, "the greeting played for seconds, echoed all along"
-            await asyncio.sleep(1.0)  # the echo's tail, after the greeting ended
+            # the echo's tail: one more second of it (50 frames) reaches the bridge after the greeting ended
+            tail_from = session.inbound_frames
+            await eventually(lambda: session.inbound_frames >= tail_from + 50, what="1 s of echo tail heard")
         finally:
             echo.cancel()
         assert call.stats.clears == 0 and session.barge_ins == 0
@@ -119,6 +124,7 @@ async def test_the_bridges_own_voice_echoed_back_at_minus_20_db_is_not_the_calle
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_a_caller_talking_over_the_greeting_barges_in_and_is_then_recognised(
     recogniser: Recogniser,
 ) -> None:
@@ -127,7 +133,7 @@ async def test_a_caller_talking_over_the_greeting_barges_in_and_is_then_recognis
         call = await open_call(rb, client, "CA43", f"?greeting={quote(LONG_GREETING)}&agentUrl={agent.url}")
         assert await call.wait_for(lambda: call.stats.media_received > 40)
         await say(call, speech_clip("he_was_not_an_ill_disposed_young_man"), 1.2)
-        assert await wait_until(lambda: agent.of_type("prompt"), 5)
+        await eventually(lambda: agent.of_type("prompt"), 5)
         assert call.stats.clears == 1
         kinds = [m["type"] for m in agent.received if m["type"] != "setup"]
         assert kinds == ["interrupt", "prompt"], kinds
@@ -137,6 +143,7 @@ async def test_a_caller_talking_over_the_greeting_barges_in_and_is_then_recognis
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_partial_prompts_come_while_the_caller_talks_when_the_webhook_asks(
     recogniser: Recogniser,
 ) -> None:
@@ -144,7 +151,7 @@ async def test_partial_prompts_come_while_the_caller_talks_when_the_webhook_asks
             httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA44", f"?greeting=&partialPrompts=true&agentUrl={agent.url}")
         await say(call, speech_clip("he_was_not_an_ill_disposed_young_man"), 1.2)
-        assert await wait_until(lambda: any(m["last"] for m in agent.of_type("prompt")), 5)
+        await eventually(lambda: any(m["last"] for m in agent.of_type("prompt")), 5)
         prompts = agent.of_type("prompt")
         assert [m["last"] for m in prompts][-1] is True
         assert any(not m["last"] for m in prompts[:-1]), prompts
@@ -152,6 +159,7 @@ async def test_partial_prompts_come_while_the_caller_talks_when_the_webhook_asks
         await call.hang_up()
 
 
+@pytest.mark.slow
 async def test_partial_prompts_parameter_is_carried_and_checked() -> None:
     async with running_bridge() as rb, httpx.AsyncClient() as client:
         _, params = twiml_parameters((await rb.webhook(client, "CA45", "?partialPrompts=true")).text)
@@ -162,16 +170,17 @@ async def test_partial_prompts_parameter_is_carried_and_checked() -> None:
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_partial_prompts"
 
 
+@pytest.mark.slow
 async def test_a_newcomers_first_call_with_the_demo_agent_is_a_conversation(
     recogniser: Recogniser,
 ) -> None:
     async with running_bridge(stt="local", recogniser=recogniser) as rb, httpx.AsyncClient() as client:
         call = await open_call(rb, client, "CA48", "?greeting=")
-        assert await wait_until(lambda: rb.bridge.calls)
+        await eventually(lambda: rb.bridge.calls)
         session = session_of(rb, "CA48")
         await say(call, speech_clip("go_forward_ten_meters"), 0.8)
         assert await call.wait_for(lambda: call.played_utterances(), timeout=10)
-        assert await wait_until(lambda: session.turns)  # the end mark's echo reached the bridge
+        await eventually(lambda: session.turns)  # the end mark's echo reached the bridge
         spoken = session.turns[0]
         assert spoken["outcome"] == "played"
         # "You said: Go forward 10 meters." (31 characters); the log line keeps no words

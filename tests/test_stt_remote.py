@@ -41,6 +41,7 @@ async def loaded(urls: list[str], **options: object) -> AsyncIterator[RemoteReco
         await recogniser.aclose()
 
 
+@pytest.mark.slow
 async def test_a_turn_is_sent_in_openai_shape_and_its_text_returned() -> None:
     server = TranscriptionStandin(text="go forward ten meters")
     async with standins(server) as urls, loaded(urls, model="whisper-large-v3") as recogniser:
@@ -64,6 +65,7 @@ async def test_a_turn_is_sent_in_openai_shape_and_its_text_returned() -> None:
         assert server.requests[-1]["fields"]["model"] == "whisper-1"  # the default model name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["json", "verbose_json", "text"])
 async def test_answer_shapes(mode: str) -> None:
     server = TranscriptionStandin(text="hello there", mode=mode)
@@ -82,6 +84,7 @@ def test_parse_transcription_refuses_what_is_not_a_transcript() -> None:
             parse_transcription(body, kind)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["openai", "detail", "detail_list"])
 async def test_a_request_error_is_not_retried_and_keeps_the_server_in_service(shape: str) -> None:
     first = TranscriptionStandin(mode="error", status=400, error_shape=shape)
@@ -95,6 +98,7 @@ async def test_a_request_error_is_not_retried_and_keeps_the_server_in_service(sh
         assert [s["state"] for s in recogniser.servers()] == ["up", "up"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["500", "503-detail", "refused", "slow", "garbage"])
 async def test_a_failing_server_fails_over_backs_off_and_is_probed_later(failure: str) -> None:
     now = [1000.0]
@@ -136,6 +140,7 @@ async def test_a_failing_server_fails_over_backs_off_and_is_probed_later(failure
             assert recogniser.servers()[0]["state"] == "up"
 
 
+@pytest.mark.slow
 async def test_a_turn_no_server_can_take_is_one_error_without_the_key(caplog: pytest.LogCaptureFixture
                                                                       ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -149,6 +154,7 @@ async def test_a_turn_no_server_can_take_is_one_error_without_the_key(caplog: py
         assert [s["state"] for s in recogniser.servers()] == ["backoff", "backoff"]
 
 
+@pytest.mark.slow
 async def test_turns_go_to_the_server_with_fewest_in_flight_and_cancelling_frees_it() -> None:
     first, second = TranscriptionStandin(), TranscriptionStandin()
     first.release = second.release = asyncio.Event()
@@ -174,6 +180,7 @@ def test_create_recogniser_builds_the_remote_one() -> None:
     assert [s["url"] for s in recogniser.servers()] == ["http://a:1/v1", "http://b:1/v1"]
 
 
+@pytest.mark.slow
 async def test_a_bridge_shows_its_transcription_servers_in_health_and_metrics() -> None:
     good = TranscriptionStandin()
     async with standins(good) as urls:

@@ -6,17 +6,19 @@ agent must receive the right ``prompt``, and the caller must hear its reply."""
 from __future__ import annotations
 
 import httpx
+import pytest
 import websockets
 
 from telephony.testing.asgi_server import free_port_url
 from telephony.testing.bridge_harness import running_bridge
 from telephony.testing.bridge_process import bridge_process
-from tests.conftest import speech_clip
+from tests.conftest import eventually, speech_clip
 from tests.test_call_e2e import open_call, session_of
-from tests.test_relay_e2e import wait_until
 from tests.test_stt_e2e import TimedAgent, say
 from tts_core.stt.openai_remote import RemoteRecogniser
 from tts_core.stt.wer import normalise
+
+pytestmark = pytest.mark.slow  # end-to-end: runs outside the fast tier (pytest -m 'not slow')
 
 API_KEY = "sk-remote-stt-test"
 
@@ -35,7 +37,7 @@ async def test_a_caller_is_heard_through_a_second_bridges_recogniser() -> None:
             async with websockets.serve(agent.handler, "127.0.0.1", 0) as relay:
                 url = f"ws://127.0.0.1:{relay.sockets[0].getsockname()[1]}/relay"
                 call = await open_call(rb, client, "CA71", f"?greeting=&agentUrl={url}")
-                assert await wait_until(lambda: agent.of_type("setup"))
+                await eventually(lambda: agent.of_type("setup"))
                 speech_ended = await say(call, speech_clip("go_forward_ten_meters"))
                 assert await call.wait_for(lambda: call.stats.utterances, timeout=10)
                 prompts = [(t, m) for t, m in agent.arrivals if m["type"] == "prompt"]

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
-import wave
 
 import httpx
 import numpy as np
@@ -17,8 +15,7 @@ import soxr
 from telephony import transcription_api
 from telephony.speech_api import InFlight
 from telephony.testing.bridge_harness import running_bridge
-from tests.conftest import speech_clip
-from tests.test_relay_e2e import wait_until
+from tests.conftest import eventually, speech_clip, wav_bytes
 from tts_core.audio.mulaw import mulaw_to_pcm16
 from tts_core.audio.wav_file import read_wav
 from tts_core.stt import Recogniser, Transcript
@@ -34,25 +31,15 @@ def clip_wav(name: str, rate: int = 8000, channels: int = 1, width: int = 2) -> 
     samples = mulaw_to_pcm16(speech_clip(name)).astype(np.float32) / 32768
     if rate != 8000:
         samples = soxr.resample(samples, 8000, rate).astype(np.float32)
-    return wav_bytes(samples, rate, channels, width)
+    return wav_bytes(samples, rate, width=width, channels=channels)
 
-
-def wav_bytes(samples: np.ndarray, rate: int, channels: int = 1, width: int = 2) -> bytes:
-    scale = {2: 32767, 4: 2147483647}[width]
-    ints = (np.clip(samples, -1, 1) * scale).astype({2: "<i2", 4: "<i4"}[width])
-    out = io.BytesIO()
-    with wave.open(out, "wb") as writer:
-        writer.setnchannels(channels)
-        writer.setsampwidth(width)
-        writer.setframerate(rate)
-        writer.writeframes(np.repeat(ints, channels).tobytes())
-    return out.getvalue()
 
 
 def client_for(base_url: str, key: str = API_KEY) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, timeout=30)
 
 
+@pytest.mark.slow
 async def test_the_openai_client_transcribes_real_speech(recogniser: Recogniser) -> None:
     async with running_bridge(stt="local", recogniser=recogniser, api_key=API_KEY) as rb:
         client = client_for(rb.base_url)
@@ -76,6 +63,7 @@ async def test_the_openai_client_transcribes_real_speech(recogniser: Recogniser)
         assert raw.headers["x-ignored-fields"] == "prompt,temperature"
 
 
+@pytest.mark.slow
 async def test_api_key_rules(recogniser: Recogniser) -> None:
     wav = clip_wav("go_forward_ten_meters")
     async with running_bridge(stt="local", recogniser=recogniser, api_key=API_KEY) as rb:
@@ -104,6 +92,7 @@ def assert_openai_error(response: httpx.Response, status: int, code: str) -> dic
     return error
 
 
+@pytest.mark.slow
 async def test_bad_uploads_get_openai_shaped_4xx(recogniser: Recogniser) -> None:
     wav = clip_wav("go_forward_ten_meters")
     auth = {"Authorization": f"Bearer {API_KEY}"}
@@ -134,6 +123,7 @@ async def test_bad_uploads_get_openai_shaped_4xx(recogniser: Recogniser) -> None
         assert_openai_error(await http.get(url), 405, "method_not_allowed")  # reachable, not the catch-all
 
 
+@pytest.mark.slow
 async def test_a_declared_oversize_upload_is_refused_before_its_body_is_read(recogniser: Recogniser) -> None:
     async with running_bridge(stt="local", recogniser=recogniser, api_key=API_KEY) as rb:
         port = int(rb.base_url.rsplit(":", 1)[1])
@@ -149,6 +139,7 @@ async def test_a_declared_oversize_upload_is_refused_before_its_body_is_read(rec
         writer.close()
 
 
+@pytest.mark.slow
 async def test_an_upload_growing_past_the_cap_is_cut_off(recogniser: Recogniser,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transcription_api, "MAX_FILE_BYTES", 200_000)
@@ -174,7 +165,7 @@ async def test_an_upload_growing_past_the_cap_is_cut_off(recogniser: Recogniser,
 def test_wav_reader_takes_common_encodings() -> None:
     tone = (0.5 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000)).astype(np.float32)
     for width in (2, 4):
-        samples, rate = read_wav(wav_bytes(tone, 8000, 2, width))
+        samples, rate = read_wav(wav_bytes(tone, 8000, width=width, channels=2))
         assert rate == 8000 and np.max(np.abs(samples - tone)) < 1e-3
     # streamed WAV (sizes 0xFFFFFFFF), float32, after a LIST chunk
     fmt = b"fmt " + (16).to_bytes(4, "little") + np.array([3, 1], "<u2").tobytes() \
@@ -234,6 +225,7 @@ class StuckRecogniser(Recogniser):
         raise AssertionError("unreachable")
 
 
+@pytest.mark.slow
 async def test_a_client_that_leaves_cancels_its_recognition(monkeypatch: pytest.MonkeyPatch) -> None:
     limiters: list[InFlight] = []
 
@@ -253,4 +245,4 @@ async def test_a_client_that_leaves_cancels_its_recognition(monkeypatch: pytest.
         request.cancel()  # the client gives up: its connection closes
         await asyncio.wait_for(stuck.cancelled.wait(), 5)
         # its place is given back: the limit does not fill up with abandoned requests
-        assert await wait_until(lambda: limiters[0].count == 0)
+        await eventually(lambda: limiters[0].count == 0)

@@ -272,14 +272,6 @@ def test_values_needing_json_escapes_round_trip(awkward):
     }
 
 
-def test_encoder_matches_the_one_shot_builders():
-    enc = OutboundEncoder(SID)
-    assert enc.stream_sid == SID
-    assert enc.media(FRAME) == media_message(SID, FRAME)
-    assert enc.mark("m1") == mark_message(SID, "m1")
-    assert enc.clear() == clear_message(SID)
-
-
 def test_outbound_round_trips_through_the_emulators_validator():
     from telephony.testing.twilio_emulator import validate_outbound
 
@@ -310,11 +302,3 @@ def test_mark_names_round_trip(mark):
                                   ])
 def test_foreign_mark_names_parse_to_none(name):
     assert MarkName.parse(name) is None
-
-
-def test_generation_tells_cleared_marks_from_played_ones():
-    # Marks queued before a clear carry the old generation; Twilio echoes them all after clear.
-    current_generation = 4
-    echoed = [MarkName(3, 7, 0).encode(), MarkName(3, 7).encode(), MarkName(4, 8).encode()]
-    played = [n for n in echoed if MarkName.parse(n).generation == current_generation]
-    assert played == ["g4-u8-end"]

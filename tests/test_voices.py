@@ -6,10 +6,8 @@ No real network: every remote test goes through an ``httpx.MockTransport``.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import time
-import wave
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 
 import tts_core.voices as voices_mod
+from tests.conftest import eventually, wav_bytes
 from tts_core.voices import (
     InvalidVoiceAudio,
     InvalidVoiceId,
@@ -37,35 +36,17 @@ RATE = 16000
 # ---- helpers -----------------------------------------------------------------------------------------
 
 
-def wav_bytes(seconds: float = 1.0, *, rate: int = RATE, channels: int = 1, width: int = 2,
+def level_wav(seconds: float = 1.0, *, rate: int = RATE, channels: int = 1, width: int = 2,
               level: float | list[float] = 0.5) -> bytes:
     """A PCM WAV of constant per-channel ``level`` (DC is easy to check after decoding)."""
     levels = level if isinstance(level, list) else [level] * channels
-    frames = round(seconds * rate)
-    full_scale = 2 ** (8 * width - 1)
-    ints = np.array([round(v * (full_scale - 1)) for v in levels], dtype=np.int64)
-    block = np.tile(ints, frames)
-    if width == 1:
-        raw = (block + 128).astype(np.uint8).tobytes()
-    elif width == 2:
-        raw = block.astype("<i2").tobytes()
-    elif width == 3:
-        raw = b"".join(int(v).to_bytes(3, "little", signed=True) for v in ints) * frames
-    else:
-        raw = block.astype("<i4").tobytes()
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(raw)
-    return buf.getvalue()
+    return wav_bytes(np.tile(levels, (round(seconds * rate), 1)), rate, width=width)
 
 
 def write_voice(directory: Path, voice_id: str, transcript: str | None = None, **kwargs) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{voice_id}.wav"
-    path.write_bytes(wav_bytes(**kwargs))
+    path.write_bytes(level_wav(**kwargs))
     if transcript is not None:
         (directory / f"{voice_id}.txt").write_text(transcript, encoding="utf-8")
     return path
@@ -82,7 +63,7 @@ class FakeVoiceServer:
         self.requests: Counter[str] = Counter()
 
     def serve_voice(self, voice_id: str, *, transcript: str | None = None, **wav_kwargs) -> None:
-        body = wav_bytes(**wav_kwargs)
+        body = level_wav(**wav_kwargs)
         self.routes[f"{voice_id}.wav"] = lambda _r: httpx.Response(
             200, content=body, headers={"content-type": "audio/wav"})
         if transcript is not None:
@@ -216,7 +197,7 @@ def test_list_local(tmp_path: Path) -> None:
     write_voice(tmp_path, "a")
     write_voice(tmp_path / ".remote-cache", "cached")
     (tmp_path / "notes.txt").write_text("x")
-    (tmp_path / "bad name.wav").write_bytes(wav_bytes())
+    (tmp_path / "bad name.wav").write_bytes(level_wav())
     (tmp_path / "dir.wav").mkdir()
     assert VoiceStore(tmp_path).list_local() == ["a", "b"]
     assert VoiceStore(None).list_local() == []
@@ -225,7 +206,7 @@ def test_list_local(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("width", [1, 2, 3, 4])
 def test_decode_pcm_sample_widths(width: int) -> None:
-    audio, rate = decode_wav(wav_bytes(width=width, level=-0.5, rate=22050))
+    audio, rate = decode_wav(level_wav(width=width, level=-0.5, rate=22050))
     assert rate == 22050 and audio.dtype == np.float32
     np.testing.assert_allclose(audio, -0.5, atol=1 / 64)
 
@@ -234,10 +215,10 @@ def test_decode_pcm_sample_widths(width: int) -> None:
     (b"", "not a valid PCM WAV"),
     (b"RIFF\x00\x00\x00\x00WAVEjunk", "not a valid PCM WAV"),
     (b"ID3 this is an mp3" * 20, "not a valid PCM WAV"),
-    (wav_bytes(seconds=0), "empty"),
-    (wav_bytes(seconds=0.2), r"at least 0\.5 s"),
-    (wav_bytes(seconds=61, rate=8000), "the limit is 60 s"),
-    (wav_bytes(level=0.0), "silent"),
+    (level_wav(seconds=0), "empty"),
+    (level_wav(seconds=0.2), r"at least 0\.5 s"),
+    (level_wav(seconds=61, rate=8000), "the limit is 60 s"),
+    (level_wav(level=0.0), "silent"),
 ])
 def test_decode_rejects_unusable_audio(body: bytes, message: str) -> None:
     with pytest.raises(InvalidVoiceAudio, match=message):
@@ -376,7 +357,7 @@ async def test_remote_redirect_is_not_followed(
 async def test_remote_wrong_content_type(
         ctype: str | None, server: FakeVoiceServer, remote_store: VoiceStore) -> None:
     headers = {"content-type": ctype} if ctype else {}
-    body = wav_bytes()
+    body = level_wav()
     server.routes["hank.wav"] = lambda _r: httpx.Response(200, content=body, headers=headers)
     with pytest.raises(VoiceFetchError, match="content-type"):
         await remote_store.get("hank")
@@ -386,7 +367,7 @@ async def test_remote_wrong_content_type(
                                    "Audio/WAV; charset=binary"])
 async def test_remote_accepted_content_types(
         ctype: str, server: FakeVoiceServer, remote_store: VoiceStore) -> None:
-    body = wav_bytes()
+    body = level_wav()
     server.routes["ivy.wav"] = lambda _r: httpx.Response(
         200, content=body, headers={"content-type": ctype})
     assert (await remote_store.get("ivy")).source == "remote"
@@ -409,7 +390,7 @@ async def test_remote_oversize_body_is_cut_off_while_streaming(
 
     async def endless() -> AsyncIterator[bytes]:
         nonlocal chunks_sent
-        yield wav_bytes()[:44]
+        yield level_wav()[:44]
         while True:
             chunks_sent += 1
             yield b"\x01\x00" * 512  # 1 kB per chunk, no content-length
@@ -430,7 +411,7 @@ async def test_remote_invalid_wav_is_rejected_and_not_cached(
     with pytest.raises(InvalidVoiceAudio, match="not a valid PCM WAV"):
         await remote_store.get("liz")
     server.routes["max.wav"] = lambda _r: httpx.Response(
-        200, content=wav_bytes(seconds=0.1), headers={"content-type": "audio/wav"})
+        200, content=level_wav(seconds=0.1), headers={"content-type": "audio/wav"})
     with pytest.raises(VoiceFetchError, match=r"at least 0\.5 s"):
         await remote_store.get("max")
     assert not (tmp_path / "cache").exists()
@@ -439,7 +420,7 @@ async def test_remote_invalid_wav_is_rejected_and_not_cached(
 async def test_remote_timeout_slow_response(server: FakeVoiceServer, http: httpx.AsyncClient) -> None:
     async def slow(_r: httpx.Request) -> httpx.Response:
         await asyncio.sleep(5)
-        return httpx.Response(200, content=wav_bytes(), headers={"content-type": "audio/wav"})
+        return httpx.Response(200, content=level_wav(), headers={"content-type": "audio/wav"})
 
     server.routes["ned.wav"] = slow
     store = VoiceStore(None, remote_base_url=BASE, http_client=http, fetch_timeout_s=0.2)
@@ -448,6 +429,7 @@ async def test_remote_timeout_slow_response(server: FakeVoiceServer, http: httpx
     await store.aclose()
 
 
+@pytest.mark.slow
 async def test_remote_timeout_trickling_body(server: FakeVoiceServer, http: httpx.AsyncClient) -> None:
     async def trickle() -> AsyncIterator[bytes]:
         while True:
@@ -537,7 +519,7 @@ async def test_owned_client_is_closed(server: FakeVoiceServer, monkeypatch: pyte
 async def test_concurrent_gets_share_one_fetch(
         server: FakeVoiceServer, remote_store: VoiceStore) -> None:
     release = asyncio.Event()
-    body = wav_bytes()
+    body = level_wav()
 
     async def gated(_r: httpx.Request) -> httpx.Response:
         await release.wait()
@@ -545,7 +527,8 @@ async def test_concurrent_gets_share_one_fetch(
 
     server.routes["uma.wav"] = gated
     waiters = [asyncio.create_task(remote_store.get("uma")) for _ in range(10)]
-    await asyncio.sleep(0.05)
+    await eventually(lambda: server.requests["uma.wav"] == 1 and remote_store.stats()["coalesced"] == 9,
+                     what="every waiter joined the one fetch")
     assert remote_store.stats()["in_flight"] == 1
     release.set()
     results = await asyncio.gather(*waiters)
@@ -565,7 +548,8 @@ async def test_shared_failure_reaches_every_waiter_and_is_not_cached(
 
     server.routes["val.wav"] = gated_error
     waiters = [asyncio.create_task(remote_store.get("val")) for _ in range(5)]
-    await asyncio.sleep(0.05)
+    await eventually(lambda: server.requests["val.wav"] == 1 and remote_store.stats()["coalesced"] == 4,
+                     what="every waiter joined the one fetch")
     release.set()
     outcomes = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(o, VoiceFetchError) and "503" in str(o) for o in outcomes)
@@ -579,7 +563,7 @@ async def test_shared_failure_reaches_every_waiter_and_is_not_cached(
 async def test_cancelled_waiter_does_not_cancel_the_shared_load(
         server: FakeVoiceServer, remote_store: VoiceStore) -> None:
     release = asyncio.Event()
-    body = wav_bytes()
+    body = level_wav()
 
     async def gated(_r: httpx.Request) -> httpx.Response:
         await release.wait()
@@ -588,7 +572,8 @@ async def test_cancelled_waiter_does_not_cancel_the_shared_load(
     server.routes["wes.wav"] = gated
     impatient = asyncio.create_task(remote_store.get("wes"))
     patient = asyncio.create_task(remote_store.get("wes"))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: server.requests["wes.wav"] == 1 and remote_store.stats()["coalesced"] == 1,
+                     what="both waiting on the one fetch")
     impatient.cancel()
     release.set()
     assert (await patient).id == "wes"
@@ -624,19 +609,24 @@ async def test_preload_mixed_results(
 
 
 async def test_preload_runs_in_parallel(server: FakeVoiceServer, remote_store: VoiceStore) -> None:
-    body = wav_bytes()
+    body = level_wav()
+    release = asyncio.Event()
+    waiting = 0
 
-    async def slow(_r: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(0.2)
+    async def held(_r: httpx.Request) -> httpx.Response:
+        nonlocal waiting
+        waiting += 1
+        await release.wait()
         return httpx.Response(200, content=body, headers={"content-type": "audio/wav"})
 
     for i in range(6):
-        server.routes[f"p{i}.wav"] = slow
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    results = await remote_store.preload([f"p{i}" for i in range(6)])
+        server.routes[f"p{i}.wav"] = held
+    preload = asyncio.create_task(remote_store.preload([f"p{i}" for i in range(6)]))
+    # all six are asked for before any answers: sequential fetches would stop at one
+    await eventually(lambda: waiting == 6, what="six fetches in flight at once")
+    release.set()
+    results = await preload
     assert all(r.ok for r in results.values())
-    assert loop.time() - started < 0.2 * 6 / 2  # far below the sequential 1.2 s
     assert remote_store.stats()["fetches"] == 6
 
 
@@ -645,7 +635,7 @@ async def test_the_disk_cache_keeps_under_its_limit_evicting_the_least_recently_
         tmp_path: Path, server: FakeVoiceServer, http: httpx.AsyncClient) -> None:
     """A flood of distinct voice ids cannot fill the disk: past the limit the voice written or
     served longest ago goes first."""
-    size = len(wav_bytes(seconds=0.5))
+    size = len(level_wav(seconds=0.5))
     cache = tmp_path / "cache"
     store = VoiceStore(None, remote_base_url=BASE, http_client=http, cache_dir=cache,
                        memory_capacity=1, disk_cache_max_bytes=int(size * 2.5))

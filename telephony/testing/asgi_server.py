@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from telephony.net import listen_socket
+from tests.conftest import eventually
 
 
 @contextlib.asynccontextmanager
@@ -29,13 +30,9 @@ async def serve_asgi(app: Any, sock: socket.socket | None = None, *, force_exit:
         server = uvicorn.Server(uvicorn.Config(app, **{"log_level": "warning", "lifespan": "off", **config}))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        for _ in range(500):
-            if server.started:
-                break
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        assert server.started, "server did not start"
+        await eventually(lambda: server.started or task.done(), what="the server started")
+        if task.done():
+            task.result()  # it failed to start: raise why
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
