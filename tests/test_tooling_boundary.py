@@ -52,14 +52,3 @@ def test_scripts_import_the_installed_packages_without_editing_sys_path() -> Non
         lines = sys_path_edits(ast.parse(path.read_text(encoding="utf-8")))
         offenders += [f"{path.relative_to(ROOT)}:{line}" for line in lines]
     assert offenders == []
-
-
-def test_every_test_tooling_class_is_under_200_lines() -> None:
-    large = []
-    for path in TESTING.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
-                size = node.end_lineno - node.lineno + 1
-                if size >= 200:
-                    large.append(f"{path.relative_to(ROOT)}: {node.name} ({size} lines)")
-    assert large == []
