@@ -1,5 +1,5 @@
-"""The lean ``/media-stream`` listener (picows, telephony/fast_stream.py) and the inbound media
-fast path (telephony/media_fastpath.py): the same calls as over the ASGI route, Twilio emulated
+"""The lean ``/media-stream`` listener (picows, telephony/twilio/picows_socket.py) and the inbound
+media fast path (telephony/twilio/media_scan.py): the same calls as over the ASGI route, Twilio emulated
 over a real WebSocket, every outbound message validated by the emulator."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import httpx
 import pytest
 from picows import WSCloseCode, WSMsgType
 
-from telephony.fast_stream import PicowsSocket, frame_header
-from telephony.media_fastpath import scan_media
+from telephony.media_stream import handle_stream
+from telephony.twilio.media_scan import scan_media
+from telephony.twilio.picows_socket import MAX_INBOX, PicowsSocket, frame_header
+from telephony.twilio.protocol import parse_inbound
 from telephony.twilio_emulator import TwilioEmulator
-from telephony.twilio_media import parse_inbound
 from tests.asgi_server import free_port_url
 from tests.bridge_harness import RunningBridge, running_bridge
 from tests.test_call_e2e import LONG_GREETING, caller_speech, session_of, twiml_parameters
@@ -160,7 +161,7 @@ class _Recorder:
 
 
 async def test_frames_sent_in_one_loop_pass_leave_in_one_write() -> None:
-    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), set())
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), set(), handler=handle_stream)
     transport = _Recorder()
     sock._transport = SimpleNamespace(underlying_transport=transport)  # type: ignore[assignment]
     messages = ['{"event":"media","streamSid":"MZ1","media":{"payload":"' + "A" * 216 + '"}}'] * 3
@@ -232,10 +233,8 @@ class _FakeWSTransport:
 
 
 async def test_a_handler_that_stops_reading_gets_its_socket_closed_not_an_unbounded_inbox() -> None:
-    from telephony.fast_stream import MAX_INBOX
-
     tasks: set[asyncio.Task[None]] = set()
-    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks)
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks, handler=handle_stream)
     transport = _FakeWSTransport()
     sock._transport = transport  # type: ignore[assignment]
     frame = _TextFrame(b'{"event":"connected"}')
@@ -248,7 +247,7 @@ async def test_a_handler_that_stops_reading_gets_its_socket_closed_not_an_unboun
 
 async def test_invalid_utf8_closes_with_1007() -> None:
     tasks: set[asyncio.Task[None]] = set()
-    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks)
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks, handler=handle_stream)
     transport = _FakeWSTransport()
     sock._transport = transport  # type: ignore[assignment]
     sock.on_ws_frame(transport, _TextFrame(b"\xff\xfe"))  # type: ignore[arg-type]

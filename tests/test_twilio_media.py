@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from telephony.twilio_media import (
+from telephony.twilio.protocol import (
     MAX_PAYLOAD_BYTES,
     Connected,
     Dtmf,
@@ -51,7 +51,7 @@ def start_msg(**overrides) -> str:
 def error_kind(raw, **kwargs) -> str:
     with pytest.raises(ProtocolError) as info:
         parse_inbound(raw, **kwargs)
-    return info.value.kind
+    return info.value.violation
 
 
 # ---- inbound: the messages Twilio documents -------------------------------------------------------

@@ -60,7 +60,7 @@ from telephony.relay_protocol import (
     Text,
     parse_agent_message,
 )
-from telephony.stream_auth import sign
+from telephony.twilio.signatures import sign
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,8 @@
-"""Who may open a media stream, and signing what we send: Twilio's X-Twilio-Signature scheme.
+"""Stream tokens: the short-lived credential the signed webhook issues and every stream's ``start`` presents.
 
-Signatures use the ``twilio`` library's RequestValidator (HMAC-SHA1 over URL + sorted params,
-keyed with the auth token). Stream tokens are our own: the handshake signature covers only the
-fixed stream URL (the same for every call, so replayable), so the signed webhook hands out a
-short-lived token bound to the CallSid and every call parameter, which every stream's ``start`` must
-present (see ``StreamTokens``).
+Why our own token: Twilio signs the stream handshake over the fixed stream URL only (the same for
+every call, so a captured handshake can be replayed); the token binds a stream to the CallSid and to
+every parameter the webhook answered.
 """
 
 from __future__ import annotations
@@ -18,48 +16,6 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit, urlunsplit
-
-from twilio.request_validator import RequestValidator
-
-STREAM_PATH = "/media-stream"
-
-
-_SCHEMES = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
-
-
-def stream_url(public_url: str) -> str:
-    """The ``<Stream url>`` for PUBLIC_URL: https->wss (http->ws), the path kept without its trailing
-    slash, then ``/media-stream``; query and fragment dropped (Twilio strips a query anyway).
-
-    This is also exactly the URL Twilio signs the stream handshake over.
-    """
-    parts = urlsplit(public_url.strip())
-    scheme = _SCHEMES.get(parts.scheme.lower())
-    if scheme is None or not parts.netloc:
-        raise ValueError(f"public URL must be http(s):// or ws(s)://host..., got {public_url!r}")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + STREAM_PATH, "", ""))
-
-
-def validate_webhook(auth_token: str, url: str, params: dict[str, str], signature: str | None) -> bool:
-    """True if ``signature`` (X-Twilio-Signature) signs this webhook: ``url`` is the public URL
-    Twilio requested (never the Host header seen behind a proxy), ``params`` the POST form."""
-    if not auth_token or not signature:  # an empty key would let anyone compute the signature
-        return False
-    return RequestValidator(auth_token).validate(url, params, signature)
-
-
-def validate_stream_handshake(auth_token: str, url: str, signature: str | None) -> bool:
-    """The handshake is signed over exactly the wss:// stream URL (see stream_url), no params."""
-    return validate_webhook(auth_token, url, {}, signature)
-
-
-def sign(auth_token: str, url: str, params: dict[str, str] | None = None) -> str:
-    """X-Twilio-Signature for a request we make (our handshake to ConversationRelay agents)."""
-    if not auth_token:
-        raise ValueError("cannot sign without an auth token")
-    return RequestValidator(auth_token).compute_signature(url, params or {})
-
 
 TOKEN_KEY_LABEL = b"voice-bridge stream token v1"
 """Derives the token key from the auth token: the auth token itself never signs our tokens, so a
