@@ -6,7 +6,9 @@ slow readers make Twilio drop caller audio (warning 31930). Everything the sessi
 cancelled when the call ends, whatever the reason (stop, disconnect, agent gone, error), and one
 structured log line sums the call up (telephony/call_stats.py).
 
-Its parts: ``InboundRouter`` (telephony/twilio/inbound.py) says what each Twilio message means,
+Its parts: ``CallControls`` (telephony/call_control.py) is what the agent may do (speak, play,
+end), ``InboundRouter`` (telephony/twilio/inbound.py) says what each Twilio message means and
+``CallerSide`` (telephony/caller_side.py) what it does to the call,
 ``AgentInbox`` (telephony/agent_inbox.py) delivers typed events to the agent in order, the
 listener and speaker are built by telephony/call_wiring.py.
 """
@@ -20,19 +22,17 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import numpy as np
-
 from telephony.agent_inbox import AgentInbox
-from telephony.agents.base import Agent, AgentError, CallInfo, EndResult, SpeechOutcome, SpeechResult
-from telephony.agents.events import CallerSpeech, CallStarted, CallStopped, DtmfDigit, Interrupted, deliver
+from telephony.agents.base import Agent, AgentError, CallInfo, SpeechOutcome
+from telephony.agents.events import CallerSpeech, CallStarted, CallStopped, deliver
+from telephony.call_control import CallControls
 from telephony.call_stats import CallStats
 from telephony.call_wiring import SpeakerEvents, build_listener, build_speaker, echo_reference
+from telephony.caller_side import CallerSide
 from telephony.services import Bridge
-from telephony.speaker import AudioClip, Utterance
+from telephony.speaker import Utterance
 from telephony.twilio.inbound import InboundRouter
 from telephony.twilio.protocol import Start
-from telephony.untrusted import close_reason
-from tts_core.audio import MulawDecoder
 from tts_core.errors import UpstreamFailed
 from tts_core.presets import Preset
 from tts_core.voices import Voice
@@ -58,7 +58,7 @@ def call_info(start: Start) -> CallInfo:
     )
 
 
-class CallSession:
+class CallSession(CallControls):
     """Lives for one media stream. ``run`` returns when the call is over and everything is freed."""
 
     def __init__(
@@ -67,36 +67,34 @@ class CallSession:
         close_socket: Callable[[int, str], Awaitable[None]], greeting: str = "", auth_mode: str = "",
         recorder: Any = None, voice_load_ms: float | None = None,
     ) -> None:
-        self.bridge = bridge
+        stats = CallStats()
+        echo = echo_reference(bridge)
+        speaker = build_speaker(
+            bridge, start, voice_id=voice_id, voice=voice, preset=preset, send_text=send_text,
+            echo=echo, events=SpeakerEvents(
+                on_first_frame=self._on_first_frame, on_finished=stats.utterance_finished,
+                on_stalled=lambda reason: self.abort("twilio stopped playing audio", reason)))
+        super().__init__(bridge=bridge, info=call_info(start), speaker=speaker, stats=stats,
+                         recorder=recorder, close_socket=close_socket)
         self.start = start
         self.agent = agent
         self.greeting = greeting
         self.auth_mode = auth_mode
-        self.recorder = recorder
         self.voice_load_ms = voice_load_ms
-        self.info = call_info(start)
-        self.stats = CallStats()
         self.close_code = 1000
         """How the stream closes once ``run`` returns: 1000, or 1011 when the call crashed."""
-        self._close_socket = close_socket
-        self._ending = False
         self._reader: asyncio.Task[Any] | None = None
         """The task running ``run`` while it waits for Twilio's messages (None otherwise)."""
         self._aborted = False
-        self._side_tasks: set[asyncio.Task[Any]] = set()
-        self._decoder = MulawDecoder()
-        self._router = InboundRouter(start.stream_sid, self)
+        self._tasks = OwnedTasks(self.info.call_sid)
         self._inbox = AgentInbox(agent, self, on_error=bridge.metrics.error,
                                  on_agent_failed=self._on_agent_failed)
-        echo = echo_reference(bridge)
         self.listener = build_listener(
-            bridge, start, echo, on_barge_in=lambda: self._spawn(self._interrupt(), "barge-in"),
+            bridge, start, echo, on_barge_in=lambda: self._tasks.spawn(self._caller.barge_in(), "barge-in"),
             on_speech=lambda text, final: self._inbox.post(CallerSpeech(text, final)))
-        self.speaker = build_speaker(
-            bridge, start, voice_id=voice_id, voice=voice, preset=preset, send_text=send_text,
-            echo=echo, events=SpeakerEvents(
-                on_first_frame=self._on_first_frame, on_finished=self.stats.utterance_finished,
-                on_stalled=lambda reason: self.abort("twilio stopped playing audio", reason)))
+        self._caller = CallerSide(call_sid=self.info.call_sid, listener=self.listener, speaker=speaker,
+                                  inbox=self._inbox, stats=stats, metrics=bridge.metrics)
+        self._router = InboundRouter(start.stream_sid, self._caller)
 
     # ---- what tests and the control API read -------------------------------------------------------
     @property
@@ -119,49 +117,6 @@ class CallSession:
     def end_reason(self) -> str:
         return self.stats.end_reason
 
-    # ---- CallControl (what agents may do) ---------------------------------------------------------
-    async def say(self, text: str | AsyncIterator[str], *, interruptible: bool = True,
-                  preemptible: bool = False) -> SpeechResult:
-        if self.recorder is not None:
-            text = recorded_text(self.recorder, text)
-        return await self.speaker.say(text, interruptible=interruptible, preemptible=preemptible)
-
-    async def play_audio(self, audio: np.ndarray, sample_rate: int, *, label: str = "audio",
-                         interruptible: bool = True, preemptible: bool = False,
-                         loops: int = 1) -> SpeechResult:
-        clip = AudioClip(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, label, loops)
-        if self.recorder is not None:
-            self.recorder.agent_message({"type": "play", "source": label})
-        return await self.speaker.say(clip, interruptible=interruptible, preemptible=preemptible)
-
-    async def end(self, reason: str = "agent ended", *, hangup: bool = False) -> EndResult:
-        """Let queued speech finish, then close the stream (Twilio moves to the next TwiML verb).
-
-        With ``hangup``, the call itself is ended through Twilio's REST API in between: after the
-        drain (every utterance's end mark echoed, so the goodbye was heard) and before the stream
-        closes (closing first would start the next TwiML verb)."""
-        if self._ending:
-            return EndResult(error="the call is already ending")
-        self._ending = True
-        if self.recorder is not None:
-            self.recorder.agent_message({"type": "end", "handoffData": reason})
-        await self.speaker.drain()
-        self.stats.end_reason = reason
-        result = await hang_up(self.bridge, self.info.call_sid, self.stats) if hangup else EndResult()
-        await self._close_socket(1000, close_reason(reason))
-        return result
-
-    async def wind_down(self, reason: str) -> None:
-        """Drain deadline (telephony/drain.py): the utterance being heard plays to its end, what is
-        queued after it is dropped and nothing new is spoken; then the stream closes."""
-        if self._ending:
-            return
-        self._ending = True
-        log.info("call %s: winding down (%s)", self.info.call_sid, reason)
-        await self.speaker.finish_current()
-        self.stats.end_reason = reason
-        await self._close_socket(1000, reason[:120])
-
     # ---- the call ------------------------------------------------------------------------------------
     async def run(self, messages: AsyncIterator[str | bytes]) -> None:
         """Feed ``messages`` to the call until it ends, then free everything. A bug in one call
@@ -174,7 +129,7 @@ class CallSession:
         self._inbox.start()
         try:
             if self.greeting:
-                self._spawn(self.speaker.say(self.greeting), "greeting")
+                self._tasks.spawn(self.speaker.say(self.greeting), "greeting")
             self._inbox.post(CallStarted())
             await self._read(messages)
         except Exception as exc:
@@ -205,9 +160,8 @@ class CallSession:
         send, so nothing more can be said and waiting for its next message could take until the
         ping timeout. Closes with ``PEER_STALLED`` (the close is bounded: a peer that does not
         read may never take the frame) and stops reading."""
-        if self._ending:
+        if not self.begin_ending():
             return
-        self._ending = True
         self.stats.end_reason = reason
         self.bridge.metrics.error("twilio_stalled")
         log.warning("call %s: %s (%s); ending the call", self.info.call_sid, reason, detail or "no detail")
@@ -220,7 +174,7 @@ class CallSession:
                     self._aborted = True
                     self._reader.cancel()
 
-        self._spawn(close_then_stop(), "abort")
+        self._tasks.spawn(close_then_stop(), "abort")
 
     def feed(self, raw: str | bytes) -> bool:
         """One message from Twilio (recorded, then routed); False when the call is over.
@@ -235,43 +189,10 @@ class CallSession:
             self.stats.end_reason = "twilio stop"
         return going_on
 
-    # ---- InboundSink (what Twilio's messages mean to the call; never blocks) ------------------------
-    def hears_caller(self) -> bool:
-        return self.listener.needs_audio(interruptible=self.speaker.speaking_interruptibly)
-
-    def on_caller_audio(self, mulaw: bytes) -> None:
-        self.listener.feed(self._decoder.to_pcm16(mulaw), interruptible=self.speaker.speaking_interruptibly)
-
-    def on_mark(self, name: str) -> None:
-        self.speaker.on_mark(name)
-
-    def on_dtmf(self, digit: str) -> None:
-        self.stats.dtmf_digits += 1
-        self._inbox.post(DtmfDigit(digit))
-
-    def on_protocol_error(self, violation: str, detail: str) -> None:
-        self.bridge.metrics.error(f"protocol_{violation}")
-        if self.stats.protocol_error(violation) <= 3:
-            log.warning("call %s: %s: %s", self.info.call_sid, violation, detail[:200])
-
     # ---- the rest ------------------------------------------------------------------------------------
-    async def _interrupt(self) -> None:
-        result = await self.speaker.interrupt()
-        if result is None:
-            return
-        self.stats.barge_ins += 1
-        self.bridge.metrics.barge_ins.inc()
-        self._inbox.post(Interrupted(result.heard_text, result.played_ms))
-
     def _on_agent_failed(self, exc: AgentError) -> None:
         self.stats.end_reason = f"agent failed: {exc}"
-        self._spawn(self._close_socket(exc.ws_close_code, "agent failed"), "close")
-
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"{name}:{self.info.call_sid}")
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self._tasks.spawn(self._close_socket(exc.ws_close_code, "agent failed"), "close")
 
     def _on_first_frame(self, utt: Utterance, ttfa_s: float) -> None:
         self.bridge.metrics.ttfa.labels(source="cache" if utt.from_cache else "engine").observe(ttfa_s)
@@ -279,10 +200,7 @@ class CallSession:
     async def _shutdown(self) -> None:
         bridge = self.bridge
         await self.listener.aclose()
-        tasks = [t for t in [self._inbox.task, *self._side_tasks] if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all(self._inbox.task)
         await self.speaker.aclose()
         try:
             await asyncio.wait_for(deliver(self.agent, self, CallStopped()), AGENT_STOP_TIMEOUT_S)
@@ -303,42 +221,25 @@ class CallSession:
             inbound_frames=self._router.inbound_frames)
 
 
-def recorded_text(recorder: Any, text: str | AsyncIterator[str]) -> str | AsyncIterator[str]:
-    """Record what the agent says as ConversationRelay ``text`` messages, as it flows."""
-    if isinstance(text, str):
-        recorder.agent_message({"type": "text", "token": text, "last": True})
-        return text
+class OwnedTasks:
+    """The side tasks one call starts (greeting, barge-in, closes): all cancelled when it ends."""
 
-    async def tokens() -> AsyncIterator[str]:
-        try:
-            async for token in text:
-                recorder.agent_message({"type": "text", "token": token, "last": False})
-                yield token
-        finally:
-            recorder.agent_message({"type": "text", "token": "", "last": True})
+    def __init__(self, call_sid: str) -> None:
+        self._call_sid = call_sid
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    return tokens()
+    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{name}:{self._call_sid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-
-async def hang_up(bridge: Bridge, call_sid: str, stats: CallStats) -> EndResult:
-    """End the phone call through Twilio's REST API (``end(hangup=True)``); ``stats.hangup`` says
-    what came of it."""
-    twilio = bridge.twilio
-    if twilio is None:
-        stats.hangup = "unavailable"
-        error = ("hang-up needs TWILIO_ACCOUNT_SID (with TWILIO_AUTH_TOKEN or an API key pair); "
-                 "the media stream was closed instead, so Twilio continues with the next TwiML verb")
-        log.info("call %s: %s", call_sid, error)
-        return EndResult(error=error)
-    stats.hangup = "requested"  # what the summary says if Twilio stops the stream first
-    outcome = await twilio.hang_up(call_sid)
-    stats.hangup = outcome.outcome.value
-    if outcome.ok:
-        return EndResult(hung_up=True)
-    bridge.metrics.error("hangup_failed")
-    return EndResult(error=f"hang-up through Twilio's REST API failed after {outcome.attempts} "
-                           f"attempt(s) ({outcome.error}); the media stream was closed instead, so "
-                           "Twilio continues with the next TwiML verb")
+    async def cancel_all(self, *others: asyncio.Task[Any] | None) -> None:
+        """Cancel these tasks and ``others``, and wait until every one has finished."""
+        tasks = [t for t in [*others, *self._tasks] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 __all__ = ["CallSession", "SpeechOutcome"]

@@ -60,6 +60,11 @@ def build_speaker(bridge: Bridge, start: Start, *, voice_id: str, voice: Voice |
                   events: SpeakerEvents) -> Speaker:
     settings = bridge.settings
     metrics = bridge.metrics
+
+    def on_underrun(gap_s: float) -> None:
+        metrics.underruns.inc()
+        metrics.underrun_seconds.inc(gap_s)
+
     return Speaker(
         engine=bridge.engine, voice_id=voice_id, voice=voice, preset=preset,
         send_text=send_text, outbound=OutboundEncoder(start.stream_sid),
@@ -68,7 +73,7 @@ def build_speaker(bridge: Bridge, start: Start, *, voice_id: str, voice: Voice |
         mark_grace_s=settings.mark_timeout_s,
         hooks=SpeakerHooks(
             on_first_frame=events.on_first_frame,
-            on_underrun=lambda gap: (metrics.underruns.inc(), metrics.underrun_seconds.inc(gap)),
+            on_underrun=on_underrun,
             on_frames_sent=metrics.frames_sent.inc,
             on_audio_sent=echo.on_sent if echo is not None else None,
             on_engine_first_chunk=metrics.engine_first_chunk.observe,

@@ -16,6 +16,9 @@ from telephony.twilio.protocol import (
     Media,
     OutboundEncoder,
     ProtocolError,
+    SendClear,
+    SendMark,
+    SendMedia,
     Start,
     Stop,
     base64_limit,
@@ -318,3 +321,18 @@ def test_generation_tells_cleared_marks_from_played_ones():
     echoed = [MarkName(3, 7, 0).encode(), MarkName(3, 7).encode(), MarkName(4, 8).encode()]
     played = [n for n in echoed if MarkName.parse(n).generation == current_generation]
     assert played == ["g4-u8-end"]
+
+
+# ---- outbound: typed messages ----------------------------------------------------------------------
+def test_typed_outbound_messages_encode_to_exactly_twilios_documented_shapes():
+    encoder = OutboundEncoder(SID)
+    assert json.loads(encoder.encode(SendMedia(FRAME))) == {
+        "event": "media", "streamSid": SID, "media": {"payload": base64.b64encode(FRAME).decode()}}
+    assert json.loads(encoder.encode(SendMark("g1-u2-end"))) == {
+        "event": "mark", "streamSid": SID, "mark": {"name": "g1-u2-end"}}
+    assert json.loads(encoder.encode(SendClear())) == {"event": "clear", "streamSid": SID}
+
+
+def test_typed_media_keeps_the_frame_size_rule():
+    with pytest.raises(ValueError, match="160 bytes"):
+        OutboundEncoder(SID).encode(SendMedia(FRAME[:100]))
