@@ -254,3 +254,25 @@ async def test_invalid_utf8_closes_with_1007() -> None:
     await asyncio.gather(*tasks)
     assert transport.closed_with == [WSCloseCode.INVALID_TEXT]
     assert not sock._inbox
+
+
+@pytest.mark.parametrize("lean", [False, True])
+async def test_a_bug_in_a_running_call_closes_its_stream_1011_with_a_traceback(
+        lean: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The session's catch-all ends that call only, logs the traceback, and tells Twilio it was an
+    internal error (1011), on either listener."""
+    from telephony.caller_side import CallerSide
+    from tests.test_call_e2e import open_call
+
+    def buggy_dtmf(self: CallerSide, digit: str) -> None:
+        raise KeyError("a bug on a key press")
+
+    monkeypatch.setattr(CallerSide, "on_dtmf", buggy_dtmf)
+    async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
+        call = (await open_fast_call(rb, url, client, "CA91") if lean
+                else await open_call(rb, client, "CA91"))
+        await call.send_dtmf("5")
+        assert await call.wait_closed(5)
+        assert call.stats.close_code == 1011
+        assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)
+        assert await call.wait_for(lambda: not rb.bridge.calls, 5)

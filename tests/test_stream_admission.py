@@ -197,3 +197,32 @@ def test_admission_refusals_carry_their_close_code(start: Start, bridge: Any, er
     assert isinstance(refused, Refused) and isinstance(refused.error, error)
     assert (refused.close_code, refused.metric) == (code, metric)
 
+
+
+# ---- the handler's catch-all ----------------------------------------------------------------------
+class ClosableSocket:
+    def __init__(self) -> None:
+        from starlette.websockets import WebSocketState
+
+        self.app = SimpleNamespace(state=SimpleNamespace())
+        self.application_state = WebSocketState.CONNECTED
+        self.client_state = WebSocketState.CONNECTED
+        self.closed: list[tuple[int, str | None]] = []
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed.append((code, reason))
+
+
+async def test_a_bug_in_the_handler_is_logged_with_its_traceback_and_closes_1011(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from telephony import media_stream
+
+    async def buggy(ws: object, started: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(media_stream, "_authenticate_admit_run", buggy)
+    ws = ClosableSocket()
+    await media_stream.handle_stream(ws)  # type: ignore[arg-type]
+    assert ws.closed == [(1011, "internal error")]
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is KeyError]
+    assert logged, "the bug must be logged with its traceback, not hidden"

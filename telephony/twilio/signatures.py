@@ -12,7 +12,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
+from tts_core.errors import ConfigurationError
+
 STREAM_PATH = "/media-stream"
+
+
+class SigningConfigError(ConfigurationError, ValueError):
+    """PUBLIC_URL is not a URL a stream can be given, or there is no auth token to sign with."""
 
 
 _SCHEMES = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
@@ -27,7 +33,7 @@ def stream_url(public_url: str) -> str:
     parts = urlsplit(public_url.strip())
     scheme = _SCHEMES.get(parts.scheme.lower())
     if scheme is None or not parts.netloc:
-        raise ValueError(f"public URL must be http(s):// or ws(s)://host..., got {public_url!r}")
+        raise SigningConfigError(f"public URL must be http(s):// or ws(s)://host..., got {public_url!r}")
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + STREAM_PATH, "", ""))
 
 
@@ -47,5 +53,5 @@ def validate_stream_handshake(auth_token: str, url: str, signature: str | None) 
 def sign(auth_token: str, url: str, params: dict[str, str] | None = None) -> str:
     """X-Twilio-Signature for a request we make (our handshake to ConversationRelay agents)."""
     if not auth_token:
-        raise ValueError("cannot sign without an auth token")
+        raise SigningConfigError("cannot sign without an auth token")
     return str(RequestValidator(auth_token).compute_signature(url, params or {}))
