@@ -3,7 +3,7 @@
 Why processes: one bridge process uses one core (the event loop), and the frame path is CPU bound.
 Each worker is the ordinary single-process bridge (its own engine slots, caches, calls; nothing
 shared but configuration): a webhook answered by one worker and its stream opened on another work
-because the stream token is a stateless HMAC (telephony/twilio/tokens.py).
+because the stream token is a stateless HMAC (telephony/stream_auth.py).
 
 How:
 - the parent binds every listening socket once (the HTTP port, and the lean stream listener's port

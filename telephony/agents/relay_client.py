@@ -60,7 +60,7 @@ from telephony.relay_protocol import (
     Text,
     parse_agent_message,
 )
-from telephony.twilio.signatures import sign
+from telephony.stream_auth import sign
 
 log = logging.getLogger(__name__)
 
