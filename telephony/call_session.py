@@ -33,7 +33,7 @@ from telephony.services import Bridge
 from telephony.speaker import Utterance
 from telephony.twilio.inbound import InboundRouter
 from telephony.twilio.protocol import Start
-from tts_core.errors import UpstreamFailed
+from tts_core.errors import UpstreamFailed, VoiceBridgeError
 from tts_core.presets import Preset
 from tts_core.voices import Voice
 
@@ -43,7 +43,7 @@ PRIVATE_PARAMETERS = frozenset({"token", "agentUrl"})
 AGENT_STOP_TIMEOUT_S = 5.0
 PEER_STALLED = UpstreamFailed.ws_close_code
 """Close code when Twilio stopped playing or reading what we send (see ``abort``): 1011."""
-CALL_CRASHED = 1011
+CALL_CRASHED = VoiceBridgeError.ws_close_code
 """Close code when the call failed on a bug (logged with its traceback)."""
 
 

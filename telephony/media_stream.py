@@ -32,7 +32,7 @@ from telephony.twilio.authentication import (
 from telephony.twilio.protocol import Start
 from telephony.twilio.signatures import stream_url
 from telephony.twilio.socket import StreamSender, StreamSocket, call_messages, close_stream
-from tts_core.errors import Overloaded
+from tts_core.errors import Overloaded, VoiceBridgeError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -44,7 +44,8 @@ dropped and the session stops reading (``CallSession.abort``). A peer that stops
 kernel still has room is caught by its marks instead (telephony/speaker.py)."""
 CLOSE_TIMEOUT_S = 2.0
 """A close waits at most this long: a peer that does not read may never take the close frame."""
-INTERNAL_ERROR = 1011
+INTERNAL_ERROR = VoiceBridgeError.ws_close_code
+"""A bug (not a deliberate refusal): 1011, after logging the traceback."""
 
 __all__ = ["CLOSE_TIMEOUT_S", "SEND_STALL_S", "StreamSender", "handle_stream", "media_stream", "router"]
 
