@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from telephony.services import Bridge
 from telephony.speaker import AudioClip, Speaker
 from telephony.untrusted import close_reason
 
+if TYPE_CHECKING:
+    from telephony.recording import CallRecorder
+
 log = logging.getLogger("voice_bridge.call")
 
 
@@ -26,7 +29,7 @@ class CallControls:
     """Speech, audio and the end of one call, for its agent."""
 
     def __init__(self, *, bridge: Bridge, info: CallInfo, speaker: Speaker, stats: CallStats,
-                 recorder: Any, close_socket: Callable[[int, str], Awaitable[None]]) -> None:
+                 recorder: CallRecorder | None, close_socket: Callable[[int, str], Awaitable[None]]) -> None:
         self.bridge = bridge
         self.info = info
         self.speaker = speaker
@@ -84,7 +87,7 @@ class CallControls:
         await self._close_socket(1000, reason[:120])
 
 
-def recorded_text(recorder: Any, text: str | AsyncIterator[str]) -> str | AsyncIterator[str]:
+def recorded_text(recorder: CallRecorder, text: str | AsyncIterator[str]) -> str | AsyncIterator[str]:
     """Record what the agent says as ConversationRelay ``text`` messages, as it flows."""
     if isinstance(text, str):
         recorder.agent_message({"type": "text", "token": text, "last": True})

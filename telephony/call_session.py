@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telephony.agent_inbox import AgentInbox
 from telephony.agents.base import Agent, AgentError, CallInfo, SpeechOutcome
@@ -36,6 +36,9 @@ from telephony.twilio.protocol import Start
 from tts_core.errors import UpstreamFailed, VoiceBridgeError
 from tts_core.presets import Preset
 from tts_core.voices import Voice
+
+if TYPE_CHECKING:
+    from telephony.recording import CallRecorder
 
 log = logging.getLogger("voice_bridge.call")
 
@@ -65,7 +68,7 @@ class CallSession(CallControls):
         self, *, bridge: Bridge, start: Start, agent: Agent, voice_id: str, voice: Voice | None,
         preset: Preset, send_text: Callable[[str], Awaitable[None]],
         close_socket: Callable[[int, str], Awaitable[None]], greeting: str = "", auth_mode: str = "",
-        recorder: Any = None, voice_load_ms: float | None = None,
+        recorder: CallRecorder | None = None, voice_load_ms: float | None = None,
     ) -> None:
         stats = CallStats()
         echo = echo_reference(bridge)

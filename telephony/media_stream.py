@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
@@ -33,6 +33,9 @@ from telephony.twilio.protocol import Start
 from telephony.twilio.signatures import stream_url
 from telephony.twilio.socket import StreamSender, StreamSocket, call_messages, close_stream
 from tts_core.errors import Overloaded, VoiceBridgeError
+
+if TYPE_CHECKING:
+    from telephony.recording import CallRecorder
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -160,7 +163,7 @@ async def run_call(ws: StreamSocket, bridge: Bridge, auth: Authenticated, call: 
         await _close(ws, session.close_code, reason)
 
 
-def _open_recorder(bridge: Bridge, auth: Authenticated) -> Any:
+def _open_recorder(bridge: Bridge, auth: Authenticated) -> CallRecorder | None:
     """The call's recording (VOICE_BRIDGE_RECORD_DIR), starting with the messages up to ``start``."""
     if bridge.settings.record_dir is None:
         return None
