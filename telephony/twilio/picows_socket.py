@@ -149,6 +149,31 @@ class Inbox:
             self._waiter = None
 
 
+class PushedCall:
+    """A running call fed from picows' callback: each frame straight to ``sink.feed``, no task
+    switch; ``over`` once the sink says so, sending stalled, or the sink raised (``failure``)."""
+
+    def __init__(self, sink: MessageSink, stalled: Callable[[], bool], inbox: Inbox) -> None:
+        self._sink = sink
+        self._stalled = stalled
+        self._inbox = inbox
+        self.over = False
+        self.failure: Exception | None = None
+        """What the sink raised: re-raised in ``CallSession.run``, which ends that call only."""
+
+    def push(self, raw: str | bytes) -> None:
+        if self.over:
+            return
+        try:
+            going_on = self._sink.feed(raw) and not self._stalled()
+        except Exception as exc:  # handed to the call's own task, where it is logged and ends the call
+            self.failure = exc
+            going_on = False
+        if not going_on:
+            self.over = True
+            self._inbox.wake()  # ``pushed_messages`` returns
+
+
 class PicowsSocket(WSListener):
     """One Twilio connection: picows' listener and a ``StreamSocket`` adapter at once."""
 
@@ -168,11 +193,8 @@ class PicowsSocket(WSListener):
         self._gone = False
         """The connection is down (peer closed or disconnected)."""
         self._close_code = 1005
-        self._sink: MessageSink | None = None
-        """Set while ``pushed_messages`` runs: frames go straight to ``sink.feed``."""
-        self._stalled: Callable[[], bool] = lambda: False
-        self._call_over = False
-        self._failure: Exception | None = None
+        self._pushed: PushedCall | None = None
+        """Set while ``pushed_messages`` runs: frames go straight to the call."""
         self.client: Address | None = None
         """The peer's address, as starlette's ``WebSocket.client`` (per-peer connection caps)."""
 
@@ -197,8 +219,8 @@ class PicowsSocket(WSListener):
         raw = self._payload(frame)
         if raw is None:
             return
-        if self._sink is not None:
-            self._push(self._sink, raw)
+        if self._pushed is not None:
+            self._pushed.push(raw)
         elif not self._inbox.put({"type": "websocket.receive", "text": raw} if isinstance(raw, str)
                                  else {"type": "websocket.receive", "bytes": raw}):
             if self._open:
@@ -260,19 +282,18 @@ class PicowsSocket(WSListener):
         inside picows' callback (no queue, no task switch per message). Yields nothing; returns
         when the call is over (Twilio's ``stop``, a close, or sending stalled) and re-raises,
         inside ``CallSession.run``, an error the call raised on a message."""
-        self._stalled = stalled
         while (message := self._inbox.take()) is not None:  # what arrived between start and now
             raw = message.get("text")
             if not sink.feed(raw if raw is not None else message.get("bytes") or b""):
                 return
-        self._sink = sink
+        call = self._pushed = PushedCall(sink, stalled, self._inbox)
         try:
-            while not (self._gone or self._call_over or stalled()):
+            while not (self._gone or call.over or stalled()):
                 await self._inbox.wait()
         finally:
-            self._sink = None
-        if self._failure is not None:
-            raise self._failure
+            self._pushed = None
+        if call.failure is not None:
+            raise call.failure
         return
         yield  # an async generator that yields nothing
 
@@ -306,18 +327,6 @@ class PicowsSocket(WSListener):
     def _close_soon(self, code: int, reason: str) -> None:
         if self._open:
             self._own(self.close(code, reason), "media-stream-close")
-
-    def _push(self, sink: MessageSink, raw: str | bytes) -> None:
-        if self._call_over:
-            return
-        try:
-            going_on = sink.feed(raw) and not self._stalled()
-        except Exception as exc:  # re-raised in CallSession.run, which ends that call only
-            self._failure = exc
-            going_on = False
-        if not going_on:
-            self._call_over = True
-            self._inbox.wake()
 
     def _on_gone(self) -> None:
         self._gone = True
