@@ -271,6 +271,7 @@ async def test_a_bug_in_a_running_call_closes_its_stream_1011_with_a_traceback(
     async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
         call = (await open_fast_call(rb, url, client, "CA91") if lean
                 else await open_call(rb, client, "CA91"))
+        assert await call.wait_for(lambda: bool(rb.bridge.calls), 5)  # running: the lean listener pushes
         await call.send_dtmf("5")
         assert await call.wait_closed(5)
         assert call.stats.close_code == 1011
