@@ -46,9 +46,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         log.info(speech_api.access_summary(settings))
         fast_stream = None
         if settings.stream_port is not None:
-            from telephony.fast_stream import FastStreamServer
+            from telephony.twilio.picows_socket import FastStreamServer
 
-            fast_stream = FastStreamServer(app)
+            fast_stream = FastStreamServer(app, media_stream.handle_stream)
             await fast_stream.start(settings.host, settings.stream_port)
         try:
             yield

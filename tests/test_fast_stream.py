@@ -1,5 +1,5 @@
-"""The lean ``/media-stream`` listener (picows, telephony/fast_stream.py) and the inbound media
-fast path (telephony/media_fastpath.py): the same calls as over the ASGI route, Twilio emulated
+"""The lean ``/media-stream`` listener (picows, telephony/twilio/picows_socket.py) and the inbound
+media fast path (telephony/twilio/media_scan.py): the same calls as over the ASGI route, Twilio emulated
 over a real WebSocket, every outbound message validated by the emulator."""
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import httpx
 import pytest
 from picows import WSCloseCode, WSMsgType
 
-from telephony.fast_stream import PicowsSocket, frame_header
-from telephony.media_fastpath import scan_media
+from telephony.media_stream import handle_stream
 from telephony.testing.asgi_server import free_port_url
 from telephony.testing.bridge_harness import RunningBridge, running_bridge
 from telephony.testing.twilio_emulator import TwilioEmulator
-from telephony.twilio_media import parse_inbound
+from telephony.twilio.media_scan import scan_media
+from telephony.twilio.picows_socket import MAX_INBOX, PicowsSocket, frame_header
+from telephony.twilio.protocol import parse_inbound
 from tests.conftest import eventually
 from tests.test_call_e2e import LONG_GREETING, caller_speech, session_of, twiml_parameters
 from tts_core.engines.synthetic import SyntheticEngine
@@ -163,7 +164,7 @@ class _Recorder:
 
 
 async def test_frames_sent_in_one_loop_pass_leave_in_one_write() -> None:
-    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), set())
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), set(), handler=handle_stream)
     transport = _Recorder()
     sock._transport = SimpleNamespace(underlying_transport=transport)  # type: ignore[assignment]
     messages = ['{"event":"media","streamSid":"MZ1","media":{"payload":"' + "A" * 216 + '"}}'] * 3
@@ -235,10 +236,8 @@ class _FakeWSTransport:
 
 
 async def test_a_handler_that_stops_reading_gets_its_socket_closed_not_an_unbounded_inbox() -> None:
-    from telephony.fast_stream import MAX_INBOX
-
     tasks: set[asyncio.Task[None]] = set()
-    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks)
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks, handler=handle_stream)
     transport = _FakeWSTransport()
     sock._transport = transport  # type: ignore[assignment]
     frame = _TextFrame(b'{"event":"connected"}')
@@ -251,10 +250,33 @@ async def test_a_handler_that_stops_reading_gets_its_socket_closed_not_an_unboun
 
 async def test_invalid_utf8_closes_with_1007() -> None:
     tasks: set[asyncio.Task[None]] = set()
-    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks)
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), tasks, handler=handle_stream)
     transport = _FakeWSTransport()
     sock._transport = transport  # type: ignore[assignment]
     sock.on_ws_frame(transport, _TextFrame(b"\xff\xfe"))  # type: ignore[arg-type]
     await asyncio.gather(*tasks)
     assert transport.closed_with == [WSCloseCode.INVALID_TEXT]
     assert not sock._inbox
+
+
+@pytest.mark.parametrize("lean", [False, True])
+async def test_a_bug_in_a_running_call_closes_its_stream_1011_with_a_traceback(
+        lean: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The session's catch-all ends that call only, logs the traceback, and tells Twilio it was an
+    internal error (1011), on either listener."""
+    from telephony.caller_side import CallerSide
+    from tests.test_call_e2e import open_call
+
+    def buggy_dtmf(self: CallerSide, digit: str) -> None:
+        raise KeyError("a bug on a key press")
+
+    monkeypatch.setattr(CallerSide, "on_dtmf", buggy_dtmf)
+    async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
+        call = (await open_fast_call(rb, url, client, "CA91") if lean
+                else await open_call(rb, client, "CA91"))
+        assert await call.wait_for(lambda: bool(rb.bridge.calls), 5)  # running: the lean listener pushes
+        await call.send_dtmf("5")
+        assert await call.wait_closed(5)
+        assert call.stats.close_code == 1011
+        assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)
+        assert await call.wait_for(lambda: not rb.bridge.calls, 5)

@@ -8,14 +8,8 @@ import hmac
 
 import pytest
 
-from telephony.stream_auth import (
-    StreamTokens,
-    sign,
-    stream_url,
-    token_key,
-    validate_stream_handshake,
-    validate_webhook,
-)
+from telephony.twilio.signatures import sign, stream_url, validate_stream_handshake, validate_webhook
+from telephony.twilio.tokens import StreamTokens, token_key
 
 AUTH_TOKEN = "12345"
 WEBHOOK_URL = "https://bridge.example.com/twiml"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from telephony.twilio_media import (
+from telephony.twilio.protocol import (
     MAX_PAYLOAD_BYTES,
     Connected,
     Dtmf,
@@ -16,6 +16,9 @@ from telephony.twilio_media import (
     Media,
     OutboundEncoder,
     ProtocolError,
+    SendClear,
+    SendMark,
+    SendMedia,
     Start,
     Stop,
     base64_limit,
@@ -51,7 +54,7 @@ def start_msg(**overrides) -> str:
 def error_kind(raw, **kwargs) -> str:
     with pytest.raises(ProtocolError) as info:
         parse_inbound(raw, **kwargs)
-    return info.value.kind
+    return info.value.violation
 
 
 # ---- inbound: the messages Twilio documents -------------------------------------------------------
@@ -302,3 +305,18 @@ def test_mark_names_round_trip(mark):
                                   ])
 def test_foreign_mark_names_parse_to_none(name):
     assert MarkName.parse(name) is None
+
+
+# ---- outbound: typed messages ----------------------------------------------------------------------
+def test_typed_outbound_messages_encode_to_exactly_twilios_documented_shapes():
+    encoder = OutboundEncoder(SID)
+    assert json.loads(encoder.encode(SendMedia(FRAME))) == {
+        "event": "media", "streamSid": SID, "media": {"payload": base64.b64encode(FRAME).decode()}}
+    assert json.loads(encoder.encode(SendMark("g1-u2-end"))) == {
+        "event": "mark", "streamSid": SID, "mark": {"name": "g1-u2-end"}}
+    assert json.loads(encoder.encode(SendClear())) == {"event": "clear", "streamSid": SID}
+
+
+def test_typed_media_keeps_the_frame_size_rule():
+    with pytest.raises(ValueError, match="160 bytes"):
+        OutboundEncoder(SID).encode(SendMedia(FRAME[:100]))

@@ -1,6 +1,7 @@
 """The contract between a call and the agent that decides what to say.
 
-An agent is told about call events (start, DTMF, interruption, caller speech, stop) and acts on the
+An agent is told about call events (start, DTMF, interruption, caller speech, stop; typed in
+telephony/agents/events.py) and acts on the
 call through a small ``CallControl`` surface: speak text (whole or as a token stream), play audio,
 end the stream. The same contract serves in-process Python agents, the built-in demo agent and the
 ConversationRelay client that talks to remote agent applications.
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
+from tts_core.errors import UpstreamFailed
 
 
 class SpeechOutcome(enum.Enum):
@@ -120,5 +123,8 @@ class Agent:
         """The call ended; release what the agent holds. Called exactly once."""
 
 
-class AgentError(RuntimeError):
-    """The agent failed (e.g. a remote agent refused the connection); the call is ended."""
+class AgentError(UpstreamFailed, RuntimeError):
+    """The agent failed (e.g. a remote agent refused the connection); the call is ended and the
+    stream closed with ``ws_close_code`` (1011). ``RuntimeError`` stays a base for older callers."""
+
+    kind = "agent_failed"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from telephony.twilio_media import MAX_PAYLOAD_BYTES, base64_limit
+from telephony.twilio.protocol import MAX_PAYLOAD_BYTES, base64_limit
 
 _B64_MAX = base64_limit(MAX_PAYLOAD_BYTES)
 _MEDIA_RE = re.compile(
