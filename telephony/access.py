@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect
 from twilio.request_validator import RequestValidator
 
 from telephony.errors import AccessDenied, AuthRequired, BadRequest, RequestTimeout, RequestTooLarge
-from telephony.stream_auth import validate_webhook
+from telephony.twilio.signatures import validate_webhook
 
 MAX_FORM_BYTES = 64 * 1024
 """Twilio's webhook forms are a few hundred bytes; operator JSON bodies a few KiB."""

@@ -85,7 +85,7 @@ def _supervise(argv: list[str], settings: Settings, count: int) -> int:
 
     sockets = {}
     ports = {"http": ("--port", settings.port)}
-    stream_port = settings.stream_port  # the lean listener (telephony/fast_stream.py)
+    stream_port = settings.stream_port  # the lean listener (telephony/twilio/picows_socket.py)
     if stream_port is not None:
         ports["stream"] = ("--stream-port", stream_port)
     overrides: dict[str, str] = {}

@@ -40,7 +40,7 @@ class Settings(LimitSettings, AgentSettings, HearingSettings, EngineSettings, Tw
     port: int = Field(8080, ge=0, le=65535)
     stream_port: int | None = Field(None, ge=0, le=65535)
     """When set, ``/media-stream`` is also served on this port by the lean picows listener
-    (telephony/fast_stream.py); the webhook points Twilio there unless PUBLIC_URL is set (then
+    (telephony/twilio/picows_socket.py); the webhook points Twilio there unless PUBLIC_URL is set (then
     the operator's proxy routes the path ``/media-stream`` to this port)."""
     default_voice: str | None = None
     default_preset: str = "balanced"

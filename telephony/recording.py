@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from telephony.recorded_call import RecordingWriter
-from telephony.twilio_media import Start
+from telephony.twilio.protocol import Start
 
 QUEUE_LINES = 10_000
 RUN_SLACK_S = 0.1

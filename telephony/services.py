@@ -21,7 +21,7 @@ from telephony.config import ConfigError, Settings
 from telephony.drain import DrainState
 from telephony.egress import EgressPolicy, guarded_client
 from telephony.metrics import Metrics
-from telephony.stream_auth import StreamTokens
+from telephony.twilio.tokens import StreamTokens
 from telephony.twilio_rest import TwilioCalls
 from tts_core.audio import MulawFrameEncoder
 from tts_core.engines import Engine

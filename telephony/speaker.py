@@ -41,7 +41,7 @@ from telephony.outbound import (
     Utterance,
 )
 from telephony.playout import PlayoutClock
-from telephony.twilio_media import OutboundEncoder
+from telephony.twilio.protocol import OutboundEncoder
 from tts_core.engines.base import Engine
 from tts_core.phrase_cache import PhraseCache, PhraseKey
 from tts_core.presets import Preset

@@ -19,7 +19,7 @@ from telephony.access import MAX_FORM_BYTES, form_params, read_body
 from telephony.agents import per_call_agent_allowed
 from telephony.errors import AccessDenied, BadRequest, Unavailable, UnprocessableRequest
 from telephony.services import Bridge
-from telephony.stream_auth import stream_url, validate_webhook
+from telephony.twilio.signatures import stream_url, validate_webhook
 from telephony.untrusted import strip_xml_unsafe, xml_unsafe
 from tts_core.voices import VOICE_ID_PATTERN
 

@@ -3,7 +3,7 @@
 Why processes: one bridge process uses one core (the event loop), and the frame path is CPU bound.
 Each worker is the ordinary single-process bridge (its own engine slots, caches, calls; nothing
 shared but configuration): a webhook answered by one worker and its stream opened on another work
-because the stream token is a stateless HMAC (telephony/stream_auth.py).
+because the stream token is a stateless HMAC (telephony/twilio/tokens.py).
 
 How:
 - the parent binds every listening socket once (the HTTP port, and the lean stream listener's port
@@ -17,7 +17,7 @@ How:
   exits 0 when all have exited 0; SIGINT (or a second SIGTERM) is forwarded as well and stops them
   at once. Children run in their own process group, so a terminal's Ctrl-C reaches them once,
   through the parent; they get SIGTERM if the parent dies (``PR_SET_PDEATHSIG``);
-- the lean stream listener (telephony/fast_stream.py, ``VOICE_BRIDGE_STREAM_PORT``) takes its
+- the lean stream listener (telephony/twilio/picows_socket.py, ``VOICE_BRIDGE_STREAM_PORT``) takes its
   socket from ``listen_socket("stream", host, port)`` like the HTTP listener does: the inherited
   one in a worker, a new one otherwise;
 - ``/metrics`` adds up across workers through prometheus-client's multiprocess mode: the parent

@@ -18,7 +18,7 @@ import pytest
 from telephony.relay_protocol import RelayProtocolError, parse_agent_message
 from telephony.testing.bridge_harness import running_bridge
 from telephony.testing.twilio_emulator import TwilioEmulator
-from telephony.twilio_media import ProtocolError, parse_inbound
+from telephony.twilio.protocol import ProtocolError, parse_inbound
 from telephony.untrusted import close_reason
 
 BIG = "1" * 5000  # a JSON integer literal over the 4,300-digit limit
@@ -214,7 +214,7 @@ async def test_control_characters_in_twilio_form_fields_are_dropped_from_twiml(c
 
 def test_the_recorder_skips_a_message_with_a_huge_number(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from telephony.recording import CallRecorder
-    from telephony.twilio_media import Start
+    from telephony.twilio.protocol import Start
 
     start = Start.model_validate(json.loads(
         '{"streamSid": "MZ1", "callSid": "CA1", "mediaFormat": {"encoding": "audio/x-mulaw", '

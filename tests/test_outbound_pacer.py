@@ -11,7 +11,7 @@ import pytest
 
 from telephony.outbound import Mark, MarkWatch, Pacer, SpeakerHooks, SpeechQueue, Utterance
 from telephony.playout import PlayoutClock
-from telephony.twilio_media import MarkName, OutboundEncoder
+from telephony.twilio.protocol import OutboundEncoder
 from tts_core.audio.telephony_format import SILENCE_FRAME
 from tts_core.render import FrameBatch, SegmentEnd, SegmentStart
 
@@ -59,8 +59,8 @@ def test_a_mark_carries_its_meaning_and_its_wire_name_made_once() -> None:
     assert (seg.generation, seg.utterance, seg.segment, seg.is_end) == (3, 7, 2, False)
     assert end.is_end and end.segment is None
     # the names Twilio sees are unchanged (the emulator and recordings read them)
-    assert seg.wire == MarkName(3, 7, 2).encode() == "g3-u7-s2"
-    assert end.wire == MarkName(3, 7).encode() == "g3-u7-end"
+    assert seg.wire == "g3-u7-s2"
+    assert end.wire == "g3-u7-end"
 
 
 async def test_an_echo_returns_the_typed_mark_and_settles_every_earlier_one() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from telephony.recorded_call import load_recording
 from telephony.recording import CallRecorder
-from telephony.twilio_media import Start
+from telephony.twilio.protocol import Start
 from tts_core.audio.telephony_format import FRAME_S, SILENCE_FRAME
 
 SID = "CA" + "1" * 32

@@ -12,7 +12,6 @@ from telephony.twilio.protocol import (
     Connected,
     Dtmf,
     Mark,
-    MarkName,
     Media,
     OutboundEncoder,
     ProtocolError,
@@ -281,30 +280,6 @@ def test_outbound_round_trips_through_the_emulators_validator():
     enc = OutboundEncoder(SID)
     for text in (enc.media(FRAME), enc.mark("g0-u1-s0"), enc.clear()):
         assert validate_outbound(text, SID) is None
-
-
-# ---- mark names ------------------------------------------------------------------------------------
-def test_mark_names_encode_generation_utterance_and_point():
-    assert MarkName(3, 7).encode() == "g3-u7-end"
-    assert MarkName(3, 7, segment=150).encode() == "g3-u7-s150"
-    assert MarkName(3, 7).is_end
-    assert not MarkName(3, 7, segment=0).is_end
-
-
-@pytest.mark.parametrize("mark", [MarkName(0, 0), MarkName(3, 7), MarkName(12, 345, 6),
-                                  MarkName(1, 1, 0)])
-def test_mark_names_round_trip(mark):
-    assert MarkName.parse(mark.encode()) == mark
-
-
-@pytest.mark.parametrize("name", ["", "utt-3", "g3-u7", "g3-u7-", "g-u7-end", "g3-u7-s", "g3-u7-endx",
-                                  "xg3-u7-end", "g3-u7-s1-end", "g-1-u7-end", "g3-u7-f150",
-                                  "g3-u7-end\n",              # trailing newline: the whole name must match
-                                  "g\u0663-u1-end",           # a non-ASCII digit
-                                  "g" + "1" * 5000 + "-u1-end",  # int() would refuse it: None, not ValueError
-                                  ])
-def test_foreign_mark_names_parse_to_none(name):
-    assert MarkName.parse(name) is None
 
 
 # ---- outbound: typed messages ----------------------------------------------------------------------

@@ -193,7 +193,7 @@ async def test_the_load_test_drives_two_workers_from_two_generator_processes() -
 
 @pytest.mark.slow
 async def test_two_workers_serve_the_lean_stream_port_too() -> None:
-    """With ``--stream-port`` (the lean picows listener, telephony/fast_stream.py) the supervisor
+    """With ``--stream-port`` (the lean picows listener, telephony/twilio/picows_socket.py) the supervisor
     binds that port once as well and both workers accept streams on it: calls opened there land
     on both."""
     port, stream_port = free_port(), free_port()

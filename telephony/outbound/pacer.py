@@ -22,7 +22,7 @@ from telephony.outbound.mark_watch import MarkWatch
 from telephony.outbound.marks import Mark
 from telephony.outbound.utterance import Utterance
 from telephony.playout import PlayoutClock
-from telephony.twilio_media import OutboundEncoder
+from telephony.twilio.protocol import OutboundEncoder
 from tts_core.audio.telephony_format import FRAME_S
 from tts_core.render import FrameBatch, RenderItem, SegmentEnd, SegmentStart
 

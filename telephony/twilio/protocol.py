@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -286,39 +285,6 @@ def clear_message(stream_sid: str) -> str:
     return OutboundEncoder(stream_sid).clear()
 
 
-_MARK_RE = re.compile(r"g([0-9]{1,18})-u([0-9]{1,18})-(?:s([0-9]{1,18})|(end))")
-"""ASCII digits only and bounded: a foreign name must give None, never a huge int()'s ValueError."""
-
-
-@dataclass(frozen=True)
-class MarkName:
-    """``g<generation>-u<utterance>-s<segment>`` or ``...-end``.
-
-    After we send ``clear``, Twilio echoes every pending mark: the generation (bumped on every
-    clear) tells those echoes apart from marks that were really played.
-    """
-
-    generation: int
-    utterance: int
-    segment: int | None = None
-
-    @property
-    def is_end(self) -> bool:
-        return self.segment is None
-
-    def encode(self) -> str:
-        point = "end" if self.segment is None else f"s{self.segment}"
-        return f"g{self.generation}-u{self.utterance}-{point}"
-
-    @classmethod
-    def parse(cls, name: str) -> MarkName | None:
-        match = _MARK_RE.fullmatch(name)
-        if match is None:
-            return None
-        generation, utterance, segment, _ = match.groups()
-        return cls(int(generation), int(utterance), None if segment is None else int(segment))
-
-
 __all__ = [
     "MAX_COUNTER",
     "MAX_COUNTER_DIGITS",
@@ -328,7 +294,6 @@ __all__ = [
     "Dtmf",
     "InboundMessage",
     "Mark",
-    "MarkName",
     "Media",
     "MediaFormat",
     "OutboundEncoder",

@@ -25,7 +25,7 @@ from websockets.uri import parse_uri
 from telephony.agents.base import AgentError
 from telephony.egress import EgressPolicy, EgressRefused
 from telephony.relay_protocol import Setup, ToAgentMessage, serialize
-from telephony.stream_auth import sign
+from telephony.twilio.signatures import sign
 from tts_core.errors import Forbidden, UpstreamFailed
 
 log = logging.getLogger(__name__)
