@@ -44,7 +44,7 @@ class AgentUnreachable(AgentError, UpstreamFailed):
     """The agent application could not be connected to, or closed the socket at ``setup``."""
 
 
-class AgentUrlRefused(AgentError, Forbidden):
+class AgentUrlRefused(Forbidden, AgentError):
     """The agent's URL points where the egress policy forbids (the text names no address)."""
 
 
