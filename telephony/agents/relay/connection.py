@@ -45,7 +45,13 @@ class AgentUnreachable(AgentError, UpstreamFailed):
 
 
 class AgentUrlRefused(Forbidden, AgentError):
-    """The agent's URL points where the egress policy forbids (the text names no address)."""
+    """The agent's URL points where the egress policy forbids (the text names no address).
+
+    Forbidden to whoever asked for it over HTTP (403); to Twilio, whose stream it ends, it is the
+    bridge's own failure, not Twilio's policy violation: close 1011 as for any failed agent.
+    """
+
+    ws_close_code = 1011
 
 
 class RelayConnection:
