@@ -73,7 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import soxr  # noqa: E402
 
-from tts_core.audio import FRAME_BYTES, MULAW_SILENCE, MulawFrameEncoder  # noqa: E402
+from tts_core.audio import FRAME_BYTES, MULAW_SILENCE, TELEPHONY_RATE, MulawFrameEncoder  # noqa: E402
 from tts_core.audio.mulaw import float_to_pcm16, mulaw_to_pcm16, pcm16_to_mulaw  # noqa: E402
 from tts_core.engines.synthetic import speechlike  # noqa: E402
 
@@ -84,7 +84,7 @@ except ImportError:
 else:
     torch.set_num_threads(1)  # per-core figure, like the BLAS pinning above
 
-OUT_RATE = 8000
+OUT_RATE = TELEPHONY_RATE  # the phone line (tts_core/audio/telephony_format.py)
 HOP = 256
 FADE_SAMPLES = 32  # MulawFrameEncoder's default fade_ms=4.0 at 8 kHz
 ALIAS_TONES_HZ = (4500, 5000, 6000, 7000, 8000, 9000, 10000)
