@@ -246,7 +246,12 @@ class BargeInDetector:
         self._clock_ms += FRAME_MS
         noise = self._block_min if self._block_min < self._blocks_min else self._blocks_min
         loud = energy >= self._floor_ms and energy >= noise * self._margin and energy > echo_floor
-        self._track_noise(energy)
+        # Minimum statistics: the noise floor is the quietest frame of the last few 300 ms blocks.
+        if energy < self._block_min:
+            self._block_min = energy
+        self._block_frames += 1
+        if self._block_frames == _NOISE_BLOCK_FRAMES:
+            self._end_noise_block()
         # The VAD sees every frame, quiet ones included, so its noise model keeps adapting.
         if pcm is None:
             voiced = self._silent_frame()
@@ -285,12 +290,9 @@ class BargeInDetector:
             return bool(self._is_speech(_ZERO_PCM, FRAME_SAMPLES))
         return False
 
-    def _track_noise(self, energy: float) -> None:
+    def _end_noise_block(self) -> None:
         """Minimum statistics: the noise floor is the quietest frame of the last few blocks."""
-        self._block_min = min(self._block_min, energy)
-        self._block_frames += 1
-        if self._block_frames == _NOISE_BLOCK_FRAMES:
-            self._noise_blocks.append(self._block_min)
-            self._blocks_min = min(self._noise_blocks)
-            self._block_min = math.inf
-            self._block_frames = 0
+        self._noise_blocks.append(self._block_min)
+        self._blocks_min = min(self._noise_blocks)
+        self._block_min = math.inf
+        self._block_frames = 0
