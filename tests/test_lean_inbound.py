@@ -5,6 +5,7 @@ the decisions, events and audio of the decoded path (``feed``), on recorded huma
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import webrtcvad
 
+from telephony import barge_in
 from telephony.barge_in import FRAME_SAMPLES, VAD_SETTLED_ZERO_FRAMES, BargeInDetector, BargeInSettings
 from telephony.turns import PartialDue, Speculate, TurnEnded, TurnSettings, TurnTracker
 from tests.test_barge_in import at_level, noise, pink_noise, silence
@@ -196,3 +198,18 @@ def test_settled_digital_silence_skips_the_vad_and_any_sound_reaches_it() -> Non
     assert len(calls) == 1 + VAD_SETTLED_ZERO_FRAMES, "after a sound, zeros reach it until it settles again"
     detector.feed(np.zeros(FRAME_SAMPLES, np.int16))  # the decoded path: always the VAD
     assert len(calls) == 2 + VAD_SETTLED_ZERO_FRAMES
+
+
+def test_the_vad_is_called_straight_into_its_extension_or_through_is_speech_as_a_fallback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = [mulaw_to_pcm16(f).tobytes() for f in frames_of(caller_line())[::7]]
+    reference = webrtcvad.Vad(2)
+    expected = [reference.is_speech(pcm, 8000) for pcm in frames]
+    direct = barge_in.vad_call(webrtcvad.Vad(2))
+    assert isinstance(direct, functools.partial)
+    assert [direct(pcm, FRAME_SAMPLES) for pcm in frames] == expected
+    monkeypatch.setattr(barge_in, "_webrtcvad", object())  # a release without ``process``
+    fallback = barge_in.vad_call(webrtcvad.Vad(2))
+    assert not isinstance(fallback, functools.partial)
+    assert [fallback(pcm, FRAME_SAMPLES) for pcm in frames] == expected
+    assert any(expected) and not all(expected)
