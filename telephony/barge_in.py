@@ -13,23 +13,38 @@ the bot off, and a caller who keeps talking does not fire again until the burst 
 
 Times are in milliseconds of caller audio fed (the stream clock), not wall time: the detector is
 pure and deterministic, and the caller's audio clock is what matters for "when did they start".
-Cost: one VAD call (~2 µs), one dot product and a few comparisons per 20 ms frame.
+Cost: one VAD call (~1 µs; none on settled digital silence, see ``feed_mulaw``), one dot product and a
+few comparisons per 20 ms frame.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import webrtcvad
 
+try:  # webrtcvad's C extension, called directly where it has the function (``vad_call``)
+    import _webrtcvad
+except ImportError:  # pragma: no cover - a release that renamed it: is_speech still works
+    _webrtcvad = None
+
+from tts_core.audio.mulaw import mulaw_to_pcm16, mulaw_to_pcm16_bytes
 from tts_core.audio.telephony_format import FRAME_MS, FRAME_SAMPLES, TELEPHONY_RATE
 
 SAMPLE_RATE = TELEPHONY_RATE
 _NOISE_BLOCK_FRAMES = 15  # the noise floor is kept as minima of 300 ms blocks
 _FULL_SCALE_SQUARED = 32768.0 * 32768.0
+_MULAW_ZEROS = b"\x7f\xff"
+"""The two μ-law bytes that decode to 0 (-0 and +0)."""
+_ZERO_PCM = bytes(2 * FRAME_SAMPLES)
+VAD_SETTLED_ZERO_FRAMES = 16
+"""Zero frames after which WebRTC VAD's state stops changing: at most 9 from any state measured (its
+hangover runs down in at most 7 frames of 20 ms, its filters in 2), with margin."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,18 @@ class BargeInEvent:
     """Speech accumulated in the burst (gaps excluded) when it fired."""
 
 
+def vad_call(vad: webrtcvad.Vad) -> Callable[[bytes, int], bool]:
+    """``vad.is_speech`` at 8 kHz as ``(pcm, samples) -> bool``, straight into the C extension:
+    ``is_speech`` is a Python method that only computes the length and calls
+    ``_webrtcvad.process(handle, rate, pcm, length)``, a third of its cost on a 160-sample frame.
+    Falls back to ``is_speech`` should a release move that function."""
+    process = getattr(_webrtcvad, "process", None)
+    handle = getattr(vad, "_vad", None)
+    if process is None or handle is None:
+        return lambda pcm, samples: bool(vad.is_speech(pcm, SAMPLE_RATE, samples))
+    return functools.partial(process, handle, SAMPLE_RATE)
+
+
 def frame_dbfs(frame: np.ndarray) -> float:
     """RMS level of int16 samples in dB relative to full scale (a full-scale square wave is 0)."""
     samples = frame.astype(np.float32)
@@ -89,6 +116,11 @@ class BargeInDetector:
     def __init__(self, settings: BargeInSettings | None = None) -> None:
         self.settings = settings or BargeInSettings()
         self._vad = webrtcvad.Vad(self.settings.aggressiveness)
+        self._is_speech = vad_call(self._vad)
+        self._zero_run = 0
+        """Frames of digital silence the VAD has seen in a row (counted up to VAD_SETTLED_ZERO_FRAMES)."""
+        self._hangover_ms = self.settings.hangover_ms
+        self._min_speech_ms = self.settings.min_speech_ms
         # Levels are compared as mean squares, so no frame needs a log.
         self._floor_ms = 10.0 ** (self.settings.energy_floor_dbfs / 10.0) * _FULL_SCALE_SQUARED
         margin_db = self.settings.noise_margin_db
@@ -98,6 +130,8 @@ class BargeInDetector:
         # energy_floor_dbfs, so a caller talking from the first frame is heard as usual.
         prior = self._floor_ms / self._margin if self._margin else 0.0
         self._noise_blocks: deque[float] = deque([prior] * blocks, maxlen=blocks)
+        self._blocks_min = prior
+        """min(self._noise_blocks), kept as blocks come and go (every 300 ms), not per frame."""
         self._block_min = math.inf
         self._block_frames = 0
         self._pending = np.zeros(FRAME_SAMPLES, dtype=np.int16)
@@ -133,7 +167,7 @@ class BargeInDetector:
 
     def is_above_noise(self, energy: float) -> bool:
         """Whether a level (mean square) stands ``noise_margin_db`` above the line's noise floor now."""
-        return energy >= min(self._block_min, *self._noise_blocks) * self._margin
+        return energy >= min(self._block_min, self._blocks_min) * self._margin
 
     def reset(self) -> None:
         """Forget the current burst (e.g. the bot starts a new utterance).
@@ -189,22 +223,52 @@ class BargeInDetector:
             self._pending_len = rest
         return event
 
+    def feed_mulaw(self, mulaw: bytes, *, echo_floor: float = 0.0) -> BargeInEvent | None:
+        """``feed`` for one of Twilio's μ-law frames, without the numpy decode.
+
+        The decision is exactly ``feed(mulaw_to_pcm16(mulaw))``'s: the level is the same float32
+        dot product of the same samples, and the VAD gets the same int16 bytes. Digital silence
+        (every byte 0xFF or 0x7F, both decoding to 0: what Twilio sends for a muted or silent leg)
+        needs neither: its level is 0, and once the VAD has seen ``VAD_SETTLED_ZERO_FRAMES`` of it
+        in a row its state no longer changes (``_silent_frame``). Anything but a whole 160-byte
+        frame on a frame boundary goes through ``feed``."""
+        if self._pending_len or len(mulaw) != FRAME_SAMPLES:
+            return self.feed(mulaw_to_pcm16(mulaw), echo_floor=echo_floor)
+        if not mulaw.strip(_MULAW_ZEROS):
+            return self._decide(0.0, None, echo_floor)
+        pcm = mulaw_to_pcm16_bytes(mulaw)
+        floats = np.frombuffer(pcm, "<i2").astype(np.float32)
+        return self._decide(float(np.dot(floats, floats)) / FRAME_SAMPLES, pcm, echo_floor)
+
     def _analyse(self, frame: np.ndarray, echo_floor: float = 0.0) -> BargeInEvent | None:
+        floats = frame.astype(np.float32)
+        return self._decide(float(np.dot(floats, floats)) / FRAME_SAMPLES, frame.tobytes(), echo_floor)
+
+    def _decide(self, energy: float, pcm: bytes | None, echo_floor: float) -> BargeInEvent | None:
+        """One whole frame of ``energy`` (mean square); ``pcm`` is its int16 bytes, or None for
+        digital silence (every sample 0)."""
         frame_start = self._clock_ms
         self._clock_ms += FRAME_MS
-        floats = frame.astype(np.float32)
-        energy = float(np.dot(floats, floats)) / FRAME_SAMPLES
-        noise = min(self._block_min, *self._noise_blocks)
+        noise = self._block_min if self._block_min < self._blocks_min else self._blocks_min
         loud = energy >= self._floor_ms and energy >= noise * self._margin and energy > echo_floor
-        self._track_noise(energy)
+        # Minimum statistics: the noise floor is the quietest frame of the last few 300 ms blocks.
+        if energy < self._block_min:
+            self._block_min = energy
+        self._block_frames += 1
+        if self._block_frames == _NOISE_BLOCK_FRAMES:
+            self._end_noise_block()
         # The VAD sees every frame, quiet ones included, so its noise model keeps adapting.
-        voiced = self._vad.is_speech(frame.tobytes(), SAMPLE_RATE)
-        self.last_frame_speech = loud and voiced
+        if pcm is None:
+            voiced = self._silent_frame()
+        else:
+            self._zero_run = 0
+            voiced = self._is_speech(pcm, FRAME_SAMPLES)
+        speech = self.last_frame_speech = loud and voiced
         self.last_frame_energy = energy
-        if not (loud and voiced):
+        if not speech:
             if self._started_at is not None:
                 self._gap_ms += FRAME_MS
-                if self._gap_ms >= self.settings.hangover_ms:
+                if self._gap_ms >= self._hangover_ms:
                     self._reset_burst()
             return None
 
@@ -212,18 +276,28 @@ class BargeInDetector:
             self._started_at = frame_start
         self._speech_ms += FRAME_MS
         self._gap_ms = 0
-        if not self._fired and self._speech_ms >= self.settings.min_speech_ms:
+        if not self._fired and self._speech_ms >= self._min_speech_ms:
             self._fired = True
             return BargeInEvent(
                 at_ms=self._clock_ms, speech_started_at_ms=self._started_at, speech_ms=self._speech_ms
             )
         return None
 
-    def _track_noise(self, energy: float) -> None:
+    def _silent_frame(self) -> bool:
+        """The VAD on a frame of digital silence, which never counts as speech (its level, 0, is
+        below any energy floor). WebRTC VAD only updates its models on frames with some power
+        (``GmmProbability``: ``total_power > kMinEnergy``); on zeros it only lets its filters and
+        hangover run down, so after ``VAD_SETTLED_ZERO_FRAMES`` of them its whole state is a fixed
+        point and a further zero frame changes nothing (tests/test_lean_inbound.py reads that state
+        to check): the VAD is skipped from then on, until a frame with any sound."""
+        if self._zero_run < VAD_SETTLED_ZERO_FRAMES:
+            self._zero_run += 1
+            return bool(self._is_speech(_ZERO_PCM, FRAME_SAMPLES))
+        return False
+
+    def _end_noise_block(self) -> None:
         """Minimum statistics: the noise floor is the quietest frame of the last few blocks."""
-        self._block_min = min(self._block_min, energy)
-        self._block_frames += 1
-        if self._block_frames == _NOISE_BLOCK_FRAMES:
-            self._noise_blocks.append(self._block_min)
-            self._block_min = math.inf
-            self._block_frames = 0
+        self._noise_blocks.append(self._block_min)
+        self._blocks_min = min(self._noise_blocks)
+        self._block_min = math.inf
+        self._block_frames = 0

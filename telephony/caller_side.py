@@ -16,7 +16,6 @@ from telephony.call_stats import CallStats
 from telephony.listener import CallerListener
 from telephony.metrics import Metrics
 from telephony.speaker import Speaker
-from tts_core.audio import MulawDecoder
 
 log = logging.getLogger("voice_bridge.call")
 
@@ -35,14 +34,13 @@ class CallerSide:
         self._inbox = inbox
         self._stats = stats
         self._metrics = metrics
-        self._decoder = MulawDecoder()
 
     def hears_caller(self) -> bool:
         return self._listener.needs_audio(interruptible=self._speaker.speaking_interruptibly)
 
     def on_caller_audio(self, mulaw: bytes) -> None:
-        self._listener.feed(self._decoder.to_pcm16(mulaw),
-                            interruptible=self._speaker.speaking_interruptibly)
+        # As it came: the listener decodes only what it needs (barge_in.py ``feed_mulaw``).
+        self._listener.feed(mulaw, interruptible=self._speaker.speaking_interruptibly)
 
     def on_mark(self, name: str) -> None:
         self._speaker.on_mark(name)

@@ -81,25 +81,33 @@ class CallerListener:
         return not self._closed and (self.recogniser is not None or interruptible
                                      or self._vad_active)
 
-    def feed(self, pcm16: np.ndarray, *, interruptible: bool) -> None:
-        """One inbound frame (8 kHz int16). Never blocks."""
+    def feed(self, frame: np.ndarray | bytes, *, interruptible: bool) -> None:
+        """One inbound frame: 8 kHz int16 samples, or Twilio's μ-law bytes as they came (the same
+        decisions, decoded only where needed). Never blocks."""
         if self._closed:
             return
         echo_floor = self.echo.floor() if self.echo is not None else 0.0
         if self.recogniser is None:
             # Barge-in only: VAD runs while there is something to interrupt.
+            detector = self.tracker.detector
             if not interruptible:
                 if self._vad_active:
-                    self.tracker.detector.reset()
+                    detector.reset()
                     self._vad_active = False
                 return
             self._vad_active = True
-            if self.tracker.detector.feed(pcm16, echo_floor=echo_floor) is not None:
+            fired = (detector.feed_mulaw(frame, echo_floor=echo_floor) if isinstance(frame, bytes)
+                     else detector.feed(frame, echo_floor=echo_floor))
+            if fired is not None:
                 self._on_barge_in()
             return
-        for event in self.tracker.feed(pcm16, interruptible=interruptible, echo_floor=echo_floor):
+        tracker = self.tracker
+        events = (tracker.feed_mulaw(frame, interruptible=interruptible, echo_floor=echo_floor)
+                  if isinstance(frame, bytes)
+                  else tracker.feed(frame, interruptible=interruptible, echo_floor=echo_floor))
+        for event in events:
             self._dispatch(event)
-        if self.tracker.detector.last_frame_speech:
+        if tracker.detector.last_frame_speech:
             self._last_speech_at = time.monotonic()
 
     def _dispatch(self, event: TurnEvent) -> None:

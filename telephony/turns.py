@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,6 +118,18 @@ class TurnDropped:
 
 
 TurnEvent = BargeIn | TurnStarted | Speculate | Resumed | PartialDue | TurnEnded | TurnDropped
+Frame = np.ndarray | bytes
+"""A caller frame as fed: int16 samples (``feed``) or Twilio's μ-law bytes (``feed_mulaw``)."""
+_NO_EVENTS: tuple[TurnEvent, ...] = ()
+"""What the usual frame (one that completes nothing) returns: no list built per frame."""
+
+
+def join_frames(frames: list[Frame]) -> np.ndarray:
+    """Frames as one int16 array (μ-law frames decoded here, the samples ``feed`` would have had)."""
+    if all(isinstance(frame, bytes) for frame in frames):
+        return mulaw_to_pcm16(b"".join(frames))  # type: ignore[arg-type]
+    return np.concatenate([frame if isinstance(frame, np.ndarray) else mulaw_to_pcm16(frame)
+                           for frame in frames])
 
 
 class TurnTracker:
@@ -128,10 +140,10 @@ class TurnTracker:
         self.settings = settings or TurnSettings()
         self.detector = BargeInDetector(barge_in)
         self._min_speech_ms = self.detector.settings.min_speech_ms
-        self._recent: deque[np.ndarray] = deque(maxlen=MAX_BURST_MS // FRAME_MS)
+        self._recent: deque[Frame] = deque(maxlen=MAX_BURST_MS // FRAME_MS)
         self._was_interruptible = False
         self._turn_id = 0
-        self._frames: list[np.ndarray] | None = None
+        self._frames: list[Frame] | None = None
         """The open turn's audio, one frame per entry; None between turns."""
         self._turn_started_ms = 0
         self._first_speech_ms = 0
@@ -150,18 +162,34 @@ class TurnTracker:
         return self._turn_id
 
     def feed(self, frame: np.ndarray, *, interruptible: bool, echo_floor: float = 0.0
-             ) -> list[TurnEvent]:
+             ) -> Sequence[TurnEvent]:
+        """One frame of 8 kHz int16 samples; the events it completes (usually none)."""
+        self._rearm(interruptible)
+        return self._track(frame, self.detector.feed(frame, echo_floor=echo_floor), interruptible)
+
+    def feed_mulaw(self, mulaw: bytes, *, interruptible: bool, echo_floor: float = 0.0
+                   ) -> Sequence[TurnEvent]:
+        """``feed`` for one of Twilio's μ-law frames, as it came: decoded only into the audio a
+        turn hands out (``Speculate``, ``PartialDue``, ``TurnEnded``), with the same samples."""
+        self._rearm(interruptible)
+        return self._track(mulaw, self.detector.feed_mulaw(mulaw, echo_floor=echo_floor), interruptible)
+
+    def _rearm(self, interruptible: bool) -> None:
         if interruptible and not self._was_interruptible:
             # The bot just started interruptible speech: a caller already talking must talk for
             # another min_speech_ms to cut it off (as before a turn existed).
             self.detector.reset()
         self._was_interruptible = interruptible
+
+    def _track(self, frame: Frame, fired: BargeInEvent | None, interruptible: bool) -> Sequence[TurnEvent]:
         detector = self.detector
-        fired = detector.feed(frame, echo_floor=echo_floor)
+        speech = detector.last_frame_speech
+        if self._frames is None and fired is None and not speech:
+            self._recent.append(frame)  # the usual frame between turns: nothing happens
+            return _NO_EVENTS
         events: list[TurnEvent] = []
         if fired is not None and interruptible:
             events.append(BargeIn(fired))
-        speech = detector.last_frame_speech
         now = detector.clock_ms
         if self._frames is None:
             self._recent.append(frame)
@@ -183,18 +211,18 @@ class TurnTracker:
         if settings.speculative_ms and self._speculated_frames is None \
                 and silence >= settings.speculative_ms:
             self._speculated_frames = len(frames) - (silence - settings.tail_ms) // FRAME_MS
-            events.append(Speculate(self._turn_id, np.concatenate(frames[: self._speculated_frames])))
+            events.append(Speculate(self._turn_id, join_frames(frames[: self._speculated_frames])))
         if silence >= settings.endpoint_ms:
             if self._speculated_frames is not None:
                 keep, speculated = self._speculated_frames, True
             else:
                 keep, speculated = len(frames) - (silence - settings.tail_ms) // FRAME_MS, False
-            self._close(np.concatenate(frames[:keep]), "silence", speculated, events)
+            self._close(join_frames(frames[:keep]), "silence", speculated, events)
         elif now - self._turn_started_ms >= settings.max_turn_ms:
-            self._close(np.concatenate(frames), "max_length", False, events)
+            self._close(join_frames(frames), "max_length", False, events)
         elif settings.partials and speech and now - self._last_partial_ms >= settings.partial_interval_ms:
             self._last_partial_ms = now
-            events.append(PartialDue(self._turn_id, np.concatenate(frames)))
+            events.append(PartialDue(self._turn_id, join_frames(frames)))
         return events
 
     def _open(self, speech_started_ms: int, now: int, events: list[TurnEvent]) -> None:

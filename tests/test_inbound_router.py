@@ -6,6 +6,7 @@ import base64
 import json
 
 from telephony.twilio.inbound import InboundRouter
+from tts_core.audio.telephony_format import SILENCE_FRAME
 
 SID = "MZ1"
 FRAME = bytes(range(160))
@@ -84,3 +85,16 @@ def test_bad_messages_and_a_second_start_are_counted_and_the_call_goes_on() -> N
     assert router.handle(b"\x00binary")
     assert router.handle(json.dumps(start))
     assert sink.got == [("error", "malformed_json"), ("error", "binary_frame"), ("error", "duplicate_start")]
+
+
+def test_digital_silence_reaches_the_call_undecoded_and_anything_else_decoded() -> None:
+    """Twilio's silent frame (160 x 0xFF) is recognised by its base64 text; one byte off is not."""
+    sink = Sink()
+    router = InboundRouter(SID, sink)
+    near = b"\xff" * 159 + b"\xfe"
+    for frame in (SILENCE_FRAME, near, b"\x7f" * 160):
+        message = json.loads(twilio_media())
+        message["media"]["payload"] = base64.b64encode(frame).decode()
+        assert router.handle(json.dumps(message, separators=(",", ":")))
+    assert sink.got == [("audio", SILENCE_FRAME), ("audio", near), ("audio", b"\x7f" * 160)]
+    assert sink.got[0][1] is SILENCE_FRAME, "the shared frame, not a decode"

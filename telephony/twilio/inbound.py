@@ -7,6 +7,7 @@ checks on streamSid are Twilio knowledge and stay here.
 
 from __future__ import annotations
 
+from base64 import b64encode
 from binascii import a2b_base64
 from typing import Protocol
 
@@ -21,6 +22,11 @@ from telephony.twilio.protocol import (
     Stop,
     parse_inbound,
 )
+from tts_core.audio.telephony_format import SILENCE_FRAME
+
+SILENCE_PAYLOAD = b64encode(SILENCE_FRAME).decode()
+"""A frame of digital silence (160 x 0xFF) as Twilio's base64: recognised without decoding it (the
+bulk of a caller's media on a muted or silence-suppressed leg, and of the load generator's)."""
 
 
 class InboundSink(Protocol):
@@ -63,7 +69,8 @@ class InboundRouter:
                 return True
             self.inbound_frames += 1
             if self._sink.hears_caller():  # decode only if heard
-                self._sink.on_caller_audio(a2b_base64(payload))
+                self._sink.on_caller_audio(SILENCE_FRAME if payload == SILENCE_PAYLOAD
+                                           else a2b_base64(payload))
             return True
         try:
             message = parse_inbound(raw)

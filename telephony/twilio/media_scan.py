@@ -33,7 +33,7 @@ def scan_media(raw: str | bytes | None) -> tuple[str, str] | None:
     match = _MEDIA_RE.fullmatch(raw)
     if match is None:
         return None
-    payload = match.group(2)
+    stream_sid, payload = match.groups()
     if len(payload) % 4:
         return None
-    return match.group(1), payload
+    return stream_sid, payload

@@ -18,7 +18,8 @@ with warnings.catch_warnings():
 from tts_core.audio.arrays import FloatAudio, Pcm16Audio
 from tts_core.audio.telephony_format import MULAW_SILENCE, TELEPHONY_RATE
 
-__all__ = ["MULAW_SILENCE", "TELEPHONY_RATE", "float_to_pcm16", "mulaw_to_pcm16", "pcm16_to_mulaw"]
+__all__ = ["MULAW_SILENCE", "TELEPHONY_RATE", "float_to_pcm16", "mulaw_to_pcm16", "mulaw_to_pcm16_bytes",
+           "pcm16_to_mulaw"]
 
 
 def float_to_pcm16(samples: FloatAudio) -> Pcm16Audio:
@@ -37,3 +38,9 @@ def pcm16_to_mulaw(pcm: Pcm16Audio | bytes) -> bytes:
 def mulaw_to_pcm16(payload: bytes) -> Pcm16Audio:
     """Decode G.711 μ-law bytes to int16 samples."""
     return np.frombuffer(audioop.ulaw2lin(payload, 2), dtype="<i2")
+
+
+def mulaw_to_pcm16_bytes(payload: bytes) -> bytes:
+    """Decode G.711 μ-law bytes to int16 samples as bytes (what WebRTC VAD takes): no numpy array,
+    for the per-frame path that only hands them on."""
+    return audioop.ulaw2lin(payload, 2)
