@@ -98,6 +98,17 @@ class CorkedWriter:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
 
+    def extend(self, texts: list[str]) -> None:
+        """As ``append`` for each of ``texts`` (the pacer's frames and marks of one tick)."""
+        out = self._out
+        for text in texts:
+            data = text.encode()
+            out.append(frame_header(len(data)))
+            out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
     def flush(self) -> None:
         self._flush_scheduled = False
         if not self._out:
@@ -261,6 +272,14 @@ class PicowsSocket(WSListener):
             await self._writer.writable.wait()  # Twilio is not reading: the stall watchdog sees this
         if self._open and self._transport is not None:
             self._writer.append(data)
+
+    # ---- TakesAtOnce (the pacer's path while Twilio reads) ----------------------------------------
+    def writable_now(self) -> bool:
+        return self._writer.writable.is_set()
+
+    def send_texts_now(self, texts: list[str]) -> None:
+        if self._open and self._transport is not None:
+            self._writer.extend(texts)
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         if not self._open:
