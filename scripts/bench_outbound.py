@@ -45,6 +45,7 @@ from tts_core.presets import load_presets
 PROMPT = "For billing, press one. For appointments, press two. To hear this again, press nine."
 AT_ONCE = "at_once" in inspect.signature(StreamSender).parameters
 """False when run against an older checkout (the baseline), whose sender has no synchronous path."""
+PRESET = load_presets().get("balanced")
 MARK_NAME = re.compile(rb'"mark":\{"name":"([^"]+)"')
 
 
@@ -110,7 +111,7 @@ async def one_call(index: int, args: argparse.Namespace, engine: SyntheticEngine
         extra["at_once"] = sock  # this checkout: the pacer sends from the shared ticker
     sender = StreamSender(send_text, is_open, stall_s=5.0, on_stall=lambda: None, **extra)
     echo = EchoReference()
-    speaker = Speaker(engine=engine, voice_id="synthetic", preset=load_presets().get("balanced"),
+    speaker = Speaker(engine=engine, voice_id="synthetic", preset=PRESET,
                       send_text=sender, outbound=OutboundEncoder(f"MZ{index:032d}"),
                       phrase_cache=cache, clock=PlayoutClock(240.0),
                       hooks=SpeakerHooks(on_frames_sent=stats.on_frames, on_underrun=stats.on_underrun,
@@ -169,7 +170,7 @@ async def one_call_once(engine: SyntheticEngine, cache: PhraseCache, stats: Stat
     async def send(text: str) -> None:
         transport.write(text.encode())
 
-    speaker = Speaker(engine=engine, voice_id="synthetic", preset=load_presets().get("balanced"),
+    speaker = Speaker(engine=engine, voice_id="synthetic", preset=PRESET,
                       send_text=send, outbound=OutboundEncoder("MZwarm"), phrase_cache=cache,
                       clock=PlayoutClock(lead_ms=1e9))
     transport.speaker = speaker

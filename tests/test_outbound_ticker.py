@@ -199,6 +199,21 @@ async def test_a_cancelled_call_leaves_the_ticker_and_no_timer() -> None:
     assert not pacer.schedule.on_ticker and not ticker.armed  # no timer left to send anything
 
 
+async def test_a_stopped_pacer_sends_nothing_more_even_before_its_task_is_cancelled() -> None:
+    wire = AtOnceWire()
+    pacer = make_pacer(wire)
+    task = await started(pacer)
+    utt = utterance()
+    await pacer.take(utt, FrameBatch([OLD] * 50))
+    sent = len(wire.sent)
+    pacer.stop()  # what Speaker.aclose does first: the task's cancellation lands later
+    assert not pacer.schedule.on_ticker
+    await pacer.take(utt, FrameBatch([OLD] * 2))  # would have been sent at once before
+    pacer.schedule.kick()  # (as a tick would)
+    assert len(wire.sent) == sent
+    await stop(task, pacer)
+
+
 async def test_a_cut_stops_the_frames_at_once_and_the_next_generation_plays() -> None:
     wire = AtOnceWire()
     pacer = make_pacer(wire)
@@ -296,11 +311,33 @@ async def test_the_lean_socket_takes_a_ticks_messages_in_one_write() -> None:
     sock._transport = SimpleNamespace(underlying_transport=transport)  # type: ignore[assignment]
     out = OutboundEncoder("MZ1")
     texts = [out.media(NEW), out.media(NEW), out.mark(Mark.utterance_end(0, 1).wire)]
+    framed = b"".join(frame_header(len(t)) + t.encode() for t in texts)
     assert sock.writable_now()
     sock.send_texts_now(texts)
+    assert transport.writes == [framed]  # nothing was corked: one write, at once
+    await sock.send_text(out.clear())  # corked until the loop's next pass...
+    sock.send_texts_now(texts)  # ...so these queue behind it, in order
+    assert len(transport.writes) == 1
     await asyncio.sleep(0)
-    assert transport.writes == [b"".join(frame_header(len(t)) + t.encode() for t in texts)]
+    clear = out.clear().encode()
+    assert transport.writes == [framed, frame_header(len(clear)) + clear + framed]
     sock.pause_writing()  # Twilio stopped reading: the pacer must take the waiting path
     assert not sock.writable_now()
     sock.resume_writing()
     assert sock.writable_now()
+
+
+async def test_a_renderer_waiting_for_room_is_woken_once_its_batch_fits() -> None:
+    wire = AtOnceWire()
+    pacer = Pacer(send_text=wire, outbound=OutboundEncoder("MZ1"), clock=PlayoutClock(lead_ms=20.0),
+                  marks=MarkWatch(60.0, on_overdue=lambda reason: None), hooks=SpeakerHooks(),
+                  max_queued_frames=10, tick_s=TICK_S)
+    seen: list[tuple[int, bool]] = []
+    pacer.hooks.on_frames_sent = lambda n: seen.append((pacer.queued_frames, pacer._room.is_set()))
+    task = await started(pacer)
+    utt = utterance()
+    await pacer.take(utt, FrameBatch([OLD] * 9))  # one frame goes at once (a 20 ms lead)
+    await asyncio.wait_for(pacer.take(utt, FrameBatch([NEW] * 6)), 2)  # fits once 4 are queued
+    # sent while it waited (8 queued when it began): not woken at 7, 6, 5; woken once at 4
+    assert seen[1:] == [(7, False), (6, False), (5, False), (4, True)]
+    await stop(task, pacer)

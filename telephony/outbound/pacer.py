@@ -59,6 +59,8 @@ class Pacer:
         self._offset = 0
         """Frames of the queue's head already sent."""
         self._room = asyncio.Event()
+        self._room_for = 0
+        """Frames the renderer waits to queue: ``_room`` is set once they fit."""
         self.schedule = SendSchedule(self, send_text, tick_s)
 
     # ---- from the renderer --------------------------------------------------------------------
@@ -83,8 +85,12 @@ class Pacer:
         self._enqueue(utt, [], Mark.utterance_end(utt.generation, utt.id))
 
     async def _put(self, utt: Utterance, frames: list[bytes], mark: Mark | None) -> None:
-        """Queue frames (and a mark), waiting while the queue holds ``max_queued_frames``."""
+        """Queue frames (and a mark), waiting while the queue holds ``max_queued_frames``.
+
+        The wait is woken once ``frames`` fit, not at every frame sent (a cached segment is one
+        batch of seconds of audio: waking at each 60 ms tick was a task switch per call and tick)."""
         while self.queued_frames and self.queued_frames + len(frames) > self._max_queued_frames:
+            self._room_for = len(frames)
             self._room.clear()
             await self._room.wait()
         if utt.generation != self.generation:
@@ -174,7 +180,8 @@ class Pacer:
     def _sent(self, utt: Utterance, batch: list[bytes]) -> None:
         utt.frames_sent += len(batch)
         self.queued_frames -= len(batch)
-        self._room.set()
+        if self.queued_frames + self._room_for <= self._max_queued_frames or not self.queued_frames:
+            self._room.set()
         hooks = self.hooks
         if hooks.on_frames_sent:
             hooks.on_frames_sent(len(batch))

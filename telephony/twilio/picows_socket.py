@@ -68,6 +68,18 @@ CLOSE_REASON_BYTES = 123
 
 def frame_header(length: int) -> bytes:
     """Header of one unmasked, final text frame (RFC 6455 5.2: servers never mask)."""
+    header = _HEADERS.get(length)
+    if header is None:
+        header = _frame_header(length)
+        if length < 65536 and len(_HEADERS) < 4096:  # a call's media messages share one length
+            _HEADERS[length] = header
+    return header
+
+
+_HEADERS: dict[int, bytes] = {}
+
+
+def _frame_header(length: int) -> bytes:
     if length < 126:
         return bytes((0x81, length))
     if length < 65536:
@@ -99,15 +111,21 @@ class CorkedWriter:
             self._loop.call_soon(self.flush)
 
     def extend(self, texts: list[str]) -> None:
-        """As ``append`` for each of ``texts`` (the pacer's frames and marks of one tick)."""
-        out = self._out
+        """As ``append`` for each of ``texts`` (the pacer's frames and marks of one tick), but
+        written at once when nothing is corked: they are all this pass has for the socket, so
+        waiting for the flush would only cost a callback (order is kept: anything corked first
+        means these are corked behind it)."""
+        parts: list[bytes] = []
         for text in texts:
             data = text.encode()
-            out.append(frame_header(len(data)))
-            out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+            parts.append(frame_header(len(data)))
+            parts.append(data)
+        if self._out:
+            self._out.extend(parts)
+            return  # the flush is already scheduled
+        transport = self._transport()
+        if transport is not None:
+            transport.write(b"".join(parts))
 
     def flush(self) -> None:
         self._flush_scheduled = False
