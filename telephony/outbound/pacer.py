@@ -148,9 +148,8 @@ class Pacer:
 
     def has_due(self) -> bool:
         """Something may be sent now: a mark whose frames are all sent, or frames with room."""
-        if not self._queue:
-            return False
-        return self._offset >= len(self._queue[0].frames) or self.clock.room_frames() > 0
+        queue = self._queue
+        return bool(queue) and (self._offset >= len(queue[0].frames) or self.clock.room_frames() > 0)
 
     def _next(self) -> tuple[Utterance, list[bytes], Mark | None] | None:
         """The head of the queue's frames that fit the lead now (accounted on the clock), and its
@@ -166,7 +165,7 @@ class Pacer:
             if room == 0:
                 return None
             batch = frames[offset : offset + room]
-            self._account(utt, self.clock.on_sent(len(batch), continuing=utt.frames_sent > 0))
+            _account(utt, self.clock.on_sent(len(batch), continuing=utt.frames_sent > 0), self.hooks)
             offset += len(batch)
             if offset < len(frames):
                 self._offset = offset
@@ -221,18 +220,6 @@ class Pacer:
             if mark is not None:
                 await self._send_mark(utt, mark)
 
-    def _account(self, utt: Utterance, gap: float) -> None:
-        """Underrun and first-frame bookkeeping for a batch about to be sent."""
-        if gap > 0:
-            utt.underruns += 1
-            utt.underrun_ms += gap * 1000
-            if self.hooks.on_underrun:
-                self.hooks.on_underrun(gap)
-        if utt.first_frame_at is None:
-            utt.first_frame_at = time.monotonic()
-            if self.hooks.on_first_frame:
-                self.hooks.on_first_frame(utt, utt.first_frame_at - utt.created_at)
-
     async def _send_mark(self, utt: Utterance, mark: Mark) -> None:
         # Expected before it is sent: an echo that overtakes the send's return is still ours. A cut
         # during the send clears the watch: that echo then proves nothing, as it should.
@@ -240,3 +227,16 @@ class Pacer:
         await self._send_text(self._out.mark(mark.wire))
         if mark.is_end and utt.generation == self.generation:
             utt.end_mark_sent_at = time.monotonic()
+
+
+def _account(utt: Utterance, gap: float, hooks: SpeakerHooks) -> None:
+    """Underrun and first-frame bookkeeping for a batch about to be sent."""
+    if gap > 0:
+        utt.underruns += 1
+        utt.underrun_ms += gap * 1000
+        if hooks.on_underrun:
+            hooks.on_underrun(gap)
+    if utt.first_frame_at is None:
+        utt.first_frame_at = time.monotonic()
+        if hooks.on_first_frame:
+            hooks.on_first_frame(utt, utt.first_frame_at - utt.created_at)
