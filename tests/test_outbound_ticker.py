@@ -341,3 +341,18 @@ async def test_a_renderer_waiting_for_room_is_woken_once_its_batch_fits() -> Non
     # sent while it waited (8 queued when it began): not woken at 7, 6, 5; woken once at 4
     assert seen[1:] == [(7, False), (6, False), (5, False), (4, True)]
     await stop(task, pacer)
+
+
+async def test_only_the_lean_socket_is_sent_to_without_waiting() -> None:
+    """``run_call`` gives ``StreamSender`` the socket as ``at_once`` only where it ``TakesAtOnce``:
+    picows' adapter does; starlette's ``WebSocket`` (the ASGI route) keeps the awaited path."""
+    from starlette.websockets import WebSocket
+
+    from telephony.twilio.socket import TakesAtOnce
+
+    async def never(ws: Any) -> None:
+        return None
+
+    sock = PicowsSocket(SimpleNamespace(), SimpleNamespace(headers={}), set(), handler=never)
+    assert isinstance(sock, TakesAtOnce)
+    assert not issubclass(WebSocket, TakesAtOnce)
