@@ -31,7 +31,7 @@ from telephony.twilio.authentication import (
 )
 from telephony.twilio.protocol import Start
 from telephony.twilio.signatures import stream_url
-from telephony.twilio.socket import StreamSender, StreamSocket, call_messages, close_stream
+from telephony.twilio.socket import StreamSender, StreamSocket, TakesAtOnce, call_messages, close_stream
 from tts_core.errors import Overloaded, VoiceBridgeError
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ async def run_call(ws: StreamSocket, bridge: Bridge, auth: Authenticated, call: 
             session.abort("twilio stopped reading", f"a send waited {SEND_STALL_S:.0f} s")
 
     sender = StreamSender(ws.send_text, lambda: ws.application_state == WebSocketState.CONNECTED,
-                          stall_s=SEND_STALL_S, on_stall=on_stall)
+                          stall_s=SEND_STALL_S, on_stall=on_stall,
+                          at_once=ws if isinstance(ws, TakesAtOnce) else None)
 
     async def close_socket(code: int, reason: str) -> None:
         await _close(ws, code, reason)

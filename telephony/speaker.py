@@ -120,6 +120,7 @@ class Speaker:
     async def aclose(self) -> None:
         """Stop everything; whatever was not played is resolved as cancelled."""
         self.queue.closed = True
+        self.pacer.stop()
         owned = [t for t in [*self._tasks, self._render_loop.current, *self._side_tasks] if t is not None]
         for task in owned:
             task.cancel()
@@ -228,6 +229,7 @@ class Speaker:
         self._report_error("playback_stalled")
         self.pacer.marks.clear()
         self._render_loop.cancel_current()
+        self.pacer.stop()
         for task in self._tasks:
             task.cancel()
         self.queue.resolve_all(SpeechOutcome.FAILED, lambda u: u.frames_confirmed, error=reason)

@@ -7,6 +7,10 @@ utterance's audio it sends that point's ``Mark`` and asks the ``MarkWatch`` to e
 
 Everything it sends is of the current ``generation``: a cut bumps it, and audio of an older one
 still queued, or being sent, stops at the next frame (nothing may follow the ``clear``).
+
+What is due is decided here, once, for both ways of sending it; *when* and *how* it is sent is the
+``SendSchedule``'s (telephony/outbound/send_schedule.py): synchronously from the process's shared
+ticker while the socket takes data at once (the lean listener), else awaited in the call's task.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import NamedTuple
 from telephony.outbound.hooks import SpeakerHooks
 from telephony.outbound.mark_watch import MarkWatch
 from telephony.outbound.marks import Mark
+from telephony.outbound.send_schedule import SendsAtOnce, SendSchedule
 from telephony.outbound.utterance import Utterance
 from telephony.playout import PlayoutClock
 from telephony.twilio.protocol import OutboundEncoder
@@ -47,13 +52,16 @@ class Pacer:
         self.marks = marks
         self.hooks = hooks
         self._max_queued_frames = max_queued_frames
-        self._tick_s = tick_s
         self.generation = 0
         """The generation whose audio may be sent (the queue's, as of the last cut)."""
         self.queued_frames = 0
         self._queue: deque[QueuedAudio] = deque()
-        self._ready = asyncio.Event()
+        self._offset = 0
+        """Frames of the queue's head already sent."""
         self._room = asyncio.Event()
+        self._room_for = 0
+        """Frames the renderer waits to queue: ``_room`` is set once they fit."""
+        self.schedule = SendSchedule(self, send_text, tick_s)
 
     # ---- from the renderer --------------------------------------------------------------------
     async def take(self, utt: Utterance, item: RenderItem) -> None:
@@ -77,8 +85,12 @@ class Pacer:
         self._enqueue(utt, [], Mark.utterance_end(utt.generation, utt.id))
 
     async def _put(self, utt: Utterance, frames: list[bytes], mark: Mark | None) -> None:
-        """Queue frames (and a mark), waiting while the queue holds ``max_queued_frames``."""
+        """Queue frames (and a mark), waiting while the queue holds ``max_queued_frames``.
+
+        The wait is woken once ``frames`` fit, not at every frame sent (a cached segment is one
+        batch of seconds of audio: waking at each 60 ms tick was a task switch per call and tick)."""
         while self.queued_frames and self.queued_frames + len(frames) > self._max_queued_frames:
+            self._room_for = len(frames)
             self._room.clear()
             await self._room.wait()
         if utt.generation != self.generation:
@@ -89,7 +101,7 @@ class Pacer:
         utt.frames_queued += len(frames)
         self._queue.append(QueuedAudio(utt, frames, mark))
         self.queued_frames += len(frames)
-        self._ready.set()
+        self.schedule.kick()
 
     # ---- cuts ---------------------------------------------------------------------------------
     def cut(self, generation: int) -> None:
@@ -102,8 +114,10 @@ class Pacer:
 
     def drop_queued(self) -> None:
         self._queue.clear()
+        self._offset = 0
         self.queued_frames = 0
         self._room.set()
+        self.schedule.settle()
 
     def deadline(self) -> float:
         """When the audio rendered next is needed: what is queued or buffered at Twilio plays first."""
@@ -120,54 +134,91 @@ class Pacer:
             result[utt.id] = max(played, utt.frames_confirmed)
         return result
 
-    # ---- to the socket ------------------------------------------------------------------------
+    # ---- to the socket (when: ``SendSchedule``) -------------------------------------------------
     async def run(self) -> None:
-        """The sender: forever, the oldest queued audio at playback pace, then its mark."""
-        while True:
-            if not self._queue:
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            utt, frames, mark = self._queue.popleft()
-            await self._send_frames(utt, frames)
-            if mark is not None and utt.generation == self.generation:
-                await self._send_mark(utt, mark)
+        """The sender task (see ``SendSchedule.run``)."""
+        await self.schedule.run()
 
-    async def _send_frames(self, utt: Utterance, frames: list[bytes]) -> None:
-        sent = 0
-        while sent < len(frames) and utt.generation == self.generation:
+    def stop(self) -> None:
+        """Send nothing more (the call is closing)."""
+        self.schedule.stop()
+
+    def queued(self) -> bool:
+        return bool(self._queue)
+
+    def has_due(self) -> bool:
+        """Something may be sent now: a mark whose frames are all sent, or frames with room."""
+        queue = self._queue
+        return bool(queue) and (self._offset >= len(queue[0].frames) or self.clock.room_frames() > 0)
+
+    def _next(self) -> tuple[Utterance, list[bytes], Mark | None] | None:
+        """The head of the queue's frames that fit the lead now (accounted on the clock), and its
+        mark once they are its last; None when nothing may go (the queue is empty, or Twilio's
+        buffer holds the lead: the schedule then waits for a tick)."""
+        queue = self._queue
+        if not queue:
+            return None
+        utt, frames, mark = queue[0]
+        offset = self._offset
+        if offset < len(frames):
             room = self.clock.room_frames()
             if room == 0:
-                await asyncio.sleep(self.clock.wait_s(self._tick_s))
-                continue
-            batch = frames[sent : sent + room]
-            self._account(utt, self.clock.on_sent(len(batch), continuing=utt.frames_sent > 0))
+                return None
+            batch = frames[offset : offset + room]
+            _account(utt, self.clock.on_sent(len(batch), continuing=utt.frames_sent > 0), self.hooks)
+            offset += len(batch)
+            if offset < len(frames):
+                self._offset = offset
+                return utt, batch, None
+        else:
+            batch = []
+        queue.popleft()
+        self._offset = 0
+        return utt, batch, mark
+
+    def _sent(self, utt: Utterance, batch: list[bytes]) -> None:
+        utt.frames_sent += len(batch)
+        self.queued_frames -= len(batch)
+        if self.queued_frames + self._room_for <= self._max_queued_frames or not self.queued_frames:
+            self._room.set()
+        hooks = self.hooks
+        if hooks.on_frames_sent:
+            hooks.on_frames_sent(len(batch))
+        if hooks.on_audio_sent:
+            hooks.on_audio_sent(batch)
+
+    def send_due_now(self, at_once: SendsAtOnce) -> None:
+        """Everything due now, in one send without waiting: nothing can come between (no cut, no
+        ``clear``), so the bookkeeping is done as the messages are built."""
+        media = self._out.media
+        texts: list[str] = []
+        while (step := self._next()) is not None:
+            utt, batch, mark = step
+            if batch:
+                texts.extend(map(media, batch))
+                self._sent(utt, batch)
+            if mark is not None:
+                self.marks.expect(mark, self.clock.buffered_s())
+                texts.append(self._out.mark(mark.wire))
+                if mark.is_end:
+                    utt.end_mark_sent_at = time.monotonic()
+        if texts:
+            at_once.send_now(texts)
+
+    async def send_due(self) -> None:
+        """Everything due now, awaiting each send: a cut while one waits stops the rest."""
+        while (step := self._next()) is not None:
+            utt, batch, mark = step
             for frame in batch:
                 if utt.generation != self.generation:
-                    break  # cut while a send waited: nothing more of it may follow the clear
+                    return  # cut while a send waited: nothing more of it may follow the clear
                 await self._send_text(self._out.media(frame))
             if utt.generation != self.generation:
                 return  # the cut already forgot the rest and reset the queue count
-            sent += len(batch)
-            utt.frames_sent += len(batch)
-            self.queued_frames -= len(batch)
-            self._room.set()
-            if self.hooks.on_frames_sent:
-                self.hooks.on_frames_sent(len(batch))
-            if self.hooks.on_audio_sent:
-                self.hooks.on_audio_sent(batch)
-
-    def _account(self, utt: Utterance, gap: float) -> None:
-        """Underrun and first-frame bookkeeping for a batch about to be sent."""
-        if gap > 0:
-            utt.underruns += 1
-            utt.underrun_ms += gap * 1000
-            if self.hooks.on_underrun:
-                self.hooks.on_underrun(gap)
-        if utt.first_frame_at is None:
-            utt.first_frame_at = time.monotonic()
-            if self.hooks.on_first_frame:
-                self.hooks.on_first_frame(utt, utt.first_frame_at - utt.created_at)
+            if batch:
+                self._sent(utt, batch)
+            if mark is not None:
+                await self._send_mark(utt, mark)
 
     async def _send_mark(self, utt: Utterance, mark: Mark) -> None:
         # Expected before it is sent: an echo that overtakes the send's return is still ours. A cut
@@ -176,3 +227,16 @@ class Pacer:
         await self._send_text(self._out.mark(mark.wire))
         if mark.is_end and utt.generation == self.generation:
             utt.end_mark_sent_at = time.monotonic()
+
+
+def _account(utt: Utterance, gap: float, hooks: SpeakerHooks) -> None:
+    """Underrun and first-frame bookkeeping for a batch about to be sent."""
+    if gap > 0:
+        utt.underruns += 1
+        utt.underrun_ms += gap * 1000
+        if hooks.on_underrun:
+            hooks.on_underrun(gap)
+    if utt.first_frame_at is None:
+        utt.first_frame_at = time.monotonic()
+        if hooks.on_first_frame:
+            hooks.on_first_frame(utt, utt.first_frame_at - utt.created_at)

@@ -68,6 +68,18 @@ CLOSE_REASON_BYTES = 123
 
 def frame_header(length: int) -> bytes:
     """Header of one unmasked, final text frame (RFC 6455 5.2: servers never mask)."""
+    header = _HEADERS.get(length)
+    if header is None:
+        header = _frame_header(length)
+        if length < 65536 and len(_HEADERS) < 4096:  # a call's media messages share one length
+            _HEADERS[length] = header
+    return header
+
+
+_HEADERS: dict[int, bytes] = {}
+
+
+def _frame_header(length: int) -> bytes:
     if length < 126:
         return bytes((0x81, length))
     if length < 65536:
@@ -97,6 +109,23 @@ class CorkedWriter:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
+
+    def extend(self, texts: list[str]) -> None:
+        """As ``append`` for each of ``texts`` (the pacer's frames and marks of one tick), but
+        written at once when nothing is corked: they are all this pass has for the socket, so
+        waiting for the flush would only cost a callback (order is kept: anything corked first
+        means these are corked behind it)."""
+        parts: list[bytes] = []
+        for text in texts:
+            data = text.encode()
+            parts.append(frame_header(len(data)))
+            parts.append(data)
+        if self._out:
+            self._out.extend(parts)
+            return  # the flush is already scheduled
+        transport = self._transport()
+        if transport is not None:
+            transport.write(b"".join(parts))
 
     def flush(self) -> None:
         self._flush_scheduled = False
@@ -261,6 +290,14 @@ class PicowsSocket(WSListener):
             await self._writer.writable.wait()  # Twilio is not reading: the stall watchdog sees this
         if self._open and self._transport is not None:
             self._writer.append(data)
+
+    # ---- TakesAtOnce (the pacer's path while Twilio reads) ----------------------------------------
+    def writable_now(self) -> bool:
+        return self._writer.writable.is_set()
+
+    def send_texts_now(self, texts: list[str]) -> None:
+        if self._open and self._transport is not None:
+            self._writer.extend(texts)
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         if not self._open:

@@ -7,7 +7,6 @@ documented fields, since anything extra draws warning 31951.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from dataclasses import dataclass
@@ -254,7 +253,8 @@ class OutboundEncoder:
     def media(self, frame: bytes) -> str:
         if len(frame) != FRAME_BYTES:
             raise ValueError(f"a media frame must be {FRAME_BYTES} bytes, got {len(frame)}")
-        return self._media_prefix + base64.b64encode(frame).decode("ascii") + '"}}'
+        # binascii directly, decoded as latin-1 (base64 is ASCII): ~0.3 µs less per frame
+        return self._media_prefix + binascii.b2a_base64(frame, newline=False).decode("latin-1") + '"}}'
 
     def mark(self, name: str) -> str:
         return self._mark_prefix + json.dumps(name) + "}}"

@@ -73,6 +73,18 @@ class PushesMessages(Protocol):
         """Feed ``sink`` until the call is over; yields nothing."""
 
 
+@runtime_checkable
+class TakesAtOnce(Protocol):
+    """A socket that can take messages synchronously while its peer reads (the picows listener's
+    corked writer): the pacer then sends from its shared ticker, with no await per frame."""
+
+    def writable_now(self) -> bool:
+        """The socket's buffer is below its high-water mark: a send now would not wait."""
+
+    def send_texts_now(self, texts: list[str]) -> None:
+        """Send ``texts`` as text frames, in order, without waiting."""
+
+
 class StreamGone(UpstreamFailed):
     """Twilio closed the socket before the call started: nothing to answer, nothing to count."""
 
@@ -89,11 +101,17 @@ class StreamSender:
     Why a watchdog rather than ``asyncio.timeout`` around each send: this runs for every frame, 50
     times a second per call, and a timeout costs ~9 µs per send (a timer scheduled and cancelled)
     against ~1 µs for the lock; the watchdog arms one timer per ``stall_s`` while sends go on.
+
+    Over a socket that ``TakesAtOnce``, ``can_send_now``/``send_now`` send without awaiting while
+    the socket has room (the pacer's fast path): such a send cannot wait, so it cannot stall. Once
+    the socket is full, ``can_send_now`` says no and the pacer awaits ``__call__``, where the
+    watchdog times the wait as before.
     """
 
     def __init__(self, send: Callable[[str], Awaitable[None]], is_open: Callable[[], bool], *,
-                 stall_s: float, on_stall: Callable[[], None]) -> None:
+                 stall_s: float, on_stall: Callable[[], None], at_once: TakesAtOnce | None = None) -> None:
         self._send = send
+        self._at_once = at_once
         self._is_open = is_open
         self._stall_s = stall_s
         self._on_stall = on_stall
@@ -121,6 +139,23 @@ class StreamSender:
             finally:
                 self._sending_since = None
                 self._sender = None
+
+    def can_send_now(self) -> bool:
+        """``send_now`` may be used: no send is in progress (it would be overtaken) and the socket
+        takes data at once, or everything is being dropped anyway (stalled)."""
+        if self._lock.locked():
+            return False
+        if self.stalled:
+            return True
+        at_once = self._at_once
+        return at_once is not None and at_once.writable_now()
+
+    def send_now(self, texts: list[str]) -> None:
+        """Send ``texts`` in order without waiting; dropped as ``__call__`` drops them."""
+        at_once = self._at_once
+        if self.stalled or at_once is None or not self._is_open():
+            return
+        at_once.send_texts_now(texts)
 
     def _check(self) -> None:
         self._watchdog = None
