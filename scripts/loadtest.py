@@ -81,13 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lean", action="store_true",
                         help="the lean generator (one shared 20 ms ticker, raw sockets: ~600 calls "
                              "per core) instead of one TwilioEmulator per call; the same report")
+    parser.add_argument("--ticker-phases", type=int, default=4,
+                        help="--lean: spread the calls over this many phases of the 20 ms period "
+                             "(default 4; 1 = one burst per 20 ms)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.calls < 1 or args.duration <= 0 or args.ramp_up < 0 or args.processes < 1:
-        print("loadtest: --calls and --processes must be >= 1, --duration > 0, --ramp-up >= 0",
+    if (args.calls < 1 or args.duration <= 0 or args.ramp_up < 0 or args.processes < 1
+            or args.ticker_phases < 1):
+        print("loadtest: --calls, --processes and --ticker-phases must be >= 1, --duration > 0, "
+              "--ramp-up >= 0",
               file=sys.stderr)
         return 2
     try:
@@ -113,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         server_pid=args.server_pid, tail_timeout_s=args.tail_timeout,
         allow_remote=args.allow_remote, keep_timelines=args.timelines,
         progress=progress if show else None, processes=args.processes, lean=args.lean,
+        ticker_phases=args.ticker_phases,
     )
     report = run_loop(config)
     if show:

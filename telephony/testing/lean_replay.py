@@ -37,9 +37,10 @@ _SCRIPT, _TAIL, _DONE = 0, 1, 2
 class SharedTicker:
     """Calls ``tick(now)`` on every registered call once per 20 ms, in ``GROUPS`` phases."""
 
-    def __init__(self) -> None:
-        self.groups: list[dict[int, LeanReplay]] = [{} for _ in range(GROUPS)]
-        self._step = FRAME_S / GROUPS
+    def __init__(self, phases: int = GROUPS) -> None:
+        self.phases = phases
+        self.groups: list[dict[int, LeanReplay]] = [{} for _ in range(phases)]
+        self._step = FRAME_S / phases
         self._n = 0
         self._t0 = 0.0
         self._handle: asyncio.TimerHandle | None = None
@@ -48,7 +49,7 @@ class SharedTicker:
 
     def add(self, call: LeanReplay) -> None:
         self.groups[self._next_group][id(call)] = call
-        self._next_group = (self._next_group + 1) % GROUPS
+        self._next_group = (self._next_group + 1) % self.phases
 
     def remove(self, call: LeanReplay) -> None:
         for group in self.groups:
@@ -65,7 +66,7 @@ class SharedTicker:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        group = self.groups[self._n % GROUPS]
+        group = self.groups[self._n % self.phases]
         for call in list(group.values()):
             try:
                 call.tick(now)
