@@ -230,12 +230,13 @@ async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path:
 
 
 @pytest.mark.slow
-async def test_refused_calls_are_reported_as_errors() -> None:
+@pytest.mark.parametrize("lean", [False, True], ids=["emulator", "lean"])
+async def test_refused_calls_are_reported_as_errors(lean: bool) -> None:
     from telephony.testing.bridge_harness import running_bridge
 
     async with running_bridge() as rb:
         config = LoadConfig(url=rb.base_url, recordings=[fixture("greeting_only")], calls=2,
-                            duration_s=10, auth_token="not-the-token", server_pid=None)
+                            duration_s=10, auth_token="not-the-token", server_pid=None, lean=lean)
         report = await run_load(config)
     assert not report.ok
     assert report.data["errors"]["webhook_failures"] == 2

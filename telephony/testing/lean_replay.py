@@ -22,8 +22,8 @@ import httpx
 
 from telephony.recorded_call import RecordedCall
 from telephony.testing.lean_caller import LeanCaller, script_of
-from telephony.testing.lean_socket import HandshakeError
-from telephony.testing.replay import CallReplay, _CallFailed, place_webhook
+from telephony.testing.lean_socket import HandshakeError, post_form
+from telephony.testing.replay import CallReplay, _CallFailed, webhook_answer, webhook_request
 from telephony.testing.replay_agent import AgentServer
 from telephony.testing.replay_result import CallResult, collect_result
 from telephony.testing.twilio_emulator import SILENCE
@@ -108,9 +108,13 @@ class LeanReplay(CallReplay):
         self._started_at = time.monotonic()
         result.started_at_s = round(self._started_at - self.clock_zero, 3)
         try:
-            assert self._http is not None
-            url, params = await place_webhook(self._http, self.base_url, self.public_url, self.call_sid,
-                                              self.webhook_query(), self.auth_token)
+            path, form, headers = webhook_request(self.public_url, self.call_sid, self.webhook_query(),
+                                                  self.auth_token)
+            try:
+                status, text = await post_form(self.base_url, path, form, headers)
+            except (OSError, ValueError, IndexError, TimeoutError) as exc:
+                raise _CallFailed("webhook_failed", f"POST /twiml failed: {exc!r}") from None
+            url, params = webhook_answer(status, text, self.base_url)
             caller = self.caller = LeanCaller(call_sid=self.call_sid, stream_sid=self.stream_sid,
                                               custom_parameters=params, keep_timeline=self.keep_timeline)
             self.emulator = caller  # type: ignore[assignment]  # what the progress line reads
