@@ -20,10 +20,11 @@ Stacks:
   (turn detection on every caller frame, Whisper at each end of turn) costs per call.
 
 Load generator: the lean one by default (``scripts/loadtest.py --lean``: one shared 20 ms ticker,
-raw sockets, about 1 ms of CPU per call-second, so one core drives 600+ calls and its own lateness
-stays out of the underrun figures); ``--generators emulator`` uses the TwilioEmulator per call
-(~3.5 ms per call-second), ``--generators lean emulator`` runs both against every stack, to check
-they report the same picture. Each row gives the generator's own CPU per call-second.
+raw sockets: 1.6-2.8 ms of CPU per call-second, a third of the emulator one's, so its own
+lateness stays out of the underrun figures); ``--generators emulator`` uses the TwilioEmulator per
+call (5.5-9 ms per call-second measured alongside), ``--generators lean emulator`` runs both
+against every stack, to check they report the same picture. Each row gives the generator's own
+CPU per call-second.
 
 Usage:
   PYTHONPATH=. .venv/bin/python scripts/bench_frame_path.py --calls 100 200 --rounds 2
