@@ -19,6 +19,13 @@ Stacks:
 - ``lean-stt``: ``lean`` with the embedded recogniser on (VOICE_BRIDGE_STT=local): what listening
   (turn detection on every caller frame, Whisper at each end of turn) costs per call.
 
+Load generator: the lean one by default (``scripts/loadtest.py --lean``: one shared 20 ms ticker,
+raw sockets: 1.6-2.8 ms of CPU per call-second, a third of the emulator one's, so its own
+lateness stays out of the underrun figures); ``--generators emulator`` uses the TwilioEmulator per
+call (5.5-9 ms per call-second measured alongside), ``--generators lean emulator`` runs both
+against every stack, to check they report the same picture. Each row gives the generator's own
+CPU per call-second.
+
 Usage:
   PYTHONPATH=. .venv/bin/python scripts/bench_frame_path.py --calls 100 200 --rounds 2
 """
@@ -86,7 +93,8 @@ class Bridge:
         self.log.close()
 
 
-def load(bridge: Bridge, calls: int, ramp_s: float, cores: str, out: Path) -> dict[str, Any]:
+def load(bridge: Bridge, calls: int, ramp_s: float, cores: str, out: Path,
+         generator: str = "lean") -> dict[str, Any]:
     """One load test against ``bridge``; returns the figures of one table row."""
     pid = bridge.proc.pid
     idle = rss_bytes(pid)
@@ -105,6 +113,8 @@ def load(bridge: Bridge, calls: int, ramp_s: float, cores: str, out: Path) -> di
     cmd = ["taskset", "-c", cores, sys.executable, str(ROOT / "scripts" / "loadtest.py"), str(FIXTURE),
            "--url", f"http://127.0.0.1:{bridge.port}", "--calls", str(calls), "--ramp-up", str(ramp_s),
            "--server-pid", str(pid), "--quiet", "--json", str(out)]
+    if generator == "lean":
+        cmd.append("--lean")
     subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     stop.set()
@@ -114,7 +124,7 @@ def load(bridge: Bridge, calls: int, ramp_s: float, cores: str, out: Path) -> di
     cpu = data["cpu"]
     counters = data.get("bridge_counters") or {}
     return {
-        "stack": bridge.name, "calls": calls,
+        "stack": bridge.name, "generator": generator, "calls": calls,
         "completed": data["calls"]["completed"],
         "errors": data["errors"]["total"],
         "bridge_underruns": int(counters.get("underruns_total", 0)),
@@ -123,6 +133,10 @@ def load(bridge: Bridge, calls: int, ramp_s: float, cores: str, out: Path) -> di
         "cpu_ms_per_call_s": round(1000 * cpu["server_cpu_s"] / call_s, 3) if call_s else None,
         "bridge_cpu_pct": cpu["server_cpu_pct"],
         "client_cpu_s": cpu["client_cpu_s"],
+        "client_ms_per_call_s": round(1000 * cpu["client_cpu_s"] / call_s, 3) if call_s else None,
+        "frames": data["frames_received"],
+        "marks_echoed": sum(c["marks_echoed"] for c in data["per_call"]),
+        "mark_rtt_p50_ms": data["mark_rtt_ms"]["p50"],
         "client_lag_p99_ms": data["client_loop_lag_ms"]["p99"],
         "rss_idle_mb": round(idle / 2**20, 1), "rss_peak_mb": round(peak[0] / 2**20, 1),
         "rss_kb_per_call": round((peak[0] - idle) / 1024 / calls, 1),
@@ -149,10 +163,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the bridges' recogniser (off: the transport alone)")
     parser.add_argument("--bridge-core", default="0")
     parser.add_argument("--client-cores", default="1")
+    parser.add_argument("--generators", nargs="+", default=["lean"], choices=["lean", "emulator"],
+                        help="load generator(s): lean (default, scripts/loadtest.py --lean) and/or "
+                             "emulator (one TwilioEmulator per call)")
     parser.add_argument("--port", type=int, default=18400)
     parser.add_argument("--json", dest="json_out", type=Path)
     args = parser.parse_args(argv)
 
+    print(f"load generator: {' and '.join(args.generators)} (pinned to cores {args.client_cores}; "
+          "lean = scripts/loadtest.py --lean)", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench_frame_path_"))
     bridges: list[Bridge] = []
     rows: list[dict[str, Any]] = []
@@ -166,21 +185,25 @@ def main(argv: list[str] | None = None) -> int:
                                   stt="local" if name == "lean-stt" else args.stt))
         for bridge in bridges:
             bridge.wait_ready()
-            load(bridge, 4, 0.5, args.client_cores, tmp / f"warm_{bridge.name}.json")  # phrase cache
+            load(bridge, 4, 0.5, args.client_cores, tmp / f"warm_{bridge.name}.json",
+                 args.generators[0])  # phrase cache
         for round_no in range(args.rounds):
             for calls in args.calls:
                 order = bridges if round_no % 2 == 0 else list(reversed(bridges))
+                gens = args.generators if round_no % 2 == 0 else list(reversed(args.generators))
                 for bridge in order:
-                    row = load(bridge, calls, args.ramp_up, args.client_cores,
-                               tmp / f"r{round_no}_{bridge.name}_{calls}.json")
-                    row["round"] = round_no
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                    for gen in gens:
+                        row = load(bridge, calls, args.ramp_up, args.client_cores,
+                                   tmp / f"r{round_no}_{bridge.name}_{gen}_{calls}.json", gen)
+                        row["round"] = round_no
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
     finally:
         for bridge in bridges:
             bridge.stop()
-    cols = ["round", "stack", "calls", "bridge_underruns", "heard_underruns", "ttfa_p50_ms", "ttfa_p95_ms",
-            "cpu_ms_per_call_s", "bridge_cpu_pct", "client_cpu_s", "client_lag_p99_ms", "rss_kb_per_call",
+    cols = ["round", "stack", "generator", "calls", "bridge_underruns", "heard_underruns", "ttfa_p50_ms",
+            "ttfa_p95_ms", "cpu_ms_per_call_s", "bridge_cpu_pct", "client_ms_per_call_s",
+            "client_lag_p99_ms", "frames", "marks_echoed", "mark_rtt_p50_ms", "rss_kb_per_call",
             "errors"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

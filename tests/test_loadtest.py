@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -115,16 +116,18 @@ def test_loadtest_refuses_non_loopback_hosts() -> None:
 
 
 @pytest.mark.slow
-async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
+@pytest.mark.parametrize("lean", [False, True], ids=["emulator", "lean"])
+async def test_load_replay_reports_every_measure_with_valid_messages(lean: bool) -> None:
     from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
     from tts_core.engines.synthetic import SyntheticEngine
 
     recordings = [fixture(n) for n in ("greeting_only", "dialogue_dtmf", "barge_in")]
     async with running_bridge(engine=SyntheticEngine(realtime_factor=0.2)) as rb:
         config = LoadConfig(url=rb.base_url, recordings=recordings, calls=3,
-                            duration_s=40, auth_token=AUTH_TOKEN, server_pid="auto")
+                            duration_s=40, auth_token=AUTH_TOKEN, server_pid="auto", lean=lean)
         report = await run_load(config)
     data = report.data
+    assert data["cpu"]["generator"] == ("lean" if lean else "emulator")
     text = format_report(report)
     assert report.ok, text
     for key in ("ttfa_ms", "ttfa_greeting_ms", "ttfa_agent_ms", "underruns", "barge_in_ms",
@@ -154,14 +157,15 @@ async def test_load_replay_reports_every_measure_with_valid_messages() -> None:
 
 
 @pytest.mark.slow
-async def test_a_slow_engine_shows_up_as_underruns() -> None:
+@pytest.mark.parametrize("lean", [False, True], ids=["emulator", "lean"])
+async def test_a_slow_engine_shows_up_as_underruns(lean: bool) -> None:
     from telephony.testing.bridge_harness import AUTH_TOKEN, running_bridge
     from tts_core.engines.synthetic import SyntheticEngine
 
     engine = SyntheticEngine(realtime_factor=1.5)  # audio comes slower than real time
     async with running_bridge(engine=engine) as rb:
         config = LoadConfig(url=rb.base_url, recordings=[fixture("monologue")], calls=1,
-                            duration_s=6, auth_token=AUTH_TOKEN, server_pid=None)
+                            duration_s=6, auth_token=AUTH_TOKEN, server_pid=None, lean=lean)
         report = await run_load(config)
     data = report.data
     assert data["underruns"]["count"] > 0, format_report(report)
@@ -226,14 +230,136 @@ async def test_a_call_recorded_by_the_bridge_replays_like_the_original(tmp_path:
 
 
 @pytest.mark.slow
-async def test_refused_calls_are_reported_as_errors() -> None:
+@pytest.mark.parametrize("lean", [False, True], ids=["emulator", "lean"])
+async def test_refused_calls_are_reported_as_errors(lean: bool) -> None:
     from telephony.testing.bridge_harness import running_bridge
 
     async with running_bridge() as rb:
         config = LoadConfig(url=rb.base_url, recordings=[fixture("greeting_only")], calls=2,
-                            duration_s=10, auth_token="not-the-token", server_pid=None)
+                            duration_s=10, auth_token="not-the-token", server_pid=None, lean=lean)
         report = await run_load(config)
     assert not report.ok
     assert report.data["errors"]["webhook_failures"] == 2
     assert report.data["calls"]["failed"] == 2
     assert "403" in report.data["errors"]["examples"][0]
+
+
+# ---------------------------------------------------------------------------------- the lean generator
+
+
+class PacedStandIn:
+    """A stand-in bridge: answers the webhook, checks the stream's token, then says one utterance
+    of ``frames`` frames with ``lead`` frames sent ahead of real time, stopping its frames for
+    ``pause_s`` halfway (an underrun Twilio would hear, if the pause outlasts the lead), and
+    ``short_frame``: one frame of 159 bytes among them. Records when each mark echo arrives."""
+
+    TOKEN = "stand-in-token"
+
+    def __init__(self, *, frames: int = 45, lead: int = 10, pause_s: float = 0.0,
+                 short_frame: bool = False) -> None:
+        self.frames, self.lead, self.pause_s, self.short_frame = frames, lead, pause_s, short_frame
+        self.first_sent: float | None = None
+        self.echoes: dict[str, float] = {}
+        self.refused = 0
+
+    def app(self, base_url: list[str]) -> object:
+        from starlette.applications import Starlette
+        from starlette.responses import Response
+        from starlette.routing import Route, WebSocketRoute
+
+        async def twiml(request: object) -> Response:
+            url = base_url[0].replace("http://", "ws://") + "/media-stream"
+            return Response(f'<Response><Connect><Stream url="{url}"><Parameter name="token" '
+                            f'value="{self.TOKEN}"/></Stream></Connect></Response>',
+                            media_type="text/xml")
+
+        return Starlette(routes=[Route("/twiml", twiml, methods=["POST"]),
+                                 WebSocketRoute("/media-stream", self.stream)])
+
+    async def stream(self, ws: object) -> None:
+        import time
+
+        from starlette.websockets import WebSocket, WebSocketDisconnect
+
+        from telephony.twilio.protocol import OutboundEncoder
+
+        assert isinstance(ws, WebSocket)
+        await ws.accept()
+        start: dict[str, object] = {}
+        while start.get("event") != "start":
+            start = json.loads(await ws.receive_text())
+        params = start["start"]["customParameters"]  # type: ignore[index]
+        if params.get("token") != self.TOKEN:
+            self.refused += 1
+            await ws.close(1008)
+            return
+
+        async def read() -> None:
+            with contextlib.suppress(WebSocketDisconnect):
+                while True:
+                    message = json.loads(await ws.receive_text())
+                    if message["event"] == "mark":
+                        self.echoes[message["mark"]["name"]] = time.monotonic()
+
+        reader = asyncio.create_task(read())
+        encoder = OutboundEncoder(str(start["streamSid"]))
+        t0 = time.monotonic()
+        self.first_sent = t0
+        for k in range(self.frames):
+            due = t0 + max(0, k - self.lead) * 0.02 + (self.pause_s if k >= self.frames // 2 else 0.0)
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if self.short_frame and k == 3:
+                await ws.send_text(encoder.media(bytes(160))[:-7] + '"}}')  # 159 bytes, base64 "=" gone
+            else:
+                await ws.send_text(encoder.media(bytes([k % 200 + 1]) * 160))
+        await ws.send_text(encoder.mark("u1-end"))
+        with contextlib.suppress(WebSocketDisconnect):
+            await reader
+
+
+async def _stand_in_run(stand_in: PacedStandIn, *, lean: bool) -> dict[str, object]:
+    from telephony.testing.asgi_server import serve_asgi
+
+    base: list[str] = [""]
+    recording = recorded_call.silent_call(1.0, greeting="Hello.")
+    async with serve_asgi(stand_in.app(base)) as url:
+        base[0] = url
+        report = await run_load(LoadConfig(url=url, recordings=[recording], calls=1, duration_s=20,
+                                           server_pid=None, lean=lean, tail_timeout_s=5))
+    return report.data
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "emulator"])
+async def test_lean_generator_hears_the_underrun_a_pausing_bridge_causes(lean: bool) -> None:
+    stand_in = PacedStandIn(pause_s=0.5)  # lead 10 frames (200 ms): ~300 ms of silence
+    data = await _stand_in_run(stand_in, lean=lean)
+    (call,) = data["per_call"]
+    assert data["errors"]["total"] == 0, data["errors"]
+    assert call["frames_received"] == 45 and call["marks_received"] == 1 and call["marks_echoed"] == 1
+    assert call["underruns"] == 1, call
+    assert 200 <= call["underrun_ms"] <= 420, call
+    (turn,) = call["turns"]
+    assert turn["kind"] == "greeting" and turn["outcome"] == "audio" and turn["ttfa_ms"] >= 0
+    # The end mark is echoed once its audio has played: 45 frames plus the gap after the first.
+    assert stand_in.first_sent is not None
+    echoed_after = stand_in.echoes["u1-end"] - stand_in.first_sent
+    assert 0.9 + 0.2 <= echoed_after <= 0.9 + 0.5 + 0.25, echoed_after
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "emulator"])
+async def test_lean_generator_hears_no_underrun_from_a_bridge_that_keeps_ahead(lean: bool) -> None:
+    stand_in = PacedStandIn()
+    data = await _stand_in_run(stand_in, lean=lean)
+    (call,) = data["per_call"]
+    assert data["errors"]["total"] == 0, data["errors"]
+    assert call["frames_received"] == 45 and call["marks_echoed"] == 1
+    assert call["underruns"] == 0 and call["underrun_ms"] == 0, call
+    assert call["mark_rtt_ms"]["n"] == 1 and call["mark_rtt_ms"]["max"] >= 150, call["mark_rtt_ms"]
+    assert stand_in.first_sent is not None
+    assert stand_in.echoes["u1-end"] - stand_in.first_sent >= 0.88
+
+
+async def test_lean_generator_reports_a_frame_that_is_not_160_bytes() -> None:
+    data = await _stand_in_run(PacedStandIn(short_frame=True), lean=True)
+    assert data["errors"]["invalid_messages"] == 1, data["errors"]
+    assert "159 bytes" in data["errors"]["examples"][0] or "base64" in data["errors"]["examples"][0]

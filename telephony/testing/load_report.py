@@ -152,6 +152,9 @@ def format_report(report: Report, max_calls: int = 40) -> str:
     else:
         lines.append(f"server CPU: not measured ({cpu.get('pid_source', '-')}); load generator "
                      f"{cpu.get('client_cpu_s', 0):.1f} CPU s")
+    if cpu.get("client_cpu_ms_per_call_s") is not None:
+        lines.append(f"load generator ({cpu.get('generator', 'emulator')}): "
+                     f"{cpu['client_cpu_ms_per_call_s']:.2f} ms CPU per call-second")
     lag = d.get("client_loop_lag_ms") or {}
     if lag.get("n"):
         lines.append(f"load generator event-loop lag: p99 {lag['p99']:.0f} ms, max {lag['max']:.0f} ms"

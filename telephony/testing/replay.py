@@ -253,6 +253,14 @@ async def place_webhook(http: httpx.AsyncClient, base_url: str, public_url: str,
                     query_params: dict[str, str], auth_token: str | None) -> tuple[str, dict[str, str]]:
     """POST /twiml as Twilio does when the call arrives (signed over ``public_url`` when there is a
     token); returns the stream URL and parameters of the TwiML it answers."""
+    path, form, headers = webhook_request(public_url, call_sid, query_params, auth_token)
+    response = await http.post(base_url + path, data=form, headers=headers, timeout=15.0)
+    return webhook_answer(response.status_code, response.text, base_url)
+
+
+def webhook_request(public_url: str, call_sid: str, query_params: dict[str, str],
+                    auth_token: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The path, form and headers of Twilio's webhook POST (signed when there is a token)."""
     query = urllib.parse.urlencode(query_params, quote_via=urllib.parse.quote)
     path = "/twiml" + (f"?{query}" if query else "")
     form = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": "+15550001111",
@@ -263,11 +271,14 @@ async def place_webhook(http: httpx.AsyncClient, base_url: str, public_url: str,
 
         headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(
             public_url + path, form)
-    response = await http.post(base_url + path, data=form, headers=headers, timeout=15.0)
-    if response.status_code != 200:
-        raise _CallFailed("webhook_failed", f"POST /twiml answered {response.status_code}: "
-                          f"{response.text[:200]}")
-    return parse_twiml(response.text, base_url)
+    return path, form, headers
+
+
+def webhook_answer(status: int, text: str, base_url: str) -> tuple[str, dict[str, str]]:
+    """The stream URL and parameters of the webhook's answer, or ``_CallFailed``."""
+    if status != 200:
+        raise _CallFailed("webhook_failed", f"POST /twiml answered {status}: {text[:200]}")
+    return parse_twiml(text, base_url)
 
 
 def parse_twiml(xml: str, base_url: str) -> tuple[str, dict[str, str]]:
