@@ -208,7 +208,8 @@ class CallSession(CallControls):
         try:
             await asyncio.wait_for(deliver(self.agent, self, CallStopped()), AGENT_STOP_TIMEOUT_S)
         except Exception as exc:  # the agent's own failure: logged, the call's resources still freed
-            log.warning("call %s: agent on_stop failed: %r", self.info.call_sid, exc)
+            log.warning("call %s: agent on_stop failed: %r", self.info.call_sid, exc,
+                        exc_info=not isinstance(exc, TimeoutError | VoiceBridgeError))  # a bug: traceback
         if self.recorder is not None:
             with contextlib.suppress(Exception):
                 await self.recorder.aclose()
