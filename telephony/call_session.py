@@ -216,6 +216,7 @@ class CallSession(CallControls):
         if bridge.calls.get(self.info.stream_sid) is self:
             del bridge.calls[self.info.stream_sid]
         bridge.metrics.active_calls.dec()
+        bridge.metrics.flush()  # this call's last frames_sent, for every worker's /metrics
         log.info("call %s", json.dumps(self.summary(), separators=(",", ":")))
 
     def summary(self) -> dict[str, Any]:

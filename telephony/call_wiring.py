@@ -74,7 +74,7 @@ def build_speaker(bridge: Bridge, start: Start, *, voice_id: str, voice: Voice |
         hooks=SpeakerHooks(
             on_first_frame=events.on_first_frame,
             on_underrun=on_underrun,
-            on_frames_sent=metrics.frames_sent.inc,
+            on_frames_sent=metrics.count_frames_sent,
             on_audio_sent=echo.on_sent if echo is not None else None,
             on_engine_first_chunk=metrics.engine_first_chunk.observe,
             on_finished=events.on_finished,

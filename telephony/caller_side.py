@@ -34,13 +34,15 @@ class CallerSide:
         self._inbox = inbox
         self._stats = stats
         self._metrics = metrics
+        self._speech = speaker.queue
+        """Read for every caller frame: its ``speaking_interruptibly`` is a plain attribute."""
 
     def hears_caller(self) -> bool:
-        return self._listener.needs_audio(interruptible=self._speaker.speaking_interruptibly)
+        return self._listener.needs_audio(interruptible=self._speech.speaking_interruptibly)
 
     def on_caller_audio(self, mulaw: bytes) -> None:
         # As it came: the listener decodes only what it needs (barge_in.py ``feed_mulaw``).
-        self._listener.feed(mulaw, interruptible=self._speaker.speaking_interruptibly)
+        self._listener.feed(mulaw, interruptible=self._speech.speaking_interruptibly)
 
     def on_mark(self, name: str) -> None:
         self._speaker.on_mark(name)

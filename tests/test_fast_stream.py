@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import json
+import random
+import string
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
@@ -21,7 +24,7 @@ from telephony.testing.bridge_harness import RunningBridge, running_bridge
 from telephony.testing.twilio_emulator import TwilioEmulator
 from telephony.twilio.media_scan import scan_media
 from telephony.twilio.picows_socket import MAX_INBOX, PicowsSocket, frame_header
-from telephony.twilio.protocol import parse_inbound
+from telephony.twilio.protocol import MAX_PAYLOAD_BYTES, Media, ProtocolError, base64_limit, parse_inbound
 from tests.conftest import eventually
 from tests.test_call_e2e import LONG_GREETING, caller_speech, session_of, twiml_parameters
 from tts_core.engines.synthetic import SyntheticEngine
@@ -198,17 +201,75 @@ def test_scan_media_agrees_with_the_full_parser_on_twilio_shaped_messages() -> N
         assert base64.b64decode(scanned[1]) == parse_inbound(raw).payload  # type: ignore[union-attr]
 
 
+_COMPACT = json.dumps(_media("AAAA"), separators=(",", ":"))
+
+
 @pytest.mark.parametrize("raw", [
     json.dumps(_media("AAAA=")),  # surplus padding: the full parser reports it
     json.dumps(_media("AAA")),  # length not a multiple of 4
-    json.dumps(_media("%%%%")),
+    json.dumps(_media("AAAA====")),  # surplus padding Python 3.11's strict mode lets through
+    json.dumps(_media("")),
+    json.dumps(_media("A" * (base64_limit(MAX_PAYLOAD_BYTES) + 4))),  # oversize
+    json.dumps(_media("////")).replace("/", "\\/"),  # escaped '/'s: JSON's job
     json.dumps(_media("AAAA", extra="x")),
+    json.dumps(_media("AAAA", track="Inbound")),
+    json.dumps(_media("AAAA", track="in-bound")),
+    json.dumps(_media("AAAA", chunk="-1")),
+    json.dumps(_media("AAAA", chunk="1" * 19)),
+    json.dumps(_media("AAAA", timestamp="²")),  # a digit to str.isdigit, not to Twilio
     json.dumps(_media("AAAA")).replace('"MZ1"', '"MZ\\u0031"'),  # escapes: JSON's job
+    json.dumps(_media("AAAA")).replace('"MZ1"', '"MZé"'),
+    json.dumps(_media("AAAA")).replace('"MZ1"', '"MZ_1"'),
+    json.dumps(_media("AAAA")).replace('"MZ1"', '""'),
+    json.dumps({"event": "media", "streamSid": "MZ1", "sequenceNumber": "3",  # other field order
+                "media": {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": "AAAA"}}),
+    _COMPACT + " ",
+    " " + _COMPACT,
+    _COMPACT[:-1],
+    _COMPACT + "}",
+    _COMPACT.replace('"AAAA"', '"AA"AA"'),
     json.dumps({"event": "mark", "streamSid": "MZ1", "mark": {"name": "x"}}),
     b"binary",
+    None,
 ])
-def test_scan_media_leaves_anything_unusual_to_the_full_parser(raw: str | bytes) -> None:
+def test_scan_media_leaves_anything_unusual_to_the_full_parser(raw: str | bytes | None) -> None:
     assert scan_media(raw) is None
+
+
+def test_scan_media_on_mutated_messages_agrees_with_the_full_parser_or_defers_to_it() -> None:
+    """Fuzz: one or two characters of a Twilio media message inserted, deleted or replaced. What
+    the scan accepts and strictly decodes must be exactly what the full parser makes of it; the
+    rest (None, or a payload strict decoding refuses) goes to the full parser anyway."""
+    rng = random.Random(11)
+    alphabet = string.printable + "é²\u2028"
+    base = [json.dumps(_media(base64.b64encode(bytes(range(i, i + 12))).decode()), separators=seps)
+            for i in range(3) for seps in ((",", ":"), (", ", ": "))]
+    accepted = 0
+    for _ in range(20_000):
+        raw = rng.choice(base)
+        for _ in range(rng.randint(1, 2)):
+            at = rng.randrange(len(raw) + 1)
+            op = rng.randrange(3)
+            if op == 0:
+                raw = raw[:at] + rng.choice(alphabet) + raw[at:]
+            elif op == 1:
+                raw = raw[:at] + raw[at + 1:]
+            else:
+                raw = raw[:at] + rng.choice(alphabet) + raw[at + 1:]
+        scanned = scan_media(raw)
+        if scanned is None:
+            continue
+        try:
+            audio = binascii.a2b_base64(scanned[1], strict_mode=True)
+        except binascii.Error:
+            with pytest.raises(ProtocolError):
+                parse_inbound(raw)
+            continue
+        accepted += 1
+        parsed = parse_inbound(raw)
+        assert isinstance(parsed, Media), raw
+        assert (parsed.stream_sid, parsed.payload) == (scanned[0], audio), raw
+    assert accepted > 500  # the fuzz did reach the accepting path (harmless digit changes, ...)
 
 
 class _TextFrame:

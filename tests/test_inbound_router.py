@@ -98,3 +98,14 @@ def test_digital_silence_reaches_the_call_undecoded_and_anything_else_decoded() 
         assert router.handle(json.dumps(message, separators=(",", ":")))
     assert sink.got == [("audio", SILENCE_FRAME), ("audio", near), ("audio", b"\x7f" * 160)]
     assert sink.got[0][1] is SILENCE_FRAME, "the shared frame, not a decode"
+
+
+def test_a_twilio_shaped_message_with_a_bad_payload_is_reported_by_the_full_parser() -> None:
+    """The scan leaves the base64 alphabet to the strict decode; a payload that fails it is the
+    full parser's to report (and nothing reaches the call)."""
+    sink = Sink()
+    router = InboundRouter(SID, sink)
+    for payload in ("%%%%", "AA==AA==", "AA*A", "-_-_", "AA A"):
+        raw = twilio_media().replace(PAYLOAD, payload)
+        assert router.handle(raw)
+    assert sink.got == [("error", "invalid_base64")] * 5 and router.inbound_frames == 0

@@ -94,3 +94,34 @@ async def test_heard_text_is_whole_segments_then_words_of_the_partly_played_one(
     assert utt.heard(5) == "One"
     utt.confirm_segment(0)
     assert utt.frames_confirmed == 10
+
+
+async def test_speaking_interruptibly_follows_the_first_active_utterance_through_every_change() -> None:
+    """A plain attribute kept up to date (the inbound path reads it per caller frame): it must
+    follow ``active`` through next, finish, cut and resolve_all, and what the hooks see on finish."""
+    seen_on_finish: list[bool] = []
+    queue = SpeechQueue(SpeakerHooks(
+        on_finished=lambda u: seen_on_finish.append(queue.speaking_interruptibly)))
+    for text, interruptible in (("notice", False), ("chat", True), ("more", True), ("legal", False)):
+        queue.append(queue.create(text, interruptible=interruptible, preemptible=False))
+    assert not queue.speaking_interruptibly  # nothing active yet
+    notice = await queue.next()
+    assert not queue.speaking_interruptibly
+    chat = await queue.next()
+    assert not queue.speaking_interruptibly  # the caller still hears the notice
+    queue.finish(notice)
+    assert queue.speaking_interruptibly and seen_on_finish == [True]
+    queue.finish(chat)
+    assert not queue.speaking_interruptibly
+    await queue.next()
+    assert queue.speaking_interruptibly
+    queue.cut(lambda u: 0, keep=lambda u: True)
+    assert not queue.speaking_interruptibly and seen_on_finish[-1] is False
+    legal = await queue.next()
+    assert legal.text == "legal" and not queue.speaking_interruptibly
+    queue.append(queue.create("late", interruptible=True, preemptible=False))
+    queue.finish(legal)
+    await queue.next()
+    assert queue.speaking_interruptibly
+    queue.resolve_all(SpeechOutcome.FAILED, lambda u: 0)
+    assert not queue.speaking_interruptibly

@@ -35,6 +35,10 @@ class SpeechQueue:
         """Submitted, not yet being rendered."""
         self.active: list[Utterance] = []
         """Being rendered or played, oldest first (the first one is what the caller hears)."""
+        self.speaking_interruptibly = False
+        """The caller is hearing (or about to hear) audio that barge-in may cut: kept up to date
+        on every change of ``active`` (``_active_changed``) rather than worked out on each read,
+        since the inbound path reads it for every caller frame (50 a second per call)."""
         self._by_id: dict[int, Utterance] = {}
         self._next_id = 0
         self._work = asyncio.Event()
@@ -44,11 +48,6 @@ class SpeechQueue:
     def busy(self) -> bool:
         """Something is queued, rendering or playing."""
         return bool(self.pending or self.active)
-
-    @property
-    def speaking_interruptibly(self) -> bool:
-        """The caller is hearing (or about to hear) audio that barge-in may cut."""
-        return bool(self.active) and self.active[0].interruptible
 
     @property
     def full(self) -> bool:
@@ -89,15 +88,21 @@ class SpeechQueue:
             await self._work.wait()
         utt = self.pending.popleft()
         self.active.append(utt)
+        self._active_changed()
         return utt
 
     def finish(self, utt: Utterance) -> None:
         """``utt`` is resolved: forget it and tell the call log."""
         if utt in self.active:
             self.active.remove(utt)
+            self._active_changed()
         self._by_id.pop(utt.id, None)
         if self.hooks.on_finished:
             self.hooks.on_finished(utt)
+
+    def _active_changed(self) -> None:
+        active = self.active
+        self.speaking_interruptibly = bool(active) and active[0].interruptible
 
     # ---- cutting ----------------------------------------------------------------------------
     def cut(self, played: PlayedFrames, keep: Callable[[Utterance], bool]) -> None:
@@ -116,6 +121,7 @@ class SpeechQueue:
             utt.resolve(SpeechOutcome.INTERRUPTED, played_frames=0, heard="")
             self.finish(utt)
         self.active.clear()
+        self._active_changed()
         self.pending = kept
         if kept:
             self._work.set()
@@ -133,4 +139,5 @@ class SpeechQueue:
             utt.resolve(outcome, played_frames=played(utt), error=error)
             self.finish(utt)  # every utterance reaches the call log, cancelled ones too
         self.active.clear()
+        self._active_changed()
         self.pending.clear()

@@ -40,6 +40,14 @@ class LimitSettings(BaseModel):
     """The same, per peer IP address (0: no per-peer cap; behind a proxy every peer is the proxy)."""
     drain_s: float = Field(120.0, ge=0, le=86_400)
     """On SIGTERM live calls may run this long before they are wound down (see telephony/drain.py)."""
+    gc_gen0_threshold: int = Field(50_000, ge=0, le=10_000_000)
+    """Allocations between two young-generation garbage collections once the bridge has started
+    (Python's default is 700). Every 20 ms frame allocates a few dozen short-lived objects, so at
+    hundreds of calls the default collects gen0 hundreds of times a second and gen2 scans the whole
+    heap (engine, voices, caches) every few seconds: ~7.5% of a busy bridge's CPU. The frame path
+    makes no reference cycles of its own (reference counting frees it), so collecting less often
+    costs little memory. With a non-zero value the objects alive after start-up are also frozen
+    (``gc.freeze``): they are never scanned again. 0 leaves Python's collector as it is."""
     workers: int | None = Field(None, ge=1, le=1024)
     """Processes serving one port (telephony/workers.py); default one per core, 1 under
     --insecure-dev. Limits such as max_calls and engine_concurrency apply per process."""

@@ -7,6 +7,7 @@ checks on streamSid are Twilio knowledge and stay here.
 
 from __future__ import annotations
 
+import binascii
 from base64 import b64encode
 from binascii import a2b_base64
 from typing import Protocol
@@ -67,11 +68,19 @@ class InboundRouter:
             if stream_sid != self.stream_sid:
                 self._sink.on_protocol_error("wrong_stream_sid", stream_sid)
                 return True
-            self.inbound_frames += 1
-            if self._sink.hears_caller():  # decode only if heard
-                self._sink.on_caller_audio(SILENCE_FRAME if payload == SILENCE_PAYLOAD
-                                           else a2b_base64(payload))
-            return True
+            if not self._sink.hears_caller():  # decode only if heard
+                self.inbound_frames += 1
+                return True
+            audio: bytes | None = SILENCE_FRAME
+            if payload != SILENCE_PAYLOAD:
+                try:  # strict: the scan left the base64 alphabet to this decode
+                    audio = a2b_base64(payload, strict_mode=True)
+                except binascii.Error:  # the full parser below says what is wrong with it
+                    audio = None
+            if audio is not None:
+                self.inbound_frames += 1
+                self._sink.on_caller_audio(audio)
+                return True
         try:
             message = parse_inbound(raw)
         except ProtocolError as exc:

@@ -236,7 +236,8 @@ class PicowsSocket(WSListener):
         self._own(self._serve(), "media-stream-fast")
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type is WSMsgType.CLOSE:
+        kind = frame.msg_type  # read once: each read builds a Python enum from picows' C one
+        if kind is WSMsgType.CLOSE:
             self._close_code = int(frame.get_close_code().value)
             self._writer.flush()
             if self._open:
@@ -245,7 +246,7 @@ class PicowsSocket(WSListener):
             transport.disconnect()
             self._on_gone()
             return
-        raw = self._payload(frame)
+        raw = self._payload(frame, kind)
         if raw is None:
             return
         if self._pushed is not None:
@@ -340,12 +341,11 @@ class PicowsSocket(WSListener):
         transport = self._transport
         return None if transport is None or self._gone else transport.underlying_transport
 
-    def _payload(self, frame: WSFrame) -> str | bytes | None:
+    def _payload(self, frame: WSFrame, kind: WSMsgType) -> str | bytes | None:
         """A data frame's message: text as str, anything else as bytes (which the parser counts
         as a binary frame). Twilio never fragments its small messages, so fragments are not
         reassembled: a first fragment fails to parse, a continuation counts as binary. Invalid
         UTF-8 closes the socket with 1007, as websockets does on the ASGI route."""
-        kind = frame.msg_type
         if kind is WSMsgType.TEXT:
             try:
                 return frame.get_payload_as_utf8_text()
