@@ -23,15 +23,14 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections import deque
 from typing import Any
 
 from telephony.recorded_call import RecordedCall
 from telephony.testing.lean_playback import LeanPlayback
 from telephony.testing.lean_socket import LeanSocket
-from telephony.testing.replay_emulator import BotUtterance, Turn
+from telephony.testing.turn_ledger import TurnLedger
 from telephony.testing.twilio_emulator import validate_outbound
-from telephony.testing.twilio_playback import END_MARK_SUFFIX, EmulatorStats, HeardUtterance
+from telephony.testing.twilio_playback import EmulatorStats, HeardUtterance
 from tts_core.audio.telephony_format import FRAME_BYTES, FRAME_MS
 
 FULL_CHECK_EVERY = 64
@@ -58,7 +57,7 @@ def script_of(recording: RecordedCall) -> list[Action]:
     return script
 
 
-class LeanCaller:
+class LeanCaller(TurnLedger):
     """One call's Twilio side: ``socket`` carries it, ``tick`` sends and plays, ``on_text`` reads."""
 
     def __init__(self, *, call_sid: str, stream_sid: str, custom_parameters: dict[str, str],
@@ -71,18 +70,9 @@ class LeanCaller:
         self.stats = EmulatorStats()
         self.playback = LeanPlayback(self.stats, self)
         self.start_sent_at: float | None = None
-        self.turns: list[Turn] = []
-        self.pending: deque[Turn] = deque()
-        self.bot_utterances: list[BotUtterance] = []
-        self.unattributed_utterances = 0
-        self.mark_rtts_ms: list[float] = []
-        self.underrun_times: list[float] = []
-        self.speech_onsets: list[float] = []
-        self.timeline: list[tuple[float, str, str]] = []
+        self._init_ledger()
         self._seq = 0
         self._chunk = 0
-        self._boundary = True
-        self._mark_received: dict[str, float] = {}
         self._media_prefix = ('{"event":"media","streamSid":"' + stream_sid
                               + '","media":{"payload":"').encode()
         self._media_len = len(self._media_prefix) + _B64_LEN + 3
@@ -102,13 +92,6 @@ class LeanCaller:
     def note(self, at: float, kind: str, detail: str = "") -> None:
         if self.keep_timeline:
             self.timeline.append((at, kind, detail))
-
-    def add_turn(self, kind: str, text: str, sent_at: float) -> Turn:
-        turn = Turn(len(self.turns), kind, text, sent_at, overlapped=bool(self.pending) or not self.idle())
-        self.turns.append(turn)
-        self.pending.append(turn)
-        self.note(sent_at, "turn_sent", f"{kind} {turn.index}: {text[:60]}")
-        return turn
 
     # ---- inbound (Twilio -> bridge) --------------------------------------------------------------
     def send_json(self, message: dict[str, Any]) -> None:
@@ -180,49 +163,21 @@ class LeanCaller:
     def _media(self, now: float) -> None:
         self.stats.media_received += 1
         self.playback.media(now)
-        if self._boundary:
-            self._boundary = False
-            self._new_bot_utterance(now)
-        utt = self.bot_utterances[-1]
-        utt.frames += 1
-        utt.last_frame_at = now
+        self._frame_heard(now)
 
     def _mark(self, name: str, now: float) -> None:
         self.stats.marks_received += 1
         self.stats.mark_names.append(name)
         self.playback.mark(name)
-        self._mark_received[name] = now
-        if name.endswith(END_MARK_SUFFIX):
-            self._boundary = True
-            if self.bot_utterances:
-                self.bot_utterances[-1].ended = True
-        self.note(now, "mark_received", name)
+        self._mark_arrived(name, now)
 
     def _clear(self, now: float) -> None:
         self.stats.clears += 1
         self.stats.clear_times.append(now)
-        self._boundary = True
-        if self.bot_utterances and not self.bot_utterances[-1].ended:
-            self.bot_utterances[-1].cleared = True
-        while self.pending and self.pending[0].sent_at <= now:
-            self.pending.popleft().outcome = "cleared_before_audio"
-        self.note(now, "clear_received")
+        self._clear_arrived(now)
         for name in self.playback.clear(now):
             self._mark_received.pop(name, None)  # echoed because of the clear: no round trip
             self._echo(name, now)
-
-    def _new_bot_utterance(self, now: float) -> None:
-        utt = BotUtterance(first_frame_at=now, last_frame_at=now)
-        self.bot_utterances.append(utt)
-        if self.pending and self.pending[0].sent_at <= now:
-            turn = self.pending.popleft()
-            turn.first_frame_at = now
-            turn.outcome = "audio"
-            utt.turn = turn
-            self.note(now, "first_frame", f"{turn.kind} {turn.index} ttfa={turn.ttfa_ms} ms")
-        else:
-            self.unattributed_utterances += 1
-            self.note(now, "first_frame", "unattributed utterance")
 
     # ---- playback (LeanListener) -----------------------------------------------------------------
     def mark_reached(self, name: str, now: float) -> None:
