@@ -23,7 +23,7 @@ import httpx
 from telephony.recorded_call import RecordedCall
 from telephony.testing.lean_caller import LeanCaller, script_of
 from telephony.testing.lean_socket import HandshakeError, post_form
-from telephony.testing.replay import CallReplay, _CallFailed, webhook_answer, webhook_request
+from telephony.testing.replay import CallReplay, _CallFailed, settle_failure, webhook_answer, webhook_request
 from telephony.testing.replay_agent import AgentServer
 from telephony.testing.replay_result import CallResult, collect_result
 from telephony.testing.twilio_emulator import SILENCE
@@ -134,17 +134,8 @@ class LeanReplay(CallReplay):
             self.ticker.add(self)
             await self._done
             result.status = "completed"
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            result.status = "cut"
-        except _CallFailed as exc:
-            result.status = "failed"
-            result.errors.append(f"{exc.kind}: {exc.detail}")
-        except Exception as exc:  # a bug in the replay must not take the whole run down
-            result.status = "failed"
-            result.errors.append(f"replay_error: {exc!r}")
+        except BaseException as exc:
+            settle_failure(result, exc)
         finally:
             self.ticker.remove(self)
             await self._finish_lean()

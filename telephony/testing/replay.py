@@ -129,17 +129,8 @@ class CallReplay:
             self.agent.started.set()
             await self._send_twilio()
             result.status = "completed"
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            result.status = "cut"
-        except _CallFailed as exc:
-            result.status = "failed"
-            result.errors.append(f"{exc.kind}: {exc.detail}")
-        except Exception as exc:  # a bug in the replay must not take the whole run down
-            result.status = "failed"
-            result.errors.append(f"replay_error: {exc!r}")
+        except BaseException as exc:
+            settle_failure(result, exc)
         finally:
             await self._finish()
         return result
@@ -247,6 +238,26 @@ class _CallFailed(Exception):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+def settle_failure(result: CallResult, exc: BaseException) -> None:
+    """How a replayed call that did not complete ends up in its result (both generators): cut by the
+    run (its cancellation absorbed, so the run goes on), failed for a reason the replay names, or
+    failed by a bug in the replay, which must not take the whole run down. Anything else (a
+    KeyboardInterrupt) is raised again."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        result.status = "cut"
+    elif isinstance(exc, _CallFailed):
+        result.status = "failed"
+        result.errors.append(f"{exc.kind}: {exc.detail}")
+    elif isinstance(exc, Exception):
+        result.status = "failed"
+        result.errors.append(f"replay_error: {exc!r}")
+    else:
+        raise exc
 
 
 async def place_webhook(http: httpx.AsyncClient, base_url: str, public_url: str, call_sid: str,
