@@ -206,3 +206,27 @@ def test_a_websocket_route_closes_with_the_errors_close_code() -> None:
                     pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_text()
             assert closed.value.code == code, name
+
+
+def _error_classes_off_the_tree() -> list[str]:
+    """Every exception class defined in the product's modules (test tooling aside) that does not derive
+    from the one tree."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    off = []
+    for package in ("tts_core", "telephony"):
+        for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+            if ".testing" in info.name or info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            for name, obj in vars(module).items():
+                if (inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name
+                        and not issubclass(obj, VoiceBridgeError)):
+                    off.append(f"{info.name}.{name}")
+    return off
+
+
+def test_every_exception_class_of_the_product_is_on_the_error_tree() -> None:
+    assert _error_classes_off_the_tree() == []
