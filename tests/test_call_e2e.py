@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
+from telephony.testing.asgi_server import free_port_url
 from telephony.testing.bridge_harness import RunningBridge, running_bridge
 from telephony.testing.twilio_emulator import TwilioEmulator
 from tests.conftest import eventually
@@ -27,15 +30,36 @@ def twiml_parameters(xml: str) -> tuple[str, dict[str, str]]:
     return stream.attrib["url"], {p.attrib["name"]: p.attrib["value"] for p in stream.findall("Parameter")}
 
 
+LISTENERS = ["asgi", "lean"]
+"""Where /media-stream is served: the ASGI route on the HTTP port, or the lean picows listener on its
+own port (``--stream-port``). Call scenarios that must hold on both are parametrized over them."""
+
+
+@asynccontextmanager
+async def bridge_on(listener: str, **overrides: object) -> AsyncIterator[tuple[RunningBridge, str]]:
+    """The bridge and the stream URL Twilio reaches it on. For ``lean`` PUBLIC_URL stays the HTTP
+    port's, as behind a proxy that routes /media-stream to the stream port (signatures are over
+    PUBLIC_URL)."""
+    if listener == "lean":
+        port = int(free_port_url().rsplit(":", 1)[1])
+        async with running_bridge(stream_port=port, **overrides) as rb:
+            yield rb, f"ws://127.0.0.1:{port}/media-stream"
+    else:
+        async with running_bridge(**overrides) as rb:
+            yield rb, rb.stream_url
+
+
 async def open_call(rb: RunningBridge, client: httpx.AsyncClient, call_sid: str, query: str = "",
-                    *, signed_handshake: bool = False, token: str | None = None) -> TwilioEmulator:
+                    *, signed_handshake: bool = False, token: str | None = None,
+                    url: str | None = None) -> TwilioEmulator:
+    """The webhook, then the stream it names (or ``url``: the same stream on another listener)."""
     response = await rb.webhook(client, call_sid, query)
     assert response.status_code == 200, response.text
-    url, params = twiml_parameters(response.text)
+    public_url, params = twiml_parameters(response.text)
     if token is not None:
         params["token"] = token
-    headers = {"X-Twilio-Signature": rb.sign(url)} if signed_handshake else {}
-    emulator = TwilioEmulator(url, call_sid=call_sid, stream_sid="MZ" + call_sid[2:],
+    headers = {"X-Twilio-Signature": rb.sign(public_url)} if signed_handshake else {}
+    emulator = TwilioEmulator(url or public_url, call_sid=call_sid, stream_sid="MZ" + call_sid[2:],
                               custom_parameters=params, headers=headers)
     await emulator.connect()
     return emulator
@@ -204,9 +228,10 @@ async def test_unsupported_media_format_is_refused() -> None:
 
 
 @pytest.mark.slow
-async def test_demo_agent_reads_back_dtmf_and_pound_ends_the_stream() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient() as client:
-        call = await open_call(rb, client, "CA9", "?greeting=Hi.")
+@pytest.mark.parametrize("listener", LISTENERS)
+async def test_demo_agent_reads_back_dtmf_and_pound_ends_the_stream(listener: str) -> None:
+    async with bridge_on(listener) as (rb, url), httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA9", "?greeting=Hi.", url=url)
         assert await call.wait_for(lambda: len(call.played_utterances()) >= 1)
         await call.send_dtmf("5")
         assert await call.wait_for(lambda: len(call.played_utterances()) >= 2)
@@ -218,9 +243,12 @@ async def test_demo_agent_reads_back_dtmf_and_pound_ends_the_stream() -> None:
 
 
 @pytest.mark.slow
-async def test_malformed_messages_are_counted_and_the_call_goes_on() -> None:
-    async with running_bridge() as rb, httpx.AsyncClient() as client:
-        call = await open_call(rb, client, "CA10", "?greeting=")
+@pytest.mark.parametrize("listener", LISTENERS)
+async def test_malformed_messages_are_counted_and_the_call_goes_on(listener: str) -> None:
+    async with bridge_on(listener) as (rb, url), httpx.AsyncClient() as client:
+        call = await open_call(rb, client, "CA10", "?greeting=", url=url)
+        # once the call runs, the lean listener pushes frames to the session: that path is the one tested
+        assert await call.wait_for(lambda: any(s.info.call_sid == "CA10" for s in rb.bridge.calls.values()))
         await call.send_raw("{not json")
         await call.send_raw(b"\x00\x01binary")
         await call.send_json({"event": "bogus"})
@@ -228,20 +256,23 @@ async def test_malformed_messages_are_counted_and_the_call_goes_on() -> None:
                               "media": {"payload": "%%%not-base64%%%"}})
         await call.send_json({"event": "media", "streamSid": call.stream_sid,
                               "media": {"payload": "A" * 100_000}})
-        await call.send_json({"event": "media", "streamSid": "MZother",
-                              "media": {"payload": "/w=="}})
+        await call.send_json({"event": "media", "sequenceNumber": "9", "streamSid": "MZother",
+                              "media": {"track": "inbound", "chunk": "1", "timestamp": "20",
+                                        "payload": "/w=="}})  # the fast path's shape
         await call.send_dtmf("1")
         assert await call.wait_for(lambda: len(call.played_utterances()) >= 1), "call must go on"
-        session = session_of(rb, "CA10")
-        assert sum(session.protocol_errors.values()) >= 6
+        errors = session_of(rb, "CA10").protocol_errors
+        assert errors.get("wrong_stream_sid") == 1
+        assert sum(errors.values()) >= 6
         await call.hang_up()
 
 
 @pytest.mark.slow
-async def test_barge_in_clears_twilio_and_stops_generation() -> None:
+@pytest.mark.parametrize("listener", LISTENERS)
+async def test_barge_in_clears_twilio_and_stops_generation(listener: str) -> None:
     engine = SyntheticEngine(realtime_factor=0.3)
-    async with running_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as rb:
-        call = TwilioEmulator(rb.stream_url, call_sid="CA11",
+    async with bridge_on(listener, engine=engine, twilio_auth_token=None, insecure_dev=True) as (rb, url):
+        call = TwilioEmulator(url, call_sid="CA11",
                               custom_parameters={"greeting": LONG_GREETING})
         await call.connect()
         assert await call.wait_for(lambda: call.stats.media_received > 30)
@@ -252,6 +283,7 @@ async def test_barge_in_clears_twilio_and_stops_generation() -> None:
         assert reaction < 0.6, f"clear after {reaction:.3f}s of caller speech"
         session = session_of(rb, "CA11")
         assert session.barge_ins == 1
+        assert session.inbound_frames >= 25
         assert rb.bridge.engine.busy_slots == 0
         # once the interrupted reply's turn is recorded, its sending is over; the close that follows
         # the hang-up comes after anything the bridge sent before it
@@ -271,12 +303,13 @@ def media_around_the_first_clear(call: TwilioEmulator) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-async def test_disconnect_mid_utterance_leaves_no_task_and_no_busy_engine_slot() -> None:
+@pytest.mark.parametrize("listener", LISTENERS)
+async def test_disconnect_mid_utterance_leaves_no_task_and_no_busy_engine_slot(listener: str) -> None:
     engine = SyntheticEngine(realtime_factor=0.5)
     # Insecure mode and no webhook: the greeting is rendered live by the call, not pre-rendered.
-    async with running_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as rb:
+    async with bridge_on(listener, engine=engine, twilio_auth_token=None, insecure_dev=True) as (rb, url):
         before = {t.get_name() for t in asyncio.all_tasks()}
-        call = TwilioEmulator(rb.stream_url, call_sid="CA12",
+        call = TwilioEmulator(url, call_sid="CA12",
                               custom_parameters={"greeting": LONG_GREETING})
         await call.connect()
         assert await call.wait_for(lambda: call.stats.media_received > 10)

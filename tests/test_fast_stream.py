@@ -10,8 +10,6 @@ import binascii
 import json
 import random
 import string
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import httpx
@@ -19,36 +17,22 @@ import pytest
 from picows import WSCloseCode, WSMsgType
 
 from telephony.media_stream import handle_stream
-from telephony.testing.asgi_server import free_port_url
-from telephony.testing.bridge_harness import RunningBridge, running_bridge
+from telephony.testing.bridge_harness import RunningBridge
 from telephony.testing.twilio_emulator import TwilioEmulator
 from telephony.twilio.media_scan import scan_media
 from telephony.twilio.picows_socket import MAX_INBOX, PicowsSocket, frame_header
 from telephony.twilio.protocol import MAX_PAYLOAD_BYTES, Media, ProtocolError, base64_limit, parse_inbound
-from tests.conftest import eventually
-from tests.test_call_e2e import LONG_GREETING, caller_speech, session_of, twiml_parameters
-from tts_core.engines.synthetic import SyntheticEngine
+from tests.test_call_e2e import bridge_on, open_call, twiml_parameters
 
 
-@asynccontextmanager
-async def fast_bridge(**overrides: object) -> AsyncIterator[tuple[RunningBridge, str]]:
-    """The bridge with the lean listener on its own port; PUBLIC_URL stays the HTTP port's, as
-    behind a proxy that routes /media-stream to the stream port (signatures are over PUBLIC_URL)."""
-    port = int(free_port_url().rsplit(":", 1)[1])
-    async with running_bridge(stream_port=port, **overrides) as rb:
-        yield rb, f"ws://127.0.0.1:{port}/media-stream"
+def fast_bridge(**overrides: object):  # type: ignore[no-untyped-def]
+    """The bridge with the lean listener on its own port (tests/test_call_e2e.py: bridge_on)."""
+    return bridge_on("lean", **overrides)
 
 
 async def open_fast_call(rb: RunningBridge, url: str, client: httpx.AsyncClient, call_sid: str,
                          query: str = "", *, signed: bool = False) -> TwilioEmulator:
-    response = await rb.webhook(client, call_sid, query)
-    assert response.status_code == 200, response.text
-    public_url, params = twiml_parameters(response.text)
-    headers = {"X-Twilio-Signature": rb.sign(public_url)} if signed else {}
-    call = TwilioEmulator(url, call_sid=call_sid, stream_sid="MZ" + call_sid[2:],
-                          custom_parameters=params, headers=headers)
-    await call.connect()
-    return call
+    return await open_call(rb, client, call_sid, query, signed_handshake=signed, url=url)
 
 
 @pytest.mark.slow
@@ -89,70 +73,6 @@ async def test_other_paths_on_the_stream_port_are_404() -> None:
     async with fast_bridge() as (_, url), httpx.AsyncClient() as client:
         response = await client.get(url.replace("ws://", "http://").replace("/media-stream", "/twiml"))
         assert response.status_code == 404
-
-
-@pytest.mark.slow
-async def test_dtmf_and_pound_end_the_stream_after_the_goodbye() -> None:
-    async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
-        call = await open_fast_call(rb, url, client, "CA9", "?greeting=Hi.")
-        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1)
-        await call.send_dtmf("5")
-        assert await call.wait_for(lambda: len(call.played_utterances()) >= 2)
-        await call.send_dtmf("#")
-        assert await call.wait_closed(10), "pound should end the stream after the goodbye"
-        assert len(call.played_utterances()) >= 3, "goodbye must be heard before the stream closes"
-        assert call.stats.close_code == 1000
-        assert call.stats.invalid == []
-
-
-@pytest.mark.slow
-async def test_malformed_messages_pushed_to_the_session_are_counted_and_the_call_goes_on() -> None:
-    async with fast_bridge() as (rb, url), httpx.AsyncClient() as client:
-        call = await open_fast_call(rb, url, client, "CA10", "?greeting=")
-        assert await call.wait_for(lambda: any(s.info.call_sid == "CA10" for s in rb.bridge.calls.values()))
-        await call.send_raw("{not json")
-        await call.send_raw(b"\x00\x01binary")
-        await call.send_json({"event": "bogus"})
-        await call.send_json({"event": "media", "streamSid": call.stream_sid,
-                              "media": {"payload": "%%%not-base64%%%"}})
-        await call.send_json({"event": "media", "streamSid": call.stream_sid,
-                              "media": {"payload": "A" * 100_000}})
-        await call.send_json({"event": "media", "sequenceNumber": "9", "streamSid": "MZother",
-                              "media": {"track": "inbound", "chunk": "1", "timestamp": "20",
-                                        "payload": "/w=="}})  # the fast path's shape
-        await call.send_dtmf("1")
-        assert await call.wait_for(lambda: len(call.played_utterances()) >= 1), "call must go on"
-        errors = session_of(rb, "CA10").protocol_errors
-        assert errors.get("wrong_stream_sid") == 1
-        assert sum(errors.values()) >= 6
-        await call.hang_up()
-
-
-@pytest.mark.slow
-async def test_barge_in_over_the_lean_listener_clears_twilio() -> None:
-    engine = SyntheticEngine(realtime_factor=0.3)
-    async with fast_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as (rb, url):
-        call = TwilioEmulator(url, call_sid="CA11", custom_parameters={"greeting": LONG_GREETING})
-        await call.connect()
-        assert await call.wait_for(lambda: call.stats.media_received > 30)
-        speech_started = asyncio.get_running_loop().time()
-        await call.stream_audio(caller_speech(0.6))
-        assert await call.wait_for(lambda: call.stats.clears >= 1, timeout=5)
-        assert call.stats.clear_times[0] - speech_started < 0.6
-        assert session_of(rb, "CA11").barge_ins == 1
-        assert session_of(rb, "CA11").inbound_frames >= 25
-        await call.hang_up()
-
-
-@pytest.mark.slow
-async def test_a_dropped_socket_ends_the_call_and_frees_everything() -> None:
-    engine = SyntheticEngine(realtime_factor=0.5)
-    async with fast_bridge(engine=engine, twilio_auth_token=None, insecure_dev=True) as (rb, url):
-        call = TwilioEmulator(url, call_sid="CA12", custom_parameters={"greeting": LONG_GREETING})
-        await call.connect()
-        assert await call.wait_for(lambda: call.stats.media_received > 10)
-        await call.close()  # no stop message
-        await eventually(lambda: not rb.bridge.calls and engine.busy_slots == 0, what="the call freed")
 
 
 # ---- units ----------------------------------------------------------------------------------------
